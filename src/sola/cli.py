@@ -1,0 +1,135 @@
+"""The `sola` command line: a thin shell over `sola.Editor`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import SolaError
+
+
+def _default_store() -> Path:
+    from .loading import sola_home
+
+    return sola_home() / "stores" / "default"
+
+
+def _editor(args):
+    from .config import EditConfig
+    from .editor import Editor
+
+    store = Path(args.store) if args.store else _default_store()
+    config = None
+    if not (store / "manifest.json").is_file() and args.key:
+        config = EditConfig(key=args.key)
+    return Editor.from_pretrained(args.model, store=store, config=config)
+
+
+def _emit(args, data, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def _edit(args) -> None:
+    editor = _editor(args)
+    if args.file:
+        requests = []
+        for number, line in enumerate(Path(args.file).read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    requests.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise SolaError(f"{args.file}, line {number}: not valid JSON") from None
+        edits = editor.edit_many(requests, progress=not args.json)
+    elif args.prompt and args.target:
+        edits = [editor.edit(args.prompt, args.target, subject=args.subject)]
+    else:
+        raise SolaError("give PROMPT and TARGET, or --file EDITS.jsonl")
+    _emit(args, [e.to_dict() for e in edits],
+          "\n".join(f"{e.id}: {e.prompt!r} -> {e.target!r} ({e.steps} steps, loss {e.loss:.4f}"
+                    f"{'' if e.converged else ', NOT converged'})" for e in edits))
+
+
+def _ask(args) -> None:
+    editor = _editor(args)
+    answer = editor.generate(args.prompt, max_new_tokens=args.max_new_tokens)
+    route = editor.route(args.prompt)
+    data = {"prompt": args.prompt, "answer": answer,
+            "route": {"edit": route.edit_id, "distance": route.distance} if route else None}
+    via = f"  [edit {route.edit_id}, distance {route.distance:.3f}]" if route else "  [base model]"
+    _emit(args, data, answer + via)
+
+
+def _list(args) -> None:
+    edits = _editor(args).edits(include_rolled_back=args.all)
+    rows = [f"{e.id:>6}  {'live' if e.live else 'rolled back':<11}  {e.prompt!r} -> {e.target!r}" for e in edits]
+    _emit(args, [e.to_dict() for e in edits], "\n".join(rows) or "no edits")
+
+
+def _rollback(args) -> None:
+    edit = _editor(args).rollback(args.id)
+    _emit(args, edit.to_dict(), f"rolled back {edit.id}: {edit.prompt!r} -> {edit.target!r}")
+
+
+def _info(args) -> None:
+    info = _editor(args).info()
+    _emit(args, info, "\n".join(f"{k}: {v}" for k, v in info.items()))
+
+
+def _demo(args) -> None:
+    from .demo import run_demo
+
+    if args.json:
+        result = run_demo(args.data, out=lambda *_: None)
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        run_demo(args.data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", help="store directory (default: $SOLA_HOME/stores/default)")
+    common.add_argument("--model", help="local model directory (default: the embedded SmolLM2-135M-Instruct)")
+    common.add_argument("--key", choices=["encoder", "mean_pool", "last_token"],
+                        help="key strategy of a new store (default: encoder)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser = argparse.ArgumentParser(prog="sola", description="Reversible lifelong model editing (SoLA).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", parents=[common], help="edit three zsRE facts, ask, roll one back")
+    demo.add_argument("--data", help="benchmark data directory (holding zsre/)")
+    demo.set_defaults(run=_demo)
+    edit = commands.add_parser("edit", parents=[common], help="edit PROMPT to answer TARGET, or --file EDITS.jsonl")
+    edit.add_argument("prompt", nargs="?")
+    edit.add_argument("target", nargs="?")
+    edit.add_argument("--subject", help="the entity the fact is about")
+    edit.add_argument("--file", help="JSON lines with prompt/target (or src/alt, prompt/target_new)")
+    edit.set_defaults(run=_edit)
+    ask = commands.add_parser("ask", parents=[common], help="answer PROMPT (greedy) and say which edit answered")
+    ask.add_argument("prompt")
+    ask.add_argument("--max-new-tokens", type=int, default=32)
+    ask.set_defaults(run=_ask)
+    listing = commands.add_parser("list", parents=[common], help="list the edits")
+    listing.add_argument("--all", action="store_true", help="include rolled-back edits")
+    listing.set_defaults(run=_list)
+    rollback = commands.add_parser("rollback", parents=[common], help="undo edit ID exactly")
+    rollback.add_argument("id")
+    rollback.set_defaults(run=_rollback)
+    info = commands.add_parser("info", parents=[common], help="model, method, edits, memory")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except SolaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

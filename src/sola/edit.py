@@ -1,0 +1,46 @@
+"""The record of one edit, as the journal keeps it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One edit: the prompts it answers, the target it answers with, and how training went.
+
+    `id` is stable for the life of the store (also across save/load); pass it to `Editor.rollback`.
+    """
+
+    id: str
+    prompts: tuple[str, ...]
+    target: str
+    subject: str | None = None
+    created: str = ""
+    steps: int = 0
+    loss: float = 0.0
+    converged: bool = True
+    seconds: float = 0.0  # wall time of key computation and training
+    rolled_back: str | None = None  # when it was rolled back (ISO time), None while live
+
+    @property
+    def prompt(self) -> str:
+        return self.prompts[0]
+
+    @property
+    def live(self) -> bool:
+        return self.rolled_back is None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["prompts"] = list(self.prompts)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Edit":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["prompts"] = tuple(values.get("prompts", ()))
+        return cls(**values)

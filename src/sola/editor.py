@@ -1,0 +1,442 @@
+"""The Editor: edit a model's facts one at a time, route every input to at most one edit, roll any edit back exactly."""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .architectures import default_layers, default_rank, task_of
+from .config import EditConfig
+from .edit import Edit
+from .errors import ConfigError, InvalidEditError, ModelMismatchError, StoreError, UnknownEditError
+from .fingerprint import config_hash, describe_mismatch, weights_hash
+from .loading import EMBEDDED_NOTE, EMBEDDED_SOURCE, load_model
+from .nn import Decision, RoutedLoraLayer
+from .prompts import EncodedPrompt, PromptFormat, check_text
+from .routing import KeyTable, Route, key_strategy
+from .store import Store
+from .tasks import TASKS, Batch
+from .training import train_edit
+
+METHOD = "sola"
+
+
+class _QueryCaptured(Exception):
+    """Raised at the key module to stop a forward pass once the query has been read."""
+
+    def __init__(self, queries: torch.Tensor) -> None:
+        self.queries = queries
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Editor:
+    """A base model with SoLA edits: one frozen LoRA per edit on a few layers, chosen per input by a routing table.
+
+    Create it with `Editor.from_pretrained` (optionally backed by a durable store) or `Editor.load`. The base model's
+    weights are never changed: an input that no edit claims runs the base model bit for bit.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, config: EditConfig | None = None, *, source: str = "model",
+                 store: Store | None = None) -> None:
+        config = (config or EditConfig()).validate()
+        self.model, self.tokenizer, self.source = model, tokenizer, source
+        model.eval().requires_grad_(False)
+        modules = dict(model.named_modules())
+        layers = config.layers or default_layers(model)
+        missing = [name for name in layers if name not in modules]
+        if missing:
+            linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)][:8]
+            raise ConfigError(f"layers {missing} are not modules of this model; names look like {linear}")
+        self.format = PromptFormat(tokenizer, config.prompt_format)
+        self.config = config.replace(layers=list(layers), rank=config.rank or default_rank(model),
+                                     prompt_format=self.format.kind)
+        self.task = TASKS[task_of(model.config.model_type)](model, tokenizer, self.format)
+        self.decision = Decision()
+        self.layers = [self._wrap(modules, name) for name in self.config.layers]
+        self.keys = key_strategy(self.config.key, self.config.encoder)
+        self._key_hook = None
+        if self.keys.inside_model:
+            self._hook_key_module(dict(model.named_modules()))
+        self.table = KeyTable(self._key_dim(), self.config.resolved_distance())
+        self._edits: dict[str, Edit] = {}  # every edit, live or rolled back, in creation order
+        self._slot_of: dict[str, int] = {}  # live edits only
+        self._free: list[int] = []
+        self._counter = 0
+        self.store: Store | None = None
+        self.fingerprint = {
+            "name": source,
+            "config_hash": config_hash(model.config),
+            "weights_hash": weights_hash([layer.base_layer for layer in self.layers]),
+            "keys": self.keys.fingerprint(),
+        }
+        if store is not None:
+            self._attach(store)
+
+    # -- construction ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike | None = None, *, config: EditConfig | None = None,
+                        store: str | os.PathLike | None = None) -> "Editor":
+        """Load a base model (None: the embedded SmolLM2-135M-Instruct; else a local Hugging Face directory or a hub id
+        in the local cache) and, if `store` is given, open that store or create it. An existing store keeps the config
+        it was made with; passing a different `config` for it is an error."""
+        existing = store is not None and Store.exists(store)
+        opened = Store.open(store) if existing else None
+        if opened is not None:
+            stored = EditConfig.from_dict(opened.manifest["config"])
+            if config is not None and config.to_dict() != stored.to_dict():
+                raise ConfigError(f"the store {store} was made with a different config; open it without a config "
+                                  "(it keeps its own) or create a new store")
+            config = stored
+        name, network, tokenizer = load_model(model)
+        editor = cls(network, tokenizer, config, source=name)
+        if opened is not None:
+            editor._attach(opened)
+        elif store is not None:
+            editor._attach(Store.create(store, editor._manifest()))
+        return editor
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: str | os.PathLike | None = None) -> "Editor":
+        """Open a saved store with the base model it was made on (or `model`, which must be the same model)."""
+        manifest = Store.open(path).manifest
+        source = model if model is not None else manifest["model"]["name"]
+        if model is None and source != EMBEDDED_SOURCE and not Path(source).exists():
+            raise StoreError(f"the store {path} was made on {source!r}, which is not here; pass model=... with a copy "
+                             "of that model")
+        return cls.from_pretrained(source, store=path)
+
+    def _wrap(self, modules: dict[str, nn.Module], name: str) -> RoutedLoraLayer:
+        module = modules[name]
+        if isinstance(module, RoutedLoraLayer):
+            raise ConfigError(f"{name} is already edited by another Editor; load a fresh copy of the model")
+        parent_name, _, child = name.rpartition(".")
+        layer = RoutedLoraLayer(module, self.config.rank, self.config.scaling, self.decision)
+        setattr(modules[parent_name] if parent_name else self.model, child, layer)
+        return layer
+
+    def _hook_key_module(self, modules: dict[str, nn.Module]) -> None:
+        name = self.config.key_module or self.config.layers[0]
+        if name not in modules:
+            raise ConfigError(f"key_module {name!r} is not a module of this model")
+        module = modules[name]
+        if isinstance(module, RoutedLoraLayer):
+            module = module.base_layer
+
+        def read_query(_module, args, kwargs):
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            self.decision.decide_from(hidden)
+
+        self._key_hook = module.register_forward_pre_hook(read_query, with_kwargs=True)
+        self._key_module_name = name
+
+    def _key_dim(self) -> int | None:
+        if not self.keys.inside_model:
+            return self.keys.dim
+        return None  # read off the first key
+
+    def _manifest(self) -> dict[str, Any]:
+        return {"method": METHOD, "config": self.config.to_dict(), "model": self.fingerprint,
+                "model_note": EMBEDDED_NOTE if self.source == EMBEDDED_SOURCE else None}
+
+    def _attach(self, store: Store) -> None:
+        """Check that the store belongs to this model, then replay its journal into memory."""
+        manifest = store.manifest
+        if manifest.get("method") != METHOD:
+            raise StoreError(f"{store.path} holds edits of method {manifest.get('method')!r}, not {METHOD!r}")
+        mismatch = describe_mismatch(manifest.get("model", {}), self.fingerprint)
+        if mismatch:
+            raise ModelMismatchError(f"{store.path}: {mismatch}")
+        if manifest["model"].get("keys") != self.fingerprint["keys"]:
+            raise ModelMismatchError(f"{store.path}: its keys come from {manifest['model'].get('keys')} but this editor "
+                                     f"computes keys with {self.fingerprint['keys']}; use the same key encoder")
+        records = store.journal()
+        rolled = {r["id"]: r.get("at", "") for r in records if r["op"] == "rollback"}
+        edits = [Edit.from_dict({**r, "rolled_back": rolled.get(r["id"])}) for r in records if r["op"] == "edit"]
+        loaded = {e.id: store.read_tensors(e.id) for e in edits if e.live}  # read all before changing anything
+        for edit in edits:
+            self._edits[edit.id] = edit
+            self._counter = max(self._counter, _id_number(edit.id))
+            if edit.live:
+                self._install(edit.id, loaded[edit.id])
+        self.store = store
+
+    # -- slots and tensors -------------------------------------------------------------------------------------------
+    def _allocate(self) -> int:
+        if self._free:
+            return self._free.pop()
+        slot = len(self._slot_of)
+        if slot >= self.layers[0].capacity:
+            for layer in self.layers:
+                layer.grow(max(8, 2 * layer.capacity))
+        return slot
+
+    def _install(self, edit_id: str, tensors: dict[str, torch.Tensor]) -> int:
+        slot = self._allocate()
+        for name, layer in zip(self.config.layers, self.layers):
+            layer.write_slot(slot, tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"])
+        self.table.add(tensors["keys"], slot)
+        self._slot_of[edit_id] = slot
+        return slot
+
+    def _tensors_of(self, edit_id: str) -> dict[str, torch.Tensor]:
+        slot = self._slot_of[edit_id]
+        tensors = {"keys": self.table.keys_of(slot)}
+        for name, layer in zip(self.config.layers, self.layers):
+            tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = layer.read_slot(slot)
+        return tensors
+
+    # -- routing -----------------------------------------------------------------------------------------------------
+    def _encode(self, prompt: str) -> EncodedPrompt:
+        encoded = self.format.encode(prompt)
+        self.task.check_length(encoded)
+        return encoded
+
+    def _queries(self, prompts: list[EncodedPrompt]) -> torch.Tensor:
+        """(B, d) routing queries of prompts, computed on the base model (nothing before the key module is edited)."""
+        if not self.keys.inside_model:
+            return self.keys.encode([p.text for p in prompts])
+        batch = self.task.batch(prompts, None)
+
+        def capture(hidden, mask):
+            raise _QueryCaptured(self.keys.pool(hidden, mask))
+
+        self.decision.arm(batch.mask, capture)
+        try:
+            with torch.no_grad():
+                self.model(**batch.inputs)
+        except _QueryCaptured as captured:
+            return captured.queries
+        finally:
+            self.decision.clear()
+        raise RuntimeError(f"the forward pass never reached the key module {self._key_module_name}")
+
+    def _router(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.table.route(self.keys.pool(hidden, mask), self.config.resolved_threshold())
+
+    @contextmanager
+    def _routed(self, prompts: list[EncodedPrompt], batch: Batch) -> Iterator[None]:
+        """Everything run inside uses one decision per row, made from the prompts alone."""
+        try:
+            if len(self.table) == 0:
+                self.decision.clear()
+            elif self.keys.inside_model:
+                self.decision.arm(batch.mask, self._router)
+            else:
+                queries = self.keys.encode([p.text for p in prompts])
+                self.decision.fix(self.table.route(queries, self.config.resolved_threshold()))
+            yield
+        finally:
+            self.decision.clear()
+
+    def route(self, prompt: str) -> Route | None:
+        """The edit this prompt is routed to and its key distance, or None if it runs on the base model."""
+        found = self.nearest(prompt)
+        return found if found is not None and found.distance < self.config.resolved_threshold() else None
+
+    def nearest(self, prompt: str) -> Route | None:
+        """The nearest live edit and its distance, whether or not it is under the threshold (None without edits)."""
+        if len(self.table) == 0:
+            return None
+        dist, slot = self.table.nearest(self._queries([self._encode(prompt)]))
+        owner = {s: e for e, s in self._slot_of.items()}[int(slot[0])]
+        return Route(owner, float(dist[0]))
+
+    def calibrate_threshold(self, prompts: Iterable[str], max_activation_rate: float = 0.01) -> float:
+        """Set the threshold so that at most `max_activation_rate` of these unrelated prompts would activate an edit.
+
+        With edits stored, the prompts' distances to their nearest key are used; without, their distances to each
+        other (how close unrelated prompts come to one another). The threshold is saved with the store.
+        """
+        texts = [check_text(p, "calibration prompt") for p in prompts]
+        if len(texts) < 2 or not 0 <= max_activation_rate < 1:
+            raise InvalidEditError("calibration needs at least 2 prompts and 0 <= max_activation_rate < 1")
+        queries = self._queries([self._encode(t) for t in texts])
+        if len(self.table):
+            dist = self.table.nearest(queries)[0]
+        else:
+            probe = KeyTable(queries.shape[1], self.config.resolved_distance())
+            probe.keys = probe._prepare(queries)
+            pairwise = probe.distances(queries)
+            dist = pairwise.fill_diagonal_(float("inf")).min(dim=1).values
+        ordered = dist.sort().values
+        threshold = float(ordered[int(max_activation_rate * len(ordered))])  # fewer than k+1 values lie below it
+        if not threshold > 0:
+            raise InvalidEditError("the calibration prompts contain duplicates of stored keys; use unrelated prompts")
+        self.config = self.config.replace(threshold=threshold)
+        if self.store is not None:
+            self.store.update_manifest({"config": self.config.to_dict()})
+        return threshold
+
+    # -- editing -----------------------------------------------------------------------------------------------------
+    def edit(self, prompt: str | list[str], target: str, *, subject: str | None = None, progress=None) -> Edit:
+        """Teach the model to answer `prompt` (or each of several prompts: one LoRA, one key per prompt) with
+        `target`, followed by the end of the answer. Returns the committed `Edit`."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise InvalidEditError("an edit needs at least one prompt")
+        encoded = [self._encode(check_text(p, "prompt")) for p in prompts]
+        check_text(target, "target")
+        if subject is not None:
+            check_text(subject, "subject")
+        targets = [self.task.encode_target(p, target) for p in prompts]
+        for enc, tgt in zip(encoded, targets):
+            self.task.check_length(enc, tgt)
+        started = time.perf_counter()
+        keys = self._queries(encoded)
+        number = self._counter + 1
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.config.seed}:{number}".encode()))
+        result = train_edit(self.task, self.decision, self.layers, self.task.batch(encoded, targets), self.config,
+                            generator, progress)
+        record = Edit(id=f"e{number}", prompts=tuple(prompts), target=target, subject=subject, created=_now(),
+                      steps=result.steps, loss=round(result.loss, 6), converged=result.converged,
+                      seconds=round(time.perf_counter() - started, 3))
+        tensors = {"keys": keys.to(torch.float32)}
+        for name, (A, B) in zip(self.config.layers, result.factors):
+            tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = A, B
+        if self.store is not None:  # durable first: if this fails, memory is unchanged
+            self.store.commit_edit(record.to_dict(), tensors)
+        self._counter = number
+        self._install(record.id, tensors)
+        self._edits[record.id] = record
+        return record
+
+    def edit_many(self, requests: Iterable[dict[str, Any]], progress: bool = False) -> list[Edit]:
+        """Edit one request after another. Each is a dict with `prompt` and `target` (EasyEdit's `target_new`, zsRE's
+        `src`/`alt` are accepted), optionally `subject`, and `prompts` (a list) instead of one prompt."""
+        requests = [_normalise_request(r, i) for i, r in enumerate(requests)]
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(requests), unit="edit", desc="editing")
+        done = []
+        try:
+            for request in requests:
+                done.append(self.edit(request["prompt"], request["target"], subject=request.get("subject")))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return done
+
+    def rollback(self, edit_id: str) -> Edit:
+        """Remove an edit: its keys leave the routing table and its slot is freed. Afterwards every input computes what
+        it would have computed had the edit never been made."""
+        edit = self._edits.get(edit_id)
+        if edit is None or not edit.live:
+            state = "was already rolled back" if edit is not None else "does not exist"
+            live = ", ".join(list(self._slot_of)[:10]) or "none"
+            raise UnknownEditError(f"edit {edit_id!r} {state}; live edits: {live} (see `sola list`)")
+        at = _now()
+        if self.store is not None:
+            self.store.commit_rollback(edit_id, at)
+        slot = self._slot_of.pop(edit_id)
+        self.table.remove_slot(slot)
+        for layer in self.layers:
+            layer.clear_slot(slot)
+        self._free.append(slot)
+        self._edits[edit_id] = rolled = Edit.from_dict({**edit.to_dict(), "rolled_back": at})
+        return rolled
+
+    def edits(self, include_rolled_back: bool = False) -> list[Edit]:
+        """The edits in the order they were made (only live ones unless asked)."""
+        return [e for e in self._edits.values() if include_rolled_back or e.live]
+
+    def get(self, edit_id: str) -> Edit:
+        if edit_id not in self._edits:
+            raise UnknownEditError(f"edit {edit_id!r} does not exist (see `sola list`)")
+        return self._edits[edit_id]
+
+    # -- asking ------------------------------------------------------------------------------------------------------
+    def generate(self, prompt: str | list[str], max_new_tokens: int = 32) -> str | list[str]:
+        """Greedy answer(s). The route is chosen once from the prompt and held for every generated token."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        answers = []
+        for text in prompts:
+            encoded = self._encode(text)
+            with self._routed([encoded], self.task.batch([encoded], None)):
+                answers.append(self.task.answer(encoded, max_new_tokens))
+        return answers[0] if isinstance(prompt, str) else answers
+
+    @torch.no_grad()
+    def logits(self, prompt: str, target: str | None = None) -> torch.Tensor:
+        """The model's logits on the prompt (and, teacher-forced, the target), routed from the prompt alone.
+
+        Causal LMs: (T, V) over the whole sequence. Seq2seq: (len(target), V) decoder logits (target required).
+        Classifiers: (num_labels,)."""
+        encoded = self._encode(prompt)
+        targets = [self.task.encode_target(prompt, target)] if target is not None else None
+        if targets is None and self.task.kind == "seq2seq":
+            raise InvalidEditError("a seq2seq model needs a target to compute decoder logits")
+        batch = self.task.batch([encoded], targets)
+        with self._routed([encoded], batch):
+            return self.model(**batch.inputs).logits[0]
+
+    # -- persistence and reporting -----------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the live edits to a new store directory (the store this editor works in is always saved already)."""
+        path = Path(path)
+        if self.store is not None and path.resolve() == self.store.path.resolve():
+            return path
+        store = Store.create(path, self._manifest())
+        for edit in self.edits():
+            store.commit_edit(edit.to_dict(), self._tensors_of(edit.id))
+        return path
+
+    def info(self) -> dict[str, Any]:
+        lora_bytes = sum(layer.lora_A.nbytes + layer.lora_B.nbytes for layer in self.layers)
+        key_bytes = self.table.keys.nbytes
+        return {
+            "model": self.source,
+            "model_note": EMBEDDED_NOTE if self.source == EMBEDDED_SOURCE else None,
+            "method": METHOD,
+            "task": self.task.kind,
+            "prompt_format": self.format.kind,
+            "layers": self.config.layers,
+            "rank": self.config.rank,
+            "key": self.config.key,
+            "distance": self.config.resolved_distance(),
+            "threshold": self.config.resolved_threshold(),
+            "edits": len(self._slot_of),
+            "rolled_back": sum(1 for e in self._edits.values() if not e.live),
+            "keys": len(self.table),
+            "slots": self.layers[0].capacity,
+            "memory_bytes": {"lora": lora_bytes, "keys": key_bytes},
+            "store": str(self.store.path) if self.store is not None else None,
+        }
+
+
+def _id_number(edit_id: str) -> int:
+    try:
+        return int(edit_id.lstrip("e"))
+    except ValueError:
+        return 0
+
+
+_PROMPT_FIELDS = ("prompt", "src", "question")
+_TARGET_FIELDS = ("target", "target_new", "alt", "answer")
+
+
+def _normalise_request(request: Any, index: int) -> dict[str, Any]:
+    if not isinstance(request, dict):
+        raise InvalidEditError(f"request {index} must be a dict with 'prompt' and 'target', got {type(request).__name__}")
+    prompt = next((request[f] for f in ("prompts", *_PROMPT_FIELDS) if f in request), None)
+    target = next((request[f] for f in _TARGET_FIELDS if f in request), None)
+    if isinstance(target, dict):  # EasyEdit sometimes nests {"str": ...}
+        target = target.get("str")
+    if prompt is None or target is None:
+        raise InvalidEditError(f"request {index} needs a prompt ({'/'.join(_PROMPT_FIELDS)}) and a target "
+                               f"({'/'.join(_TARGET_FIELDS)}); it has {sorted(request)}")
+    return {"prompt": prompt, "target": target, "subject": request.get("subject")}

@@ -1,0 +1,100 @@
+"""The routed LoRA layer: a frozen base module plus one LoRA per edit, selected per batch row."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .decision import Decision
+
+
+class RoutedLoraLayer(nn.Module):
+    """Wraps `base_layer` (an `nn.Linear` or GPT-2 `Conv1D`) and adds the LoRA of the slot each row is routed to.
+
+    LoRA factors of all edits live in two stacked buffers indexed by slot: `lora_A` (S, r, in) and `lora_B`
+    (S, out, r). They are buffers, not parameters: a stored edit is frozen forever. The edit being trained lives in
+    `train_A`/`train_B` (K, r, in)/(K, out, r) until `commit_training` copies it into its slot.
+
+    Rows whose slot is -1 get `base_layer(x)` untouched (the same tensor values bit for bit), because the LoRA output
+    is added with `index_add` to the routed rows only.
+    """
+
+    def __init__(self, base_layer: nn.Module, rank: int, scaling: float, decision: Decision) -> None:
+        super().__init__()
+        if isinstance(base_layer, nn.Linear):
+            in_features, out_features = base_layer.in_features, base_layer.out_features
+        elif isinstance(base_layer, Conv1D):  # weight stored transposed: (in, out)
+            in_features, out_features = base_layer.weight.shape
+        else:
+            raise TypeError(f"can only wrap nn.Linear or Conv1D, not {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.in_features, self.out_features, self.rank, self.scaling = in_features, out_features, rank, scaling
+        self.decision = decision
+        weight = base_layer.weight
+        self.register_buffer("lora_A", weight.new_zeros(0, rank, in_features), persistent=False)
+        self.register_buffer("lora_B", weight.new_zeros(0, out_features, rank), persistent=False)
+        self.train_A: nn.Parameter | None = None
+        self.train_B: nn.Parameter | None = None
+
+    # -- slots -------------------------------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self.lora_A.shape[0]
+
+    def grow(self, capacity: int) -> None:
+        extra = capacity - self.capacity
+        if extra > 0:
+            self.lora_A = torch.cat([self.lora_A, self.lora_A.new_zeros(extra, *self.lora_A.shape[1:])])
+            self.lora_B = torch.cat([self.lora_B, self.lora_B.new_zeros(extra, *self.lora_B.shape[1:])])
+
+    def write_slot(self, slot: int, A: torch.Tensor, B: torch.Tensor) -> None:
+        self.lora_A[slot] = A.to(self.lora_A)
+        self.lora_B[slot] = B.to(self.lora_B)
+
+    def clear_slot(self, slot: int) -> None:
+        self.lora_A[slot].zero_()
+        self.lora_B[slot].zero_()
+
+    def read_slot(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lora_A[slot].clone(), self.lora_B[slot].clone()
+
+    # -- training ----------------------------------------------------------------------------------------------------
+    def begin_training(self, count: int, generator: torch.Generator) -> list[nn.Parameter]:
+        """Fresh trainable factors for `count` edits: A ~ Kaiming-uniform (as PEFT), B = 0, so training starts at the
+        base model's output."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        A = (torch.rand(count, self.rank, self.in_features, generator=generator) * 2 - 1) * bound
+        self.train_A = nn.Parameter(A.to(self.lora_A))
+        self.train_B = nn.Parameter(self.lora_B.new_zeros(count, self.out_features, self.rank))
+        return [self.train_A, self.train_B]
+
+    def end_training(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Drop the trainable factors and return them, detached, one (A, B) per edit."""
+        assert self.train_A is not None and self.train_B is not None
+        factors = [(a.detach().clone(), b.detach().clone()) for a, b in zip(self.train_A, self.train_B)]
+        self.train_A = self.train_B = None
+        return factors
+
+    # -- forward -----------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        slots = self.decision.slots
+        if slots is None:
+            return out
+        rows = (slots >= 0).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return out
+        index = slots[rows]
+        if self.decision.training:
+            A, B = self.train_A[index], self.train_B[index]
+        else:
+            A, B = self.lora_A[index], self.lora_B[index]
+        x_rows = x[rows]  # (n, T, in)
+        delta = (x_rows.to(A.dtype) @ A.transpose(1, 2)) @ B.transpose(1, 2)  # (n, T, r) -> (n, T, out)
+        return out.index_add(0, rows, (delta * self.scaling).to(out.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, slots={self.capacity}"

@@ -1,0 +1,155 @@
+"""Durable state on disk: a JSON manifest, an append-only JSON-lines journal and one safetensors file per edit.
+
+    STORE/manifest.json        format version, method, config, base-model fingerprint (written atomically)
+    STORE/edits.jsonl          one JSON object a line: {"op": "edit", ...} or {"op": "rollback", "id": ...}
+    STORE/tensors/ID.safetensors   the edit's LoRA factors per layer and its routing keys
+
+A commit is durable before the call that made it returns. An edit writes its tensors (temp file, fsync, rename, fsync
+of the directory) and then appends its journal line (write, fsync): the journal line is the commit point. A crash
+before it leaves an orphan tensor file that nothing refers to; a crash during it leaves a last line without its
+newline, which is not a commit and is cut off by the next append. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import CorruptStoreError, StoreError
+
+FORMAT_VERSION = 1
+MANIFEST, JOURNAL, TENSORS = "manifest.json", "edits.jsonl", "tensors"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(temp_path) then fsync and rename over `path`: readers see the old file or the new one, never half."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(temp))
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class Store:
+    """One store directory. Use `Store.create` or `Store.open`; both check the files before anything is changed."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], journal: list[dict[str, Any]], valid_length: int):
+        self.path, self.manifest, self._journal, self._valid_length = path, manifest, journal, valid_length
+
+    # -- opening -----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        return (Path(path) / MANIFEST).is_file()
+
+    @classmethod
+    def create(cls, path: str | Path, manifest: dict[str, Any]) -> "Store":
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise StoreError(f"cannot create a store at {path}: it exists and is not an empty directory; "
+                             "choose a new directory")
+        (path / TENSORS).mkdir(parents=True, exist_ok=True)
+        manifest = {"format_version": FORMAT_VERSION, **manifest}
+        atomic_write(path / MANIFEST, lambda t: t.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
+        (path / JOURNAL).touch()
+        _fsync_dir(path)
+        return cls(path, manifest, [], 0)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Store":
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise StoreError(f"{path} is not a store ({MANIFEST} missing); create one with "
+                             "Editor.from_pretrained(store=...) or Editor.save(...)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CorruptStoreError(f"{manifest_path} is not valid JSON ({err}); restore it from a backup") from None
+        if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+            raise CorruptStoreError(f"{manifest_path}: unsupported format_version "
+                                    f"{manifest.get('format_version') if isinstance(manifest, dict) else None!r}; "
+                                    f"this version of sola reads format {FORMAT_VERSION}")
+        journal, valid_length = cls._read_journal(path / JOURNAL)
+        return cls(path, manifest, journal, valid_length)
+
+    @staticmethod
+    def _read_journal(path: Path) -> tuple[list[dict[str, Any]], int]:
+        if not path.is_file():
+            raise CorruptStoreError(f"{path} is missing; the store is incomplete")
+        data = path.read_bytes()
+        committed = data[: data.rfind(b"\n") + 1]  # a last line without newline is a torn, uncommitted write
+        records = []
+        for number, line in enumerate(committed.splitlines(), start=1):
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise CorruptStoreError(f"{path}, line {number}: not valid JSON; the journal is damaged") from None
+            if not isinstance(record, dict) or record.get("op") not in ("edit", "rollback") or "id" not in record:
+                raise CorruptStoreError(f"{path}, line {number}: a record needs 'op' (edit|rollback) and 'id'")
+            records.append(record)
+        return records, len(committed)
+
+    # -- reading -----------------------------------------------------------------------------------------------------
+    def journal(self) -> list[dict[str, Any]]:
+        return list(self._journal)
+
+    def tensor_path(self, edit_id: str) -> Path:
+        return self.path / TENSORS / f"{edit_id}.safetensors"
+
+    def read_tensors(self, edit_id: str) -> dict[str, torch.Tensor]:
+        path = self.tensor_path(edit_id)
+        if not path.is_file():
+            raise CorruptStoreError(f"{path} is missing but {self.path / JOURNAL} records edit {edit_id}")
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CorruptStoreError(f"{path} is not a readable safetensors file ({err}); the store is damaged") from None
+
+    # -- committing --------------------------------------------------------------------------------------------------
+    def commit_edit(self, record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        path = self.tensor_path(record["id"])
+        atomic_write(path, lambda t: save_file({k: v.contiguous() for k, v in tensors.items()}, str(t)))
+        self._append({"op": "edit", **record})
+
+    def commit_rollback(self, edit_id: str, at: str) -> None:
+        self._append({"op": "rollback", "id": edit_id, "at": at})
+
+    def update_manifest(self, changes: dict[str, Any]) -> None:
+        manifest = {**self.manifest, **changes}
+        atomic_write(self.path / MANIFEST, lambda t: t.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
+        self.manifest = manifest
+
+    def _append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        try:
+            with open(self.path / JOURNAL, "r+b") as handle:
+                handle.truncate(self._valid_length)  # drop a torn tail left by a crash
+                handle.seek(self._valid_length)
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as err:
+            raise StoreError(f"could not write {self.path / JOURNAL}: {err}") from err
+        self._valid_length += len(line)
+        self._journal.append(record)
