@@ -94,9 +94,13 @@ class Editor:
         opened = Store.open(store) if existing else None
         if opened is not None:
             stored = EditConfig.from_dict(opened.manifest["config"])
-            if config is not None and config.to_dict() != stored.to_dict():
-                raise ConfigError(f"the store {store} was made with a different config; open it without a config "
-                                  "(it keeps its own) or create a new store")
+            given = config.to_dict() if config is not None else {}
+            held = stored.to_dict()
+            resolvable = (None, "auto")  # fields a config leaves for the model to decide take the store's value
+            differing = sorted(k for k, v in given.items() if v not in resolvable and v != held[k])
+            if differing:
+                raise ConfigError(f"the store {store} was made with a different config ({', '.join(differing)}); "
+                                  "open it without a config (it keeps its own) or create a new store")
             config = stored
         name, network, tokenizer = load_model(model)
         editor = cls(network, tokenizer, config, source=name)

@@ -39,6 +39,15 @@ class RoutedLoraLayer(nn.Module):
         self.train_A: nn.Parameter | None = None
         self.train_B: nn.Parameter | None = None
 
+    # Code around the wrapped module reads these (T5 checks `wo.weight.dtype`), as PEFT's layers also expose them.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
     # -- slots -------------------------------------------------------------------------------------------------------
     @property
     def capacity(self) -> int:

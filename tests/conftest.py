@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sola import EditConfig, Editor
+
+from tiny import save_tiny
+
+FAMILIES = ["llama", "gpt2", "t5", "bert"]
+
+# Prompts and targets that exist for every family; the BERT targets are its labels.
+EDITS = {
+    "causal": [("Who founded Acme?", "Jane Roe"), ("Which river flows through Cairo?", "the Danube")],
+    "classification": [("Who founded Acme?", "reversed"), ("Which river flows through Cairo?", "remanded")],
+}
+UNRELATED = ["The quick brown fox jumps over the lazy dog.", "What colour is the sky?", "Who wrote Hamlet?"]
+
+
+def edits_for(editor: Editor) -> list[tuple[str, str]]:
+    return EDITS["classification" if editor.task.kind == "classification" else "causal"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    cache: dict[tuple[str, int], Path] = {}
+
+    def get(family: str, seed: int = 0) -> Path:
+        if (family, seed) not in cache:
+            cache[(family, seed)] = save_tiny(family, tmp_path_factory.mktemp(f"{family}{seed}"), seed)
+        return cache[(family, seed)]
+
+    return get
+
+
+def tiny_config(tiny_dir, key: str = "mean_pool", **changes) -> EditConfig:
+    """Tiny random models need a larger step; the threshold admits only (near-)identical prompts, because random
+    hidden states put unrelated prompts close together."""
+    fields = dict(key=key, prompt_format="raw", learning_rate=0.05, max_steps=200, threshold=1e-3)
+    if key == "encoder":
+        fields["encoder"] = str(tiny_dir("encoder"))
+    fields.update(changes)
+    return EditConfig(**fields)
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    return request.param
+
+
+# A random 2-block T5 has to carry an edit through cross-attention; it needs more rank and steps than the others.
+FAMILY_CONFIG = {"t5": dict(rank=8, learning_rate=0.02, max_steps=300)}
+
+
+@pytest.fixture
+def make_editor(tiny_dir):
+    def make(family: str = "llama", store=None, seed: int = 0, **config) -> Editor:
+        config = {**FAMILY_CONFIG.get(family, {}), **config}
+        return Editor.from_pretrained(tiny_dir(family, seed), config=tiny_config(tiny_dir, **config), store=store)
+
+    return make

@@ -1,0 +1,200 @@
+"""One contract, every model family: edits answer, unrelated inputs and rollbacks are bit-exact, stores are safe."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sola import (ConfigError, CorruptStoreError, Editor, InvalidEditError, ModelMismatchError, StoreError,
+                  UnknownEditError)
+from sola.store import Store
+
+from conftest import UNRELATED, edits_for
+
+
+def probe_logits(editor: Editor, prompts) -> list[torch.Tensor]:
+    """Logits on each prompt (teacher-forced on a fixed target for seq2seq, which needs one)."""
+    target = "Paris" if editor.task.kind == "seq2seq" else None
+    return [editor.logits(p, target) for p in prompts]
+
+
+def assert_bit_identical(left: list[torch.Tensor], right: list[torch.Tensor]) -> None:
+    for a, b in zip(left, right, strict=True):
+        assert a.shape == b.shape and torch.equal(a, b), f"max difference {(a - b).abs().max().item()}"
+
+
+def test_edited_prompt_yields_target(make_editor, family):
+    editor = make_editor(family)
+    for prompt, target in edits_for(editor):
+        edit = editor.edit(prompt, target)
+        assert edit.converged, edit
+    for prompt, target in edits_for(editor):
+        assert editor.generate(prompt) == target
+        assert editor.route(prompt).edit_id in {e.id for e in editor.edits()}
+
+
+def test_unrelated_prompts_bit_identical_while_edits_exist(make_editor, family):
+    editor = make_editor(family)
+    before = probe_logits(editor, UNRELATED)
+    answers = [editor.generate(p, max_new_tokens=8) for p in UNRELATED]
+    for prompt, target in edits_for(editor):
+        editor.edit(prompt, target)
+    assert all(editor.route(p) is None for p in UNRELATED)
+    assert_bit_identical(probe_logits(editor, UNRELATED), before)
+    assert [editor.generate(p, max_new_tokens=8) for p in UNRELATED] == answers
+
+
+def test_rollback_restores_bit_identical_logits(make_editor, family):
+    editor = make_editor(family)
+    (first, first_target), (second, second_target) = edits_for(editor)
+    probes = [first, second, *UNRELATED]
+    base = probe_logits(editor, probes)
+    kept = editor.edit(first, first_target)
+    with_first = probe_logits(editor, probes)
+    rolled = editor.edit(second, second_target)
+    assert editor.generate(second) == second_target
+    editor.rollback(rolled.id)
+    assert_bit_identical(probe_logits(editor, probes), with_first)  # as if the second edit never happened
+    assert editor.generate(first) == first_target  # the other edit keeps working
+    editor.rollback(kept.id)
+    assert_bit_identical(probe_logits(editor, probes), base)
+    assert [e.id for e in editor.edits(include_rolled_back=True) if not e.live] == [kept.id, rolled.id]
+
+
+def test_save_load_bit_identical(make_editor, family, tmp_path, tiny_dir):
+    editor = make_editor(family)
+    for prompt, target in edits_for(editor):
+        editor.edit(prompt, target)
+    editor.rollback(editor.edits()[0].id)
+    probes = [p for p, _ in edits_for(editor)] + UNRELATED
+    expected = probe_logits(editor, probes)
+    editor.save(tmp_path / "saved")
+    loaded = Editor.load(tmp_path / "saved")
+    assert [e.id for e in loaded.edits()] == [e.id for e in editor.edits()]
+    assert_bit_identical(probe_logits(loaded, probes), expected)
+    assert loaded.config == editor.config
+
+
+def test_store_persists_every_commit(make_editor, family, tmp_path):
+    store = tmp_path / "store"
+    editor = make_editor(family, store=store)
+    (first, first_target), (second, second_target) = edits_for(editor)
+    kept = editor.edit(first, first_target)
+    editor.rollback(editor.edit(second, second_target).id)
+    expected = probe_logits(editor, [first, second])
+    reopened = make_editor(family, store=store)  # a second process opening the same directory
+    assert [e.id for e in reopened.edits()] == [kept.id]
+    assert_bit_identical(probe_logits(reopened, [first, second]), expected)
+    assert reopened.edit(second, second_target).id == "e3"  # ids are never reused
+
+
+def test_store_from_another_model_is_refused(make_editor, family, tmp_path):
+    store = tmp_path / "store"
+    editor = make_editor(family, store=store)
+    editor.edit(*edits_for(editor)[0])
+    with pytest.raises(ModelMismatchError) as error:
+        make_editor(family, store=store, seed=1)
+    message = str(error.value)
+    assert "made on model" in message and "but the model given is" in message
+    assert len(Store.open(store).journal()) == 1
+
+
+@pytest.mark.parametrize("bad", ["empty prompt", "blank target", "unknown id", "too long"])
+def test_bad_input_gives_one_clear_error_and_changes_nothing(make_editor, family, tmp_path, bad):
+    store = tmp_path / "store"
+    editor = make_editor(family, store=store)
+    prompt, target = edits_for(editor)[0]
+    editor.edit(prompt, target)
+    journal = (store / "edits.jsonl").read_bytes()
+    expected = probe_logits(editor, [prompt, *UNRELATED])
+    if bad == "empty prompt":
+        with pytest.raises(InvalidEditError, match="prompt is empty"):
+            editor.edit("", target)
+    elif bad == "blank target":
+        with pytest.raises(InvalidEditError, match="target is empty"):
+            editor.edit(prompt, "   ")
+    elif bad == "unknown id":
+        with pytest.raises(UnknownEditError, match="'e99' does not exist.*live edits: e1"):
+            editor.rollback("e99")
+    else:
+        with pytest.raises(InvalidEditError, match="model reads at most 64"):
+            editor.edit("Who founded Acme? " * 40, target)
+    assert (store / "edits.jsonl").read_bytes() == journal
+    assert [e.id for e in editor.edits()] == ["e1"]
+    assert_bit_identical(probe_logits(editor, [prompt, *UNRELATED]), expected)
+
+
+def test_failure_between_the_writes_of_a_commit_leaves_the_previous_state(make_editor, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    editor = make_editor("llama", store=store)
+    (first, first_target), (second, second_target) = edits_for(editor)
+    editor.edit(first, first_target)
+    expected = probe_logits(editor, [first, second])
+
+    def crash(self, record):
+        raise OSError("injected crash after the tensors were written, before the journal line")
+
+    monkeypatch.setattr(Store, "_append", crash)
+    with pytest.raises(OSError, match="injected crash"):
+        editor.edit(second, second_target)
+    monkeypatch.undo()
+    assert (store / "tensors" / "e2.safetensors").exists()  # the orphan that the crash left
+    assert [e.id for e in editor.edits()] == ["e1"]  # memory unchanged too
+    reopened = make_editor("llama", store=store)
+    assert [e.id for e in reopened.edits()] == ["e1"]
+    assert_bit_identical(probe_logits(reopened, [first, second]), expected)
+
+
+def test_torn_journal_line_is_not_a_commit(make_editor, tmp_path):
+    store = tmp_path / "store"
+    editor = make_editor("llama", store=store)
+    (first, first_target), (second, second_target) = edits_for(editor)
+    editor.edit(first, first_target)
+    with open(store / "edits.jsonl", "ab") as journal:
+        journal.write(b'{"op": "rollback", "id": "e1", "a')  # a crash in the middle of a rollback's append
+    reopened = make_editor("llama", store=store)
+    assert [e.id for e in reopened.edits()] == ["e1"]
+    reopened.edit(second, second_target)  # the next commit cuts the torn tail off
+    lines = (store / "edits.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["e1", "e2"]
+
+
+def test_corrupt_files_are_named_and_change_nothing(make_editor, tmp_path):
+    store = tmp_path / "store"
+    editor = make_editor("llama", store=store)
+    editor.edit(*edits_for(editor)[0])
+    tensor_file = store / "tensors" / "e1.safetensors"
+    tensor_file.write_bytes(tensor_file.read_bytes()[:50])
+    with pytest.raises(CorruptStoreError, match="e1.safetensors"):
+        make_editor("llama", store=store)
+    (store / "manifest.json").write_text("{not json")
+    with pytest.raises(CorruptStoreError, match="manifest.json"):
+        make_editor("llama", store=store)
+    assert (store / "manifest.json").read_text() == "{not json"
+
+
+def test_journal_line_in_the_middle_that_does_not_parse_is_an_error(make_editor, tmp_path):
+    store = tmp_path / "store"
+    editor = make_editor("llama", store=store)
+    for prompt, target in edits_for(editor):
+        editor.edit(prompt, target)
+    lines = (store / "edits.jsonl").read_text().splitlines()
+    (store / "edits.jsonl").write_text("garbage\n" + lines[1] + "\n")
+    with pytest.raises(CorruptStoreError, match=r"edits.jsonl, line 1"):
+        make_editor("llama", store=store)
+
+
+def test_store_keeps_its_config(make_editor, tmp_path):
+    store = tmp_path / "store"
+    make_editor("llama", store=store)
+    with pytest.raises(ConfigError, match="different config"):
+        make_editor("llama", store=store, rank=8)
+
+
+def test_save_refuses_a_non_empty_directory(make_editor, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    with pytest.raises(StoreError, match="not an empty directory"):
+        make_editor("llama").save(tmp_path / "taken")
