@@ -207,10 +207,16 @@ class Editor:
         return encoded
 
     def _queries(self, prompts: list[EncodedPrompt]) -> torch.Tensor:
-        """(B, d) routing queries of prompts, computed on the base model (nothing before the key module is edited)."""
+        """(B, d) routing queries of prompts, computed on the base model (nothing before the key module is edited).
+
+        One prompt at a time: exactly the computation that routes that prompt at inference, so a stored prompt finds
+        its own key at distance zero (padding a batch would change the numbers in the last bits)."""
+        return torch.cat([self._query(p) for p in prompts])
+
+    def _query(self, prompt: EncodedPrompt) -> torch.Tensor:
         if not self.keys.inside_model:
-            return self.keys.encode([p.text for p in prompts])
-        batch = self.task.batch(prompts, None)
+            return self.keys.encode([prompt.text])
+        batch = self.task.batch([prompt], None)
 
         def capture(hidden, mask):
             raise _QueryCaptured(self.keys.pool(hidden, mask))
@@ -266,8 +272,8 @@ class Editor:
         if len(texts) < 2 or not 0 <= max_activation_rate < 1:
             raise InvalidEditError("calibration needs at least 2 prompts and 0 <= max_activation_rate < 1")
         queries = self._queries([self._encode(t) for t in texts])
-        if len(self.table):
-            dist = self.table.nearest(queries)[0]
+        if len(self.table):  # one query at a time, exactly as `route` computes it (batched matmuls round otherwise)
+            dist = torch.cat([self.table.nearest(q.unsqueeze(0))[0] for q in queries])
         else:
             probe = KeyTable(queries.shape[1], self.config.resolved_distance())
             probe.keys = probe._prepare(queries)

@@ -1,0 +1,151 @@
+"""The pieces on their own: the routed layer, the key table, the master decision, prompt formats, key strategies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from sola import ConfigError, EditConfig, Editor, InvalidEditError
+from sola.nn import Decision, RoutedLoraLayer
+from sola.routing import KeyTable
+
+from conftest import UNRELATED, edits_for, tiny_config
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_unrouted_rows_are_bit_identical_and_routed_rows_add_their_own_lora(kind):
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5) if kind == "linear" else Conv1D(5, 6)
+    decision = Decision()
+    layer = RoutedLoraLayer(base, rank=2, scaling=0.5, decision=decision)
+    layer.grow(3)
+    factors = [(torch.randn(2, 6), torch.randn(5, 2)) for _ in range(3)]
+    for slot, (A, B) in enumerate(factors):
+        layer.write_slot(slot, A, B)
+    x = torch.randn(4, 3, 6)
+    expected_base = base(x)
+    decision.fix(torch.tensor([-1, 2, -1, 0]))
+    out = layer(x)
+    assert torch.equal(out[0], expected_base[0]) and torch.equal(out[2], expected_base[2])
+    for row, slot in ((1, 2), (3, 0)):
+        A, B = factors[slot]
+        torch.testing.assert_close(out[row], expected_base[row] + 0.5 * (x[row] @ A.T @ B.T))
+    decision.clear()
+    assert torch.equal(layer(x), expected_base)
+
+
+def test_key_table_search_is_exact_beyond_25_rows():
+    torch.manual_seed(0)
+    table = KeyTable(16, "euclidean")
+    keys = torch.randn(300, 16) * 100
+    for slot, key in enumerate(keys):
+        table.add(key, slot)
+    queries = keys[:40] + 1e-4  # nearly identical: the matmul formula of cdist loses these in rounding
+    dist, slots = table.nearest(queries)
+    assert torch.equal(slots, torch.arange(40))
+    naive = (queries.double() - keys[:40].double()).norm(dim=1)
+    torch.testing.assert_close(dist.double(), naive, atol=1e-6, rtol=1e-3)
+    assert torch.equal(table.route(queries, threshold=1e-5), torch.full((40,), -1))
+    assert table.remove_slot(3) == 1 and len(table) == 299
+
+
+def test_cosine_table_and_empty_table():
+    table = KeyTable(None, "cosine")
+    assert table.nearest(torch.ones(2, 3))[1].tolist() == [-1, -1]
+    table.add(torch.tensor([[1.0, 0.0, 0.0]]), 7)
+    dist, slots = table.nearest(torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert slots.tolist() == [7, 7] and dist[0].item() == pytest.approx(0.0) and dist[1].item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("key", ["mean_pool", "last_token", "encoder"])
+def test_every_key_strategy_edits_and_routes(make_editor, key):
+    editor = make_editor("llama", key=key)
+    for prompt, target in edits_for(editor):
+        editor.edit(prompt, target)
+    for (prompt, target), edit in zip(edits_for(editor), editor.edits()):
+        assert editor.generate(prompt) == target
+        route = editor.route(prompt)
+        assert route.edit_id == edit.id and route.distance < 1e-3
+    assert all(editor.route(p) is None for p in UNRELATED)
+
+
+def test_route_is_decided_once_per_input_and_held_for_every_generated_token(make_editor, monkeypatch):
+    editor = make_editor("llama")
+    prompt, target = edits_for(editor)[0]
+    editor.edit(prompt, target)
+    calls, forwards = [], []
+    original = editor._router
+    monkeypatch.setattr(editor, "_router", lambda h, m: calls.append(h.shape) or original(h, m))
+    editor.model.register_forward_hook(lambda *_: forwards.append(editor.decision.slots.tolist()))
+    assert editor.generate(prompt, max_new_tokens=10) == target
+    assert len(calls) == 1 and calls[0][1] == len(editor.format.encode(prompt).ids)  # from the prompt alone
+    assert len(forwards) > 2 and all(slots == forwards[0] for slots in forwards)  # held for every token
+    assert editor.decision.slots is None  # and released afterwards
+
+
+def test_teacher_forced_target_tokens_do_not_take_part_in_routing(make_editor):
+    editor = make_editor("llama", key="last_token")
+    prompt, target = edits_for(editor)[0]
+    editor.edit(prompt, target)
+    logits = editor.logits(prompt, target)
+    expected = editor.task.encode_target(prompt, target)
+    n = len(editor.format.encode(prompt).ids)
+    assert logits[n - 1: n - 1 + len(expected)].argmax(-1).tolist() == expected
+
+
+def test_several_prompts_make_one_edit_with_one_key_each(make_editor):
+    editor = make_editor("llama")
+    edit = editor.edit(["Who founded Acme?", "Who is the CEO of Initech?"], "Jane Roe")
+    assert len(editor.table) == 2 and len(editor.edits()) == 1
+    assert editor.generate("Who is the CEO of Initech?") == "Jane Roe"
+    assert editor.route("Who is the CEO of Initech?").edit_id == edit.id
+    editor.rollback(edit.id)
+    assert len(editor.table) == 0
+
+
+def test_chat_format_routes_on_the_user_text_only(make_editor):
+    editor = make_editor("llama", prompt_format="chat")
+    encoded = editor.format.encode("Who founded Acme?")
+    content = [t for t, c in zip(encoded.ids, encoded.content) if c]
+    assert editor.tokenizer.decode(content) == "Who founded Acme?"
+    assert len(encoded.ids) > len(content)  # the template's scaffolding is there but not routed on
+    editor.edit("Who founded Acme?", "Jane Roe")
+    assert editor.generate("Who founded Acme?") == "Jane Roe"
+
+
+def test_calibrated_threshold_admits_at_most_the_chosen_fraction(make_editor):
+    editor = make_editor("llama", key="encoder", threshold=None)
+    for prompt, target in edits_for(editor):
+        editor.edit(prompt, target)
+    unrelated = UNRELATED + ["What is the capital of France?", "Who wrote it?", "When was the company started?",
+                             "Which team won the cup in 2010?", "The mother tongue of Danielle Darrieux is"]
+    threshold = editor.calibrate_threshold(unrelated, max_activation_rate=0.0)
+    assert editor.config.threshold == threshold
+    assert sum(editor.route(p) is not None for p in unrelated) == 0
+    assert editor.route(edits_for(editor)[0][0]) is not None
+
+
+def test_config_errors_name_the_fix(tiny_dir):
+    with pytest.raises(ConfigError, match="key='nope' is not a key strategy"):
+        EditConfig(key="nope").validate()
+    with pytest.raises(ConfigError, match="not modules of this model; names look like"):
+        Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir, layers=["model.nothing"]))
+    with pytest.raises(InvalidEditError, match="needs a prompt"):
+        Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir)).edit_many([{"question_x": 1}])
+
+
+def test_edit_many_accepts_easyedit_and_zsre_field_names(make_editor):
+    editor = make_editor("llama")
+    done = editor.edit_many([{"prompt": "Who founded Acme?", "target_new": "Jane Roe"},
+                             {"src": "Which river flows through Cairo?", "alt": "the Danube", "subject": "Cairo"}])
+    assert [e.target for e in done] == ["Jane Roe", "the Danube"] and done[1].subject == "Cairo"
+
+
+def test_edits_are_deterministic(make_editor):
+    first, second = make_editor("llama"), make_editor("llama")
+    prompt, target = edits_for(first)[0]
+    a, b = first.edit(prompt, target), second.edit(prompt, target)
+    assert (a.steps, a.loss) == (b.steps, b.loss)
+    assert torch.equal(first.logits(prompt), second.logits(prompt))
