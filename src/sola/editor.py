@@ -296,7 +296,7 @@ class Editor:
         if not prompts:
             raise InvalidEditError("an edit needs at least one prompt")
         encoded = [self._encode(check_text(p, "prompt")) for p in prompts]
-        check_text(target, "target")
+        target = check_text(target, "target").strip()  # zsRE has targets like " MAT-49"; the answer is "MAT-49"
         if subject is not None:
             check_text(subject, "subject")
         targets = [self.task.encode_target(p, target) for p in prompts]

@@ -30,7 +30,7 @@ class Decision:
 
     def fix(self, slots: torch.Tensor, *, training: bool = False) -> None:
         """Set the decision directly (keys computed outside the model, or an edit being trained)."""
-        self.slots, self.training, self._pending = slots, training, None
+        self.slots, self.training, self._pending = _none_if_unrouted(slots), training, None
 
     def clear(self) -> None:
         self.slots, self.training, self._pending = None, False, None
@@ -50,4 +50,9 @@ class Decision:
                 "the key module must see the whole prompt in its first forward pass"
             )
         self._pending = None
-        self.slots = router(hidden, mask)
+        self.slots = _none_if_unrouted(router(hidden, mask))
+
+
+def _none_if_unrouted(slots: torch.Tensor) -> torch.Tensor | None:
+    """No row routed: the layers need not look at the slots at all for the rest of this input."""
+    return None if bool((slots < 0).all()) else slots
