@@ -130,6 +130,8 @@ def test_calibrated_threshold_admits_at_most_the_chosen_fraction(make_editor):
 def test_config_errors_name_the_fix(tiny_dir):
     with pytest.raises(ConfigError, match="key='nope' is not a key strategy"):
         EditConfig(key="nope").validate()
+    with pytest.raises(ConfigError, match="Euclidean distances have no default threshold"):
+        EditConfig(distance="euclidean").resolved_threshold()
     with pytest.raises(ConfigError, match="not modules of this model; names look like"):
         Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir, layers=["model.nothing"]))
     with pytest.raises(InvalidEditError, match="needs a prompt"):

@@ -13,16 +13,11 @@ DISTANCES = ("cosine", "euclidean")
 PROMPT_FORMATS = ("auto", "raw", "chat")
 OPTIMIZERS = ("adam", "sgd")
 
-# Fixed thresholds used when `threshold` is None, per (key strategy, distance). Measured on SmolLM2-135M-Instruct with
-# zsRE edits (rephrases must fall under, NQ questions over); see docs/routing.md for the distributions behind them.
-DEFAULT_THRESHOLDS: dict[tuple[str, str], float] = {
-    ("encoder", "cosine"): 0.40,
-    ("mean_pool", "cosine"): 0.05,
-    ("last_token", "cosine"): 0.05,
-    ("mean_pool", "euclidean"): 0.30,
-    ("last_token", "euclidean"): 0.30,
-    ("encoder", "euclidean"): 0.90,
-}
+# Fixed thresholds used when `threshold` is None, per key strategy (cosine distance). Measured on SmolLM2-135M-Instruct
+# with benchmarks/routing_distances.py (300 zsRE edit prompts as keys, their rephrases and 300 NQ questions as
+# queries): each sits in the gap between the rephrases' distances and the NQ questions' (at most 1 % of NQ routed).
+# Euclidean radii depend on the model's activation scale, so there is no default: pass one or calibrate.
+DEFAULT_THRESHOLDS: dict[str, float] = {"encoder": 0.40, "mean_pool": 0.19, "last_token": 0.35}
 
 
 @dataclass
@@ -117,7 +112,10 @@ class EditConfig:
     def resolved_threshold(self) -> float:
         if self.threshold is not None:
             return self.threshold
-        return DEFAULT_THRESHOLDS[(self.key, self.resolved_distance())]
+        if self.resolved_distance() != "cosine":
+            raise ConfigError("Euclidean distances have no default threshold (they scale with the model's activations); "
+                              "pass EditConfig(threshold=...) or call Editor.calibrate_threshold(unrelated_prompts)")
+        return DEFAULT_THRESHOLDS[self.key]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .architectures import default_layers, default_rank, task_of
-from .config import EditConfig
+from .config import DEFAULT_THRESHOLDS, EditConfig
 from .edit import Edit
 from .errors import ConfigError, InvalidEditError, ModelMismatchError, StoreError, UnknownEditError
 from .fingerprint import config_hash, describe_mismatch, weights_hash
@@ -418,7 +418,8 @@ class Editor:
             "rank": self.config.rank,
             "key": self.config.key,
             "distance": self.config.resolved_distance(),
-            "threshold": self.config.resolved_threshold(),
+            "threshold": self.config.threshold if self.config.threshold is not None else (
+                DEFAULT_THRESHOLDS[self.config.key] if self.config.resolved_distance() == "cosine" else None),
             "edits": len(self._slot_of),
             "rolled_back": sum(1 for e in self._edits.values() if not e.live),
             "keys": len(self.table),
