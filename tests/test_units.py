@@ -151,3 +151,10 @@ def test_edits_are_deterministic(make_editor):
     a, b = first.edit(prompt, target), second.edit(prompt, target)
     assert (a.steps, a.loss) == (b.steps, b.loss)
     assert torch.equal(first.logits(prompt), second.logits(prompt))
+
+
+def test_a_hub_id_that_is_not_cached_gives_a_clear_error():
+    from sola import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="hubs cannot be reached from here; download it elsewhere"):
+        Editor.from_pretrained("nobody-here/no-such-model")
