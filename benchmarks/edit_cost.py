@@ -13,6 +13,8 @@ import json
 import platform
 import statistics
 import time
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -61,18 +63,17 @@ def main() -> None:
 
     tokenizer, model = editor.tokenizer, editor.model
 
-    def bare(prompt: str, tokens: int) -> None:  # the unwrapped computation: no routing, no decision
-        ids = torch.tensor([editor.format.encode(prompt).ids])
-        with torch.no_grad():
+    def generate(prompt: str, tokens: int, routed: bool) -> None:
+        """Exactly `tokens` new tokens; routed: what Editor.generate does, else the unwrapped computation."""
+        encoded = editor.format.encode(prompt)
+        context = editor._routed([encoded], editor.task.batch([encoded], None)) if routed else nullcontext()
+        ids = torch.tensor([encoded.ids])
+        with context, torch.no_grad():
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
                            min_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
 
-    def edited(prompt: str, tokens: int) -> None:  # what Editor.generate does, with a fixed length
-        encoded = editor.format.encode(prompt)
-        with editor._routed([encoded], editor.task.batch([encoded], None)), torch.no_grad():
-            ids = torch.tensor([encoded.ids])
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                           min_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    bare = partial(generate, routed=False)
+    edited = partial(generate, routed=True)
 
     time_generation(bare, questions[:2], args.tokens, 1)  # warm-up
     bare_s = time_generation(bare, questions, args.tokens, args.repeats)

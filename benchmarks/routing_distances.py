@@ -37,11 +37,8 @@ def main() -> None:
     nq = sorted({r["loc"].removeprefix("nq question: ") for r in load_zsre(args.data)})[: args.records]
     results = {"records": len(records), "nq_questions": len(nq), "model": "embedded SmolLM2-135M-Instruct (Q4_1 "
                "GGUF dequantised)", "prompt_format": "raw", "strategies": {}}
-    editor = None
     for spec in args.strategies.split(","):
         key, distance = spec.split(":")
-        if editor is not None:
-            editor.model = None
         editor = Editor.from_pretrained(config=EditConfig(key=key, distance=distance, prompt_format="raw"))
         encode = lambda texts: editor._queries([editor.format.encode(t) for t in texts])  # noqa: E731
         keys, rephrases, questions = encode([r["src"] for r in records]), encode([r["rephrase"] for r in records]), \

@@ -109,13 +109,18 @@ class EditConfig:
     def resolved_distance(self) -> str:
         return self.distance or "cosine"
 
-    def resolved_threshold(self) -> float:
+    def default_threshold(self) -> float | None:
+        """The threshold in force: the configured one, else the measured default (None for Euclidean distances)."""
         if self.threshold is not None:
             return self.threshold
-        if self.resolved_distance() != "cosine":
+        return DEFAULT_THRESHOLDS[self.key] if self.resolved_distance() == "cosine" else None
+
+    def resolved_threshold(self) -> float:
+        threshold = self.default_threshold()
+        if threshold is None:
             raise ConfigError("Euclidean distances have no default threshold (they scale with the model's activations); "
                               "pass EditConfig(threshold=...) or call Editor.calibrate_threshold(unrelated_prompts)")
-        return DEFAULT_THRESHOLDS[self.key]
+        return threshold
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

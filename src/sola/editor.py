@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .architectures import default_layers, default_rank, task_of
-from .config import DEFAULT_THRESHOLDS, EditConfig
+from .config import EditConfig
 from .edit import Edit
 from .errors import ConfigError, InvalidEditError, ModelMismatchError, StoreError, UnknownEditError
 from .fingerprint import config_hash, describe_mismatch, weights_hash
@@ -71,6 +71,7 @@ class Editor:
         self.table = KeyTable(self._key_dim(), self.config.resolved_distance())
         self._edits: dict[str, Edit] = {}  # every edit, live or rolled back, in creation order
         self._slot_of: dict[str, int] = {}  # live edits only
+        self._owner: dict[int, str] = {}  # the inverse of _slot_of, for routing answers
         self._free: list[int] = []
         self._counter = 0
         self.store: Store | None = None
@@ -191,6 +192,7 @@ class Editor:
             layer.write_slot(slot, tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"])
         self.table.add(tensors["keys"], slot)
         self._slot_of[edit_id] = slot
+        self._owner[slot] = edit_id
         return slot
 
     def _tensors_of(self, edit_id: str) -> dict[str, torch.Tensor]:
@@ -259,8 +261,7 @@ class Editor:
         if len(self.table) == 0:
             return None
         dist, slot = self.table.nearest(self._queries([self._encode(prompt)]))
-        owner = {s: e for e, s in self._slot_of.items()}[int(slot[0])]
-        return Route(owner, float(dist[0]))
+        return Route(self._owner[int(slot[0])], float(dist[0]))
 
     def calibrate_threshold(self, prompts: Iterable[str], max_activation_rate: float = 0.01) -> float:
         """Set the threshold so that at most `max_activation_rate` of these unrelated prompts would activate an edit.
@@ -276,7 +277,7 @@ class Editor:
             dist = torch.cat([self.table.nearest(q.unsqueeze(0))[0] for q in queries])
         else:
             probe = KeyTable(queries.shape[1], self.config.resolved_distance())
-            probe.keys = probe._prepare(queries)
+            probe.add(queries, slot=0)
             pairwise = probe.distances(queries)
             dist = pairwise.fill_diagonal_(float("inf")).min(dim=1).values
         ordered = dist.sort().values
@@ -353,6 +354,7 @@ class Editor:
         if self.store is not None:
             self.store.commit_rollback(edit_id, at)
         slot = self._slot_of.pop(edit_id)
+        del self._owner[slot]
         self.table.remove_slot(slot)
         for layer in self.layers:
             layer.clear_slot(slot)
@@ -418,8 +420,7 @@ class Editor:
             "rank": self.config.rank,
             "key": self.config.key,
             "distance": self.config.resolved_distance(),
-            "threshold": self.config.threshold if self.config.threshold is not None else (
-                DEFAULT_THRESHOLDS[self.config.key] if self.config.resolved_distance() == "cosine" else None),
+            "threshold": self.config.default_threshold(),
             "edits": len(self._slot_of),
             "rolled_back": sum(1 for e in self._edits.values() if not e.live),
             "keys": len(self.table),
