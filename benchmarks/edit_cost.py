@@ -52,12 +52,12 @@ def main() -> None:
 
     torch.manual_seed(0)
     editor = Editor.from_pretrained(args.model, config=EditConfig(key=args.key, prompt_format="raw"))
-    records = load_zsre(args.data)
-    questions = [r["loc"].removeprefix("nq question: ") for r in records[-8:]]
+    records = load_zsre(args.data).records
+    questions = [r.locality[0].prompt.removeprefix("nq question: ") for r in records[-8:]]
     seen, facts = set(), []
     for record in records:
-        if record["subject"] not in seen:
-            seen.add(record["subject"])
+        if record.subject not in seen:
+            seen.add(record.subject)
             facts.append(record)
     facts = facts[: args.edits]
 
@@ -81,7 +81,7 @@ def main() -> None:
 
     edit_seconds, steps, converged = [], [], 0
     for fact in facts:
-        edit = editor.edit(fact["src"], fact["alt"])
+        edit = editor.edit(fact.prompt, fact.target)
         edit_seconds.append(edit.seconds)
         steps.append(edit.steps)
         converged += edit.converged

@@ -33,20 +33,20 @@ def main() -> None:
     from sola.data import load_zsre
     from sola.routing import KeyTable
 
-    records = load_zsre(args.data)[: args.records]
-    nq = sorted({r["loc"].removeprefix("nq question: ") for r in load_zsre(args.data)})[: args.records]
+    records = load_zsre(args.data).records[: args.records]
+    nq = sorted({r.locality[0].prompt.removeprefix("nq question: ") for r in load_zsre(args.data).records})[: args.records]
     results = {"records": len(records), "nq_questions": len(nq), "model": "embedded SmolLM2-135M-Instruct (Q4_1 "
                "GGUF dequantised)", "prompt_format": "raw", "strategies": {}}
     for spec in args.strategies.split(","):
         key, distance = spec.split(":")
         editor = Editor.from_pretrained(config=EditConfig(key=key, distance=distance, prompt_format="raw"))
         encode = lambda texts: editor._queries([editor.format.encode(t) for t in texts])  # noqa: E731
-        keys, rephrases, questions = encode([r["src"] for r in records]), encode([r["rephrase"] for r in records]), \
+        keys, rephrases, questions = encode([r.prompt for r in records]), encode([r.rephrases[0] for r in records]), \
             encode(nq)
         table = KeyTable(keys.shape[1], distance)
         for slot, k in enumerate(keys):
             table.add(k, slot)
-        targets = [r["alt"].strip() for r in records]
+        targets = [r.target for r in records]
         r_dist, r_slot = torch.cat([torch.stack(table.nearest(q[None])) for q in rephrases], 1)
         r_slot = r_slot.long()
         right = torch.tensor([targets[int(s)] == targets[i] for i, s in enumerate(r_slot)])

@@ -18,10 +18,10 @@ def first_distinct_facts(count: int) -> list[dict]:
     """The first zsRE records whose subject and question no earlier record has: the split edits some facts twice
     with different answers, which no editor can satisfy both ways (see docs)."""
     seen, facts = set(), []
-    for record in load_zsre():
-        if record["subject"] in seen or record["src"] in seen:
+    for record in load_zsre().records:
+        if record.subject in seen or record.prompt in seen:
             continue
-        seen.update((record["subject"], record["src"]))
+        seen.update((record.subject, record.prompt))
         facts.append(record)
         if len(facts) == count:
             return facts
@@ -31,17 +31,17 @@ def first_distinct_facts(count: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def edited():
     editor = Editor.from_pretrained(config=EditConfig(prompt_format="raw"))
-    probes = [f["src"] for f in first_distinct_facts(20)] + NQ_QUESTIONS
+    probes = [f.prompt for f in first_distinct_facts(20)] + NQ_QUESTIONS
     base = [editor.logits(p) for p in probes]
-    edits = [editor.edit(f["src"], f["alt"]) for f in first_distinct_facts(20)]
+    edits = [editor.edit(f.prompt, f.target) for f in first_distinct_facts(20)]
     return editor, edits, probes, base
 
 
 def test_twenty_sequential_zsre_edits_each_generate_their_target(edited):
     editor, edits, _, _ = edited
     facts = first_distinct_facts(20)
-    answers = [editor.generate(f["src"]) for f in facts]
-    assert answers == [f["alt"].strip() for f in facts]  # one zsRE target is " MAT-49"
+    answers = [editor.generate(f.prompt) for f in facts]
+    assert answers == [f.target.strip() for f in facts]  # one zsRE target is " MAT-49"
     assert all(e.converged for e in edits)
 
 

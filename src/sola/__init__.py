@@ -3,11 +3,11 @@
 from .config import EditConfig
 from .edit import Edit
 from .editor import Editor
-from .errors import (ConfigError, CorruptStoreError, InvalidEditError, ModelMismatchError, ModelNotFoundError,
-                     SolaError, StoreError, UnknownEditError)
+from .errors import (ConfigError, CorruptStoreError, DataError, InvalidEditError, ModelMismatchError,
+                     ModelNotFoundError, SolaError, StoreError, UnknownEditError)
 from .routing import Route
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "CorruptStoreError", "Edit", "EditConfig", "Editor", "InvalidEditError",
+__all__ = ["ConfigError", "CorruptStoreError", "DataError", "Edit", "EditConfig", "Editor", "InvalidEditError",
            "ModelMismatchError", "ModelNotFoundError", "Route", "SolaError", "StoreError", "UnknownEditError"]

@@ -20,11 +20,11 @@ def _short(text: str, width: int) -> str:
 
 def run_demo(data: str | None = None, out=print) -> dict:
     started = time.perf_counter()
-    records = load_zsre(data)
+    records = load_zsre(data).records
     facts = [records[i] for i in DEMO_RECORDS]
     out("Loading the embedded model (SmolLM2-135M-Instruct, Q4_1 GGUF dequantised; converted once)...")
     editor = Editor.from_pretrained()
-    questions = [(f["src"], f["rephrase"], f["alt"]) for f in facts]
+    questions = [(f.prompt, f.rephrases[0], f.target) for f in facts]
     ask = lambda prompt: editor.generate(prompt, max_new_tokens=24)  # noqa: E731
     before = {p: ask(p) for q in questions for p in q[:2]}
     before[UNRELATED] = ask(UNRELATED)

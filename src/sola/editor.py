@@ -22,8 +22,9 @@ from .loading import EMBEDDED_NOTE, EMBEDDED_SOURCE, load_model
 from .nn import Decision, RoutedLoraLayer
 from .prompts import EncodedPrompt, PromptFormat, check_text
 from .routing import KeyTable, Route, key_strategy
+from .routing.subjects import SubjectIndex
 from .store import Store
-from .tasks import TASKS, Batch
+from .tasks import TASKS, Batch, TargetScore
 from .training import train_edit
 
 METHOD = "sola"
@@ -69,11 +70,13 @@ class Editor:
         if self.keys.inside_model:
             self._hook_key_module(dict(model.named_modules()))
         self.table = KeyTable(self._key_dim(), self.config.resolved_distance())
+        self.subjects = SubjectIndex()  # used by key="subject": which edits an input names
         self._edits: dict[str, Edit] = {}  # every edit, live or rolled back, in creation order
         self._slot_of: dict[str, int] = {}  # live edits only
         self._owner: dict[int, str] = {}  # the inverse of _slot_of, for routing answers
         self._free: list[int] = []
         self._counter = 0
+        self._disabled = False
         self.store: Store | None = None
         self.fingerprint = {
             "name": source,
@@ -173,7 +176,7 @@ class Editor:
             self._edits[edit.id] = edit
             self._counter = max(self._counter, _id_number(edit.id))
             if edit.live:
-                self._install(edit.id, loaded[edit.id])
+                self._install(edit.id, loaded[edit.id], edit.subject)
         self.store = store
 
     # -- slots and tensors -------------------------------------------------------------------------------------------
@@ -186,8 +189,10 @@ class Editor:
                 layer.grow(max(8, 2 * layer.capacity))
         return slot
 
-    def _install(self, edit_id: str, tensors: dict[str, torch.Tensor]) -> int:
+    def _install(self, edit_id: str, tensors: dict[str, torch.Tensor], subject: str | None) -> int:
         slot = self._allocate()
+        if self.keys.needs_subject:
+            self.subjects.add(subject, slot)
         for name, layer in zip(self.config.layers, self.layers):
             layer.write_slot(slot, tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"])
         self.table.add(tensors["keys"], slot)
@@ -240,16 +245,27 @@ class Editor:
     def _routed(self, prompts: list[EncodedPrompt], batch: Batch) -> Iterator[None]:
         """Everything run inside uses one decision per row, made from the prompts alone."""
         try:
-            if len(self.table) == 0:
+            if len(self.table) == 0 or self._disabled:
                 self.decision.clear()
             elif self.keys.inside_model:
                 self.decision.arm(batch.mask, self._router)
             else:
-                queries = self.keys.encode([p.text for p in prompts])
-                self.decision.fix(self.table.route(queries, self.config.resolved_threshold()))
+                dist, slots = self._nearest_texts([p.text for p in prompts])
+                threshold = self.config.resolved_threshold()
+                self.decision.fix(torch.where(dist < threshold, slots, torch.full_like(slots, -1)))
             yield
         finally:
             self.decision.clear()
+
+    @contextmanager
+    def disabled(self) -> Iterator["Editor"]:
+        """Inside, every input runs the base model (no edit is routed): `with editor.disabled(): editor.generate(p)`
+        gives the unedited model's answer, bit for bit, without touching the edits."""
+        previous, self._disabled = self._disabled, True
+        try:
+            yield self
+        finally:
+            self._disabled = previous
 
     def route(self, prompt: str) -> Route | None:
         """The edit this prompt is routed to and its key distance, or None if it runs on the base model."""
@@ -260,20 +276,50 @@ class Editor:
         """The nearest live edit and its distance, whether or not it is under the threshold (None without edits)."""
         if len(self.table) == 0:
             return None
-        dist, slot = self.table.nearest(self._queries([self._encode(prompt)]))
+        encoded = self._encode(prompt)
+        if self.keys.inside_model:
+            dist, slot = self.table.nearest(self._queries([encoded]))
+        else:
+            dist, slot = self._nearest_texts([encoded.text])
+        if int(slot[0]) < 0:
+            return None  # key="subject": the prompt names no edited subject
         return Route(self._owner[int(slot[0])], float(dist[0]))
 
-    def calibrate_threshold(self, prompts: Iterable[str], max_activation_rate: float = 0.01) -> float:
+    def _nearest_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distance (B,), slot (B,)) of each text's nearest edit, for keys computed outside the model. With
+        key="subject", only edits whose subject the text names are candidates (slot -1, distance inf if none)."""
+        if not self.keys.needs_subject:
+            return self.table.nearest(self.keys.encode(texts))
+        dists, slots = torch.full((len(texts),), float("inf")), torch.full((len(texts),), -1, dtype=torch.long)
+        for row, text in enumerate(texts):
+            for subject, candidates in self.subjects.find(text).items():
+                distance, slot = self.table.nearest_among(self.keys.relation([text], [subject])[0], candidates)
+                if distance < dists[row]:
+                    dists[row], slots[row] = distance, slot
+        return dists, slots
+
+    def calibrate_threshold(self, prompts: Iterable[str], max_activation_rate: float = 0.01, *,
+                            against: Iterable[str] | None = None) -> float:
         """Set the threshold so that at most `max_activation_rate` of these unrelated prompts would activate an edit.
 
-        With edits stored, the prompts' distances to their nearest key are used; without, their distances to each
-        other (how close unrelated prompts come to one another). The threshold is saved with the store.
+        Distances are to the nearest key of the stored edits, or, with `against`, of those prompts (e.g. the edit
+        prompts about to be made); with neither, the unrelated prompts' distances to each other. The threshold is
+        saved with the store.
         """
+        if self.keys.needs_subject:
+            raise ConfigError("key='subject' only compares inputs that name an edited subject, so unrelated prompts "
+                              "cannot calibrate it; keep the measured default threshold or pass "
+                              "EditConfig(threshold=...)")
         texts = [check_text(p, "calibration prompt") for p in prompts]
         if len(texts) < 2 or not 0 <= max_activation_rate < 1:
             raise InvalidEditError("calibration needs at least 2 prompts and 0 <= max_activation_rate < 1")
         queries = self._queries([self._encode(t) for t in texts])
-        if len(self.table):  # one query at a time, exactly as `route` computes it (batched matmuls round otherwise)
+        if against is not None:
+            keys = self._queries([self._encode(check_text(p, "prompt")) for p in against])
+            table = KeyTable(keys.shape[1], self.config.resolved_distance())
+            table.add(keys, slot=0)
+            dist = torch.cat([table.nearest(q.unsqueeze(0))[0] for q in queries])
+        elif len(self.table):  # one query at a time, exactly as `route` computes it (batched matmuls round otherwise)
             dist = torch.cat([self.table.nearest(q.unsqueeze(0))[0] for q in queries])
         else:
             probe = KeyTable(queries.shape[1], self.config.resolved_distance())
@@ -303,8 +349,16 @@ class Editor:
         targets = [self.task.encode_target(p, target) for p in prompts]
         for enc, tgt in zip(encoded, targets):
             self.task.check_length(enc, tgt)
+        if self.keys.needs_subject and subject is None:
+            raise InvalidEditError("key='subject' routes by the edit's subject: pass subject=... (the entity the "
+                                   "prompt is about, as it is written in the prompt), or use key='encoder'")
+        if self.keys.needs_subject:
+            for p in prompts:
+                if not _names(p, subject):
+                    raise InvalidEditError(f"the subject {subject!r} does not occur in the prompt {p!r}; key='subject' "
+                                           "needs it written in every prompt (as whole words)")
         started = time.perf_counter()
-        keys = self._queries(encoded)
+        keys = self._edit_keys(encoded, subject)
         number = self._counter + 1
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.config.seed}:{number}".encode()))
         result = train_edit(self.task, self.decision, self.layers, self.task.batch(encoded, targets), self.config,
@@ -312,13 +366,44 @@ class Editor:
         record = Edit(id=f"e{number}", prompts=tuple(prompts), target=target, subject=subject, created=_now(),
                       steps=result.steps, loss=round(result.loss, 6), converged=result.converged,
                       seconds=round(time.perf_counter() - started, 3))
+        return self._commit(record, keys, result.factors)
+
+    def import_edit(self, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
+        """Add an edit trained elsewhere on the same base model, layers and rank (e.g. read from another store with
+        `Store.read_tensors`): its LoRA factors are used as they are, its keys are computed by this editor's key
+        strategy from its prompts. Returns the edit under a new id of this editor.
+
+        A SoLA edit's LoRA depends only on its own prompts, target and number, never on the other edits or on how
+        inputs are routed, so importing edits in order into an editor with another key strategy gives exactly the
+        editor that editing from scratch would give (this is how `sola bench --reuse-adapters` compares keys)."""
+        factors = []
+        for name, layer in zip(self.config.layers, self.layers):
+            A, B = tensors.get(f"{name}.lora_A"), tensors.get(f"{name}.lora_B")
+            if A is None or B is None or tuple(A.shape) != tuple(layer.lora_A.shape[1:]) \
+                    or tuple(B.shape) != tuple(layer.lora_B.shape[1:]):
+                raise InvalidEditError(f"the imported edit {edit.id} has no LoRA of the right shape for {name}; import "
+                                       "only edits made on the same model with the same layers and rank")
+            factors.append((A, B))
+        encoded = [self._encode(check_text(p, "prompt")) for p in edit.prompts]
+        number = self._counter + 1
+        record = Edit.from_dict({**edit.to_dict(), "id": f"e{number}", "created": _now(), "rolled_back": None})
+        if self.keys.needs_subject and edit.subject is None:
+            raise InvalidEditError(f"edit {edit.id} has no subject, which key='subject' needs")
+        return self._commit(record, self._edit_keys(encoded, edit.subject), factors)
+
+    def _edit_keys(self, prompts: list[EncodedPrompt], subject: str | None) -> torch.Tensor:
+        if self.keys.needs_subject:
+            return self.keys.relation([p.text for p in prompts], [subject] * len(prompts))
+        return self._queries(prompts)
+
+    def _commit(self, record: Edit, keys: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> Edit:
         tensors = {"keys": keys.to(torch.float32)}
-        for name, (A, B) in zip(self.config.layers, result.factors):
+        for name, (A, B) in zip(self.config.layers, factors):
             tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = A, B
         if self.store is not None:  # durable first: if this fails, memory is unchanged
             self.store.commit_edit(record.to_dict(), tensors)
-        self._counter = number
-        self._install(record.id, tensors)
+        self._counter = _id_number(record.id)
+        self._install(record.id, tensors, record.subject)
         self._edits[record.id] = record
         return record
 
@@ -356,6 +441,7 @@ class Editor:
         slot = self._slot_of.pop(edit_id)
         del self._owner[slot]
         self.table.remove_slot(slot)
+        self.subjects.remove(slot)
         for layer in self.layers:
             layer.clear_slot(slot)
         self._free.append(slot)
@@ -372,15 +458,40 @@ class Editor:
         return self._edits[edit_id]
 
     # -- asking ------------------------------------------------------------------------------------------------------
-    def generate(self, prompt: str | list[str], max_new_tokens: int = 32) -> str | list[str]:
-        """Greedy answer(s). The route is chosen once from the prompt and held for every generated token."""
+    def generate(self, prompt: str | list[str], max_new_tokens: int = 32, *, batch_size: int = 1,
+                 stop_at_newline: bool = False) -> str | list[str]:
+        """Greedy answer(s). The route is chosen once from the prompt and held for every generated token.
+
+        `batch_size` > 1 answers several prompts per forward pass (much faster for evaluation; padding may change the
+        last bits of the numbers, so a near-tie can resolve differently than with batch_size=1). `stop_at_newline`
+        ends an answer at its first line break (the natural stop for short factual answers)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        encoded = [self._encode(text) for text in prompts]
         answers = []
-        for text in prompts:
-            encoded = self._encode(text)
-            with self._routed([encoded], self.task.batch([encoded], None)):
-                answers.append(self.task.answer(encoded, max_new_tokens))
+        for start in range(0, len(encoded), max(1, batch_size)):
+            chunk = encoded[start:start + max(1, batch_size)]
+            batch = self.task.generation_batch(chunk)
+            with self._routed(chunk, batch):
+                answers += self.task.answer_batch(batch, max_new_tokens, stop_at_newline)
         return answers[0] if isinstance(prompt, str) else answers
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], targets: list[str], *, batch_size: int = 16) -> list[TargetScore]:
+        """Teacher-forced reading of each target after its prompt (routed from the prompt alone): the target's
+        tokens, the model's argmax at each, and their log-probabilities. Metrics like token accuracy and perplexity
+        are properties of the returned `TargetScore`s."""
+        if len(prompts) != len(targets):
+            raise InvalidEditError(f"score needs one target per prompt; got {len(prompts)} prompts, {len(targets)} "
+                                   "targets")
+        encoded = [self._encode(p) for p in prompts]
+        wanted = [self.task.encode_target(p, check_text(t, "target").strip()) for p, t in zip(prompts, targets)]
+        scores = []
+        for start in range(0, len(encoded), max(1, batch_size)):
+            chunk, chunk_targets = encoded[start:start + batch_size], wanted[start:start + batch_size]
+            batch = self.task.batch(chunk, chunk_targets)
+            with self._routed(chunk, batch):
+                scores += self.task.target_scores(batch, self.model(**batch.inputs).logits)
+        return scores
 
     @torch.no_grad()
     def logits(self, prompt: str, target: str | None = None) -> torch.Tensor:
@@ -428,6 +539,12 @@ class Editor:
             "memory_bytes": {"lora": lora_bytes, "keys": key_bytes},
             "store": str(self.store.path) if self.store is not None else None,
         }
+
+
+def _names(text: str, subject: str) -> bool:
+    index = SubjectIndex()
+    index.add(subject, 0)
+    return bool(index.find(text))
 
 
 def _id_number(edit_id: str) -> int:

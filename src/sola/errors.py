@@ -36,3 +36,7 @@ class CorruptStoreError(StoreError):
 
 class ModelMismatchError(StoreError):
     """A store that was made with a different base model (or key encoder) than the one given."""
+
+
+class DataError(SolaError, ValueError):
+    """A benchmark file is missing or a record in it is malformed (the message names the file, line and field)."""

@@ -9,10 +9,34 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .architectures import CAUSAL, CLASSIFICATION, SEQ2SEQ
 from .errors import InvalidEditError
 from .prompts import EncodedPrompt, PromptFormat, check_text
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """A target read teacher-forced: its tokens, the model's argmax at each of them, and their log-probabilities."""
+
+    tokens: list[int]
+    predicted: list[int]
+    logprobs: list[float]
+
+    @property
+    def accuracy(self) -> float:
+        """Share of target tokens the model predicts (the field's teacher-forced token accuracy)."""
+        return sum(p == t for p, t in zip(self.predicted, self.tokens)) / len(self.tokens)
+
+    @property
+    def exact(self) -> bool:
+        return self.predicted == self.tokens
+
+    @property
+    def nll(self) -> float:
+        """Mean negative log-likelihood per target token (perplexity is its exp)."""
+        return -sum(self.logprobs) / len(self.logprobs)
 
 
 @dataclass
@@ -25,6 +49,18 @@ class Batch:
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     width = max(len(r) for r in rows)
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+class _LineEnded(StoppingCriteria):
+    """Per row: the answer has begun and a line break followed it. Leading line breaks do not count: a base model
+    often starts a new line after a question before answering."""
+
+    def __init__(self, tokenizer, start: int) -> None:
+        self.tokenizer, self.start = tokenizer, start
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+        return torch.tensor([bool(t.strip()) and "\n" in t.lstrip() for t in texts], device=input_ids.device)
 
 
 class Task:
@@ -49,9 +85,42 @@ class Task:
         """The logits that predict each target token, per row: a list of (len(target), V)."""
         raise NotImplementedError
 
+    def target_scores(self, batch: Batch, logits: torch.Tensor) -> list[TargetScore]:
+        wanted = [row[row != -100] for row in batch.labels.view(len(logits), -1)]
+        scores = []
+        for predicting, target in zip(self.target_logits(batch, logits), wanted):
+            logprobs = torch.log_softmax(predicting.float(), dim=-1).gather(1, target.view(-1, 1)).squeeze(1)
+            scores.append(TargetScore(target.tolist(), predicting.argmax(-1).tolist(), logprobs.tolist()))
+        return scores
+
+
+    def generation_batch(self, prompts: list[EncodedPrompt]) -> Batch:
+        """Prompts padded for generating several answers at once (decoders pad on the left)."""
+        return self.batch(prompts, None)
+
     @torch.no_grad()
-    def answer(self, prompt: EncodedPrompt, max_new_tokens: int) -> str:
+    def answer_batch(self, batch: Batch, max_new_tokens: int, stop_at_newline: bool) -> list[str]:
         raise NotImplementedError
+
+    def _generate(self, batch: Batch, max_new_tokens: int, stop_at_newline: bool) -> torch.Tensor:
+        extra = {}
+        if stop_at_newline:
+            extra["stopping_criteria"] = StoppingCriteriaList([_LineEnded(self.tokenizer, self._prompt_width(batch))])
+        return self.model.generate(
+            **batch.inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.pad_id, **extra,
+        )
+
+    def _prompt_width(self, batch: Batch) -> int:
+        """Where generated tokens start in `generate`'s output."""
+        return batch.inputs["input_ids"].shape[1]
+
+    def _decode(self, ids: torch.Tensor, stop_at_newline: bool) -> str:
+        """The answer: with `stop_at_newline`, its first non-empty line."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if stop_at_newline:
+            text = text.lstrip("\n").split("\n", 1)[0]
+        return text.strip()
 
     def check_length(self, prompt: EncodedPrompt, target: list[int] | None = None) -> None:
         length = len(prompt.ids) + (len(target) if target else 0)
@@ -89,6 +158,19 @@ class CausalTask(Task):
         labels = _pad([[-100] * len(p.ids) + t for p, t in zip(prompts, targets)], -100)
         return Batch({"input_ids": input_ids, "attention_mask": attention}, mask, labels)
 
+    def generation_batch(self, prompts):
+        width = max(len(p.ids) for p in prompts)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(p.ids)) + p.ids for p in prompts])
+        attention = torch.tensor([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in prompts])
+        mask = torch.tensor([[False] * (width - len(p.ids)) + list(p.content) for p in prompts])
+        return Batch({"input_ids": input_ids, "attention_mask": attention}, mask, None)
+
+    @torch.no_grad()
+    def answer_batch(self, batch, max_new_tokens, stop_at_newline):
+        output = self._generate(batch, max_new_tokens, stop_at_newline)
+        width = batch.inputs["input_ids"].shape[1]
+        return [self._decode(row[width:], stop_at_newline) for row in output]
+
     def target_logits(self, batch, logits):
         out = []
         for row_logits, row_labels in zip(logits, batch.labels):
@@ -100,14 +182,6 @@ class CausalTask(Task):
         wanted = [row[row != -100] for row in batch.labels]
         return self._sequence_score(self.target_logits(batch, logits), wanted)
 
-    @torch.no_grad()
-    def answer(self, prompt, max_new_tokens):
-        input_ids = torch.tensor([prompt.ids])
-        output = self.model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-            do_sample=False, eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.pad_id,
-        )
-        return self.tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
 
 
 class Seq2SeqTask(Task):
@@ -139,14 +213,14 @@ class Seq2SeqTask(Task):
         wanted = [row[row != -100] for row in batch.labels]
         return self._sequence_score(self.target_logits(batch, logits), wanted)
 
+
+    def _prompt_width(self, batch):
+        return 0  # the decoder's output holds only the answer (after its start token)
+
     @torch.no_grad()
-    def answer(self, prompt, max_new_tokens):
-        input_ids = torch.tensor([prompt.ids])
-        output = self.model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-            do_sample=False, eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.pad_id,
-        )
-        return self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
+    def answer_batch(self, batch, max_new_tokens, stop_at_newline):
+        output = self._generate(batch, max_new_tokens, stop_at_newline)
+        return [self._decode(row, stop_at_newline) for row in output]
 
 
 class ClassificationTask(Task):
@@ -179,11 +253,11 @@ class ClassificationTask(Task):
     def score(self, batch, logits):
         return self._sequence_score(self.target_logits(batch, logits), [label.view(1) for label in batch.labels])
 
+
     @torch.no_grad()
-    def answer(self, prompt, max_new_tokens):
-        input_ids = torch.tensor([prompt.ids])
-        logits = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits
-        return str(self.model.config.id2label[int(logits[0].argmax())])
+    def answer_batch(self, batch, max_new_tokens, stop_at_newline):
+        logits = self.model(**batch.inputs).logits
+        return [str(self.model.config.id2label[int(i)]) for i in logits.argmax(-1)]
 
 
 TASKS = {task.kind: task for task in (CausalTask, Seq2SeqTask, ClassificationTask)}

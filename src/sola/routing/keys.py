@@ -14,6 +14,7 @@ class HiddenStateKeys:
     template's scaffolding, BOS and teacher-forced target tokens)."""
 
     inside_model = True
+    needs_subject = False
 
     def __init__(self, pooling: str) -> None:
         if pooling not in ("last_token", "mean_pool"):
@@ -53,6 +54,7 @@ class SentenceEncoder:
     """
 
     inside_model = False
+    needs_subject = False
 
     def __init__(self, path: str | Path | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
@@ -83,7 +85,24 @@ class SentenceEncoder:
         return {"kind": "encoder", "name": self.path.name, "config_hash": config_hash(self.model.config)}
 
 
+class SubjectRelationKeys(SentenceEncoder):
+    """The sentence encoder applied to an edit's relation (its prompt with the subject masked, see
+    `sola.routing.subjects`); inputs are matched only against edits whose subject they name."""
+
+    needs_subject = True
+
+    def relation(self, texts: list[str], subjects: list[str]) -> torch.Tensor:
+        from .subjects import relation_text
+
+        return self.encode([relation_text(t, s) for t, s in zip(texts, subjects)])
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "kind": "subject"}
+
+
 def key_strategy(key: str, encoder: str | None) -> HiddenStateKeys | SentenceEncoder:
     if key == "encoder":
         return SentenceEncoder(encoder)
+    if key == "subject":
+        return SubjectRelationKeys(encoder)
     return HiddenStateKeys(key)

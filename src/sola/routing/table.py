@@ -67,6 +67,15 @@ class KeyTable:
         dist, index = self.distances(queries).min(dim=1)
         return dist, self.slots[index]
 
+    def nearest_among(self, query: torch.Tensor, slots: list[int]) -> tuple[float, int]:
+        """(d,) query -> (distance, slot) of the nearest key among those of `slots` (inf, -1 if they have none)."""
+        allowed = torch.isin(self.slots, torch.tensor(slots, dtype=torch.long))
+        if not bool(allowed.any()):
+            return float("inf"), -1
+        dist = self.distances(query.reshape(1, -1))[0].masked_fill(~allowed, float("inf"))
+        index = int(dist.argmin())
+        return float(dist[index]), int(self.slots[index])
+
     def route(self, queries: torch.Tensor, threshold: float) -> torch.Tensor:
         """(B, d) queries -> slots (B,), -1 where the nearest key is not under the threshold."""
         dist, slots = self.nearest(queries)

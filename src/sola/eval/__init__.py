@@ -1,0 +1,6 @@
+"""Evaluation: metrics, the sequential-editing runner behind `sola bench`, and its reports."""
+
+from .report import compare, load_results
+from .runner import BenchSpec, run
+
+__all__ = ["BenchSpec", "compare", "load_results", "run"]

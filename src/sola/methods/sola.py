@@ -1,0 +1,75 @@
+"""SoLA through the public `Editor` API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..data import Record
+from ..editor import Editor
+from ..store import Store
+from .base import MethodRoute
+
+
+class SolaMethod:
+    """`Editor` as an `EditingMethod`. With `reuse` (a store made on the same model, layers, rank and training
+    settings, with the same edits in the same order), each edit's LoRA is imported instead of trained again: the
+    result is the editor editing would build (see `Editor.import_edit`), so key strategies can be compared without
+    paying for training once per strategy. Edit times are then the ones measured when the adapters were trained."""
+
+    name = "sola"
+
+    def __init__(self, editor: Editor, reuse: Store | None = None) -> None:
+        self.editor = editor
+        self._reuse = None
+        if reuse is not None:
+            self._reuse = _edits_of(reuse)
+            self._reuse_store = reuse
+
+    def edit(self, record: Record) -> dict[str, Any]:
+        if self._reuse is None:
+            edit = self.editor.edit(record.prompt, record.target, subject=record.subject)
+            reused = False
+        else:
+            number = len(self.editor.edits(include_rolled_back=True))
+            if number >= len(self._reuse):
+                raise ValueError(f"--reuse-adapters {self._reuse_store.path} holds only {len(self._reuse)} edits")
+            source = self._reuse[number]
+            if source.prompts != (record.prompt,) or source.target != record.target:
+                raise ValueError(f"--reuse-adapters {self._reuse_store.path}: its edit {source.id} is "
+                                 f"{source.prompt!r} -> {source.target!r}, but record {record.id} is {record.prompt!r} "
+                                 f"-> {record.target!r}; reuse a run over the same records in the same order")
+            edit = self.editor.import_edit(source, self._reuse_store.read_tensors(source.id))
+            reused = True
+        return {"id": edit.id, "seconds": edit.seconds, "steps": edit.steps, "converged": edit.converged,
+                "loss": edit.loss, "reused": reused}
+
+    def score(self, prompts, targets, batch_size=16):
+        return self.editor.score(prompts, targets, batch_size=batch_size)
+
+    def generate(self, prompts, max_new_tokens=16, batch_size=16):
+        return self.editor.generate(prompts, max_new_tokens, batch_size=batch_size, stop_at_newline=True)
+
+    def base(self):
+        return self.editor.disabled()
+
+    def routes(self, prompts: list[str]) -> list[MethodRoute]:
+        threshold = self.editor.config.resolved_threshold()
+        found = []
+        for prompt in prompts:
+            nearest = self.editor.nearest(prompt)
+            if nearest is None:
+                found.append(MethodRoute(None, None, False))
+            else:
+                found.append(MethodRoute(nearest.edit_id, nearest.distance, nearest.distance < threshold))
+        return found
+
+    def describe(self) -> dict[str, Any]:
+        info = self.editor.info()
+        return {"config": self.editor.config.to_dict(), "model": self.editor.fingerprint, "info": info}
+
+
+def _edits_of(store: Store):
+    from ..edit import Edit
+
+    records = store.journal()
+    return [Edit.from_dict(r) for r in records if r["op"] == "edit"]

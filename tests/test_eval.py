@@ -1,0 +1,331 @@
+"""The evaluation harness: metrics on hand-made cases, loaders and their errors, probes, and tiny end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from sola import DataError, EditConfig, Editor, InvalidEditError
+from sola.data import load_counterfact, load_dataset, load_nq, load_scotus, load_zsre
+from sola.data.probes import collisions, conflicts, relation_groups, subject_probes, template_of
+from sola.data.records import Probe, Record
+from sola.eval import BenchSpec, compare, run
+from sola.eval import metrics as M
+from sola.routing.subjects import SubjectIndex, relation_text
+
+from conftest import tiny_config
+
+# -- metrics --------------------------------------------------------------------------------------------------------
+
+
+def test_token_accuracy_and_agreement():
+    assert M.token_accuracy([1, 2, 3, 4], [1, 2, 0, 4]) == 0.75
+    assert M.agreement([5, 6], [5, 6]) == 1.0
+    with pytest.raises(ValueError):
+        M.token_accuracy([1], [1, 2])
+
+
+def test_exact_match_normalises_case_punctuation_and_articles():
+    assert M.exact_match("The Danube.", "danube") == 1.0
+    assert M.exact_match("Danube river", "Danube") == 0.0
+
+
+def test_token_f1_known_values():
+    assert M.token_f1("Wyndham Lewis", "Wyndham Lewis") == 1.0
+    assert M.token_f1("the architect Wyndham Lewis", "Wyndham Lewis") == pytest.approx(0.8)  # p=2/3, r=1
+    assert M.token_f1("Kohn Pedersen Fox", "Wyndham Lewis") == 0.0
+    assert M.token_f1("", "") == 1.0
+
+
+def test_perplexity_is_token_weighted():
+    assert M.perplexity([math.log(4.0)]) == pytest.approx(4.0)
+    assert M.perplexity([0.0, math.log(8.0)], [3, 1]) == pytest.approx(8.0 ** 0.25)
+
+
+def test_mean_skips_missing_and_quantiles_are_nearest_rank():
+    assert M.mean([1.0, None, 0.0]) == 0.5
+    assert M.mean([None]) is None
+    assert M.quantiles(list(range(100)), (0.5, 0.99)) == {"q50": 50, "q99": 99}
+
+
+# -- loaders ----------------------------------------------------------------------------------------------------------
+
+
+def _write(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=1))
+    return path
+
+
+ZSRE = [
+    {"src": "Who designed Toodyay Fire Station?", "alt": " Wyndham Lewis", "rephrase": "Toodyay Fire Station was "
+     "designed by whom?", "loc": "nq question: who wrote hamlet", "loc_ans": "Shakespeare", "answers": ["x"],
+     "subject": "Toodyay Fire Station"},
+    {"src": "Who designed Toodyay Fire Station?", "alt": "Kohn Pedersen Fox", "rephrase": "Who was the architect of "
+     "Toodyay Fire Station?", "loc": "nq question: what colour is the sky", "loc_ans": "blue", "answers": ["x"],
+     "subject": "Toodyay Fire Station"},
+    {"src": "Which river flows through Cairo?", "alt": "the Danube", "rephrase": "What river runs through Cairo?",
+     "loc": "nq question: who painted the mona lisa", "loc_ans": "Leonardo", "answers": ["Nile"], "subject": "Cairo"},
+]
+
+
+def test_zsre_loader_reads_records_and_strips_targets(tmp_path):
+    dataset = load_zsre(_write(tmp_path / "zsre" / "zsre_mend_eval.json", ZSRE))
+    first = dataset.records[0]
+    assert (first.prompt, first.target, first.subject) == (ZSRE[0]["src"], "Wyndham Lewis", "Toodyay Fire Station")
+    assert first.rephrases == (ZSRE[0]["rephrase"],)
+    assert first.locality == (Probe("nq question: who wrote hamlet", "Shakespeare"),)
+    assert dataset.kind == "qa" and len(dataset) == 3
+
+
+def test_malformed_record_names_file_line_and_field(tmp_path):
+    broken = [dict(ZSRE[0]), {k: v for k, v in ZSRE[2].items() if k != "alt"}]
+    path = _write(tmp_path / "zsre.json", broken)
+    line = path.read_text().splitlines().index("  \"src\": \"Which river flows through Cairo?\",")  # 0-based
+    with pytest.raises(DataError) as err:
+        load_zsre(path)
+    message = str(err.value)
+    assert "zsre.json" in message and "field 'alt'" in message and f"line {line}" in message  # record starts above
+
+
+def test_invalid_json_names_the_line(tmp_path):
+    path = tmp_path / "nq.jsonl"
+    path.write_text('{"question": "a", "answer": ["b"]}\n{"question": \n')
+    with pytest.raises(DataError, match="line 2"):
+        load_nq(path)
+
+
+def test_counterfact_flat_and_rome_formats(tmp_path):
+    flat = _write(tmp_path / "cf.json", [{"case_id": 7, "prompt": "The mother tongue of Danielle Darrieux is",
+                                          "target_new": "English", "subject": "Danielle Darrieux",
+                                          "ground_truth": "French", "rephrase_prompt": "Danielle Darrieux speaks",
+                                          "locality_prompt": "Michel Rocard is a native speaker of",
+                                          "locality_ground_truth": "French"}])
+    rome = _write(tmp_path / "counterfact.json", [{"case_id": 0, "requested_rewrite": {
+        "prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": {"str": "English"},
+        "target_true": {"str": "French"}}, "paraphrase_prompts": ["a. Danielle Darrieux speaks", "b"],
+        "neighborhood_prompts": ["Michel Rocard is a native speaker of"]}])
+    a, b = load_counterfact(flat).records[0], load_counterfact(rome).records[0]
+    assert a.id == "counterfact:7" and a.truth == "French" and a.locality[0].answer == "French"
+    assert b.prompt == a.prompt and b.target == "English" and len(b.rephrases) == 2
+    bad = _write(tmp_path / "bad.json", [{"requested_rewrite": {"prompt": "no slot", "subject": "S",
+                                                                "target_new": {"str": "x"}}}])
+    with pytest.raises(DataError, match="field 'prompt'"):
+        load_counterfact(bad)
+
+
+def test_nq_mendstyle_and_load_dataset_by_directory(tmp_path):
+    path = tmp_path / "nq.json"
+    path.write_text(json.dumps({"questions": ["Who wrote Hamlet?"], "answers": ["Shakespeare"]}))
+    assert load_nq(path).records[0].target == "Shakespeare"
+    _write(tmp_path / "data" / "zsre" / "zsre_mend_eval.json", ZSRE)
+    assert len(load_dataset("zsre", tmp_path / "data")) == 3
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_dataset("squad", tmp_path / "data")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("counterfact", tmp_path / "data")
+
+
+# SCOTUS cannot be downloaded here. This fixture is made up (clearly not court text) in the LexGLUE format:
+# JSON lines of {"text": ..., "label": issue-area index}.
+SCOTUS_FIXTURE = [{"text": "FIXTURE document one about a tax dispute.", "label": 7},
+                  {"text": "FIXTURE document two about a search warrant.", "label": 1}]
+
+
+def test_scotus_loader_and_label_errors(tmp_path):
+    path = tmp_path / "scotus" / "test.jsonl"
+    path.parent.mkdir()
+    path.write_text("\n".join(json.dumps(r) for r in SCOTUS_FIXTURE) + "\n")
+    dataset = load_scotus(path)
+    assert dataset.kind == "classification" and [r.target for r in dataset.records] == ["7", "1"]
+    path.write_text(json.dumps({"text": "FIXTURE", "label": None}) + "\n")
+    with pytest.raises(DataError, match="line 1, field 'label'"):
+        load_scotus(path)
+
+
+def test_classification_editing_on_tiny_bert_with_a_scotus_record(tmp_path, tiny_dir):
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in SCOTUS_FIXTURE) + "\n")
+    editor = Editor.from_pretrained(tiny_dir("bert"), config=tiny_config(tiny_dir))
+    labels = sorted(editor.task.labels().values())
+    record = load_scotus(path).records[0]
+    target = str(labels[(labels.index(int(editor.score([record.prompt], ["0"])[0].predicted[0])) + 1) % len(labels)])
+    editor.edit(record.prompt, target)
+    assert editor.score([record.prompt], [target])[0].accuracy == 1.0  # accuracy metric: the label is predicted
+    assert editor.generate(record.prompt) == editor.model.config.id2label[int(target)]
+
+
+# -- what the data holds ----------------------------------------------------------------------------------------------
+
+
+def _record(i, prompt, target, subject, locality=()):
+    return Record(f"r{i}", prompt, target, subject=subject, locality=tuple(Probe(p) for p in locality))
+
+
+def test_conflicts_are_same_subject_different_target():
+    records = [_record(0, "Who designed A?", "Lewis", "A"), _record(1, "Who designed A?", "Fox", "A"),
+               _record(2, "Who designed A?", "the Lewis", "A"), _record(3, "Where is B?", "Paris", "B")]
+    found = conflicts(records)
+    assert set(found) == {"r0", "r1", "r2"} and found["r0"] == ["r1"]  # "the Lewis" normalises to "Lewis"
+
+
+def test_collisions_find_probes_naming_another_edits_subject():
+    records = [_record(0, "Bordeaux is a twin city of", "Rome", "Bordeaux"),
+               _record(1, "Lyon is a twin city of", "Oslo", "Lyon", locality=["Bordeaux is a twin city of"])]
+    assert [(c.record, c.edit) for c in collisions(records)] == [("r1", "r0")]
+
+
+def test_subject_probes_use_templates_of_other_relations():
+    records = [_record(0, "The mother tongue of Ann is", "French", "Ann"),
+               _record(1, "Bob is a native speaker of", "French", "Bob"),
+               _record(2, "Cid was born in", "Paris", "Cid"), _record(3, "Dee works as a", "nurse", "Dee")]
+    groups = relation_groups(records)
+    assert groups[template_of(records[0])] == groups[template_of(records[1])]  # both answer a language
+    probes = {p.prompt for p in subject_probes(records[0], records, groups, count=5)}
+    assert probes == {"Ann was born in", "Ann works as a"}
+
+
+# -- subject-aware routing -----------------------------------------------------------------------------------------------
+
+
+def test_relation_text_masks_the_subject_in_its_clause():
+    assert relation_text("Noise first. Edwin of Northumbria is affiliated with", "Edwin of Northumbria") == \
+        "something is affiliated with"
+    index = SubjectIndex()
+    index.add("Apple A5", 1)
+    index.add("Lyon", 2)
+    assert index.find("People in Lyon's twin city like apple  a5") == {"Lyon": [2], "Apple A5": [1]}
+    assert index.find("Lyonnais cuisine") == {}
+    index.remove(2)
+    assert index.find("Lyon") == {}
+
+
+def test_subject_keys_route_only_inputs_naming_the_subject(make_editor, tiny_dir):
+    editor = make_editor("llama", key="subject", encoder=str(tiny_dir("encoder")), threshold=1e-3)
+    with pytest.raises(InvalidEditError, match="subject"):
+        editor.edit("Who founded Acme?", "Jane Roe")
+    with pytest.raises(InvalidEditError, match="does not occur"):
+        editor.edit("Who founded Acme?", "Jane Roe", subject="Initech")
+    edit = editor.edit("Who founded Acme?", "Jane Roe", subject="Acme")
+    assert editor.route("Who founded Acme?").edit_id == edit.id
+    assert editor.route("Noise first. Who founded acme?").edit_id == edit.id  # same clause, other case
+    assert editor.route("Who founded Initech?") is None  # same relation, other subject: not a candidate
+    assert editor.nearest("Who founded Initech?") is None
+
+
+# -- the runner -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """A data directory in the shared layout: five zsRE-format records and some NQ questions."""
+    records = [
+        {"src": f"Who founded {name}?", "alt": target, "rephrase": f"Who was the founder of {name}?",
+         "loc": f"nq question: {question}", "loc_ans": "x", "answers": ["y"], "subject": name}
+        for name, target, question in [("Acme", "Jane Roe", "what colour is the sky"),
+                                       ("Initech", "Bill Lumbergh", "who wrote hamlet"),
+                                       ("Globex", "Hank Scorpio", "how tall is everest"),
+                                       ("Umbrella", "Oswell Spencer", "where is the louvre"),
+                                       ("Acme", "John Doe", "when did rome fall")]]
+    _write(tmp_path / "data" / "zsre" / "zsre_mend_eval.json", records)
+    nq = tmp_path / "data" / "nq" / "NQ-open.dev.jsonl"
+    nq.parent.mkdir()
+    nq.write_text("\n".join(json.dumps({"question": f"unrelated question number {i}", "answer": ["a"]})
+                            for i in range(60)) + "\n")
+    return tmp_path / "data"
+
+
+def _spec(tiny_dir, data, **changes):
+    fields = dict(dataset="zsre", edits=5, data=str(data), model=str(tiny_dir("llama")), key="mean_pool",
+                  checkpoints=[2], batch_size=2, max_new_tokens=12,
+                  config={"learning_rate": 0.05, "max_steps": 200, "threshold": 1e-3})
+    fields.update(changes)
+    return BenchSpec(**fields)
+
+
+def test_tiny_end_to_end_run_writes_the_report(tmp_path, tiny_dir, tiny_data):
+    results = run(_spec(tiny_dir, tiny_data), tmp_path / "run", progress=False)
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    for field in ("spec", "config", "model", "code_version", "metrics", "checkpoints", "rows", "cost", "timings",
+                  "findings", "subsets"):
+        assert field in on_disk
+    assert on_disk["subsets"] == {"all": 5, "conflict_free": 3}  # the two Acme records conflict
+    assert [c["edits"] for c in on_disk["checkpoints"]] == [2, 5]
+    summary = results["metrics"]["all"]
+    # The same question is edited twice (Acme): both keys are at distance 0 and the older edit keeps answering, so the
+    # second Acme edit fails right away (ES) and at the end; superseding edits are a separate issue.
+    assert summary["paper"]["ES"] == pytest.approx(0.8) and summary["teacher_forced"]["rel"] == pytest.approx(0.8)
+    assert results["metrics"]["conflict_free"]["teacher_forced"]["rel"] == 1.0
+    for section in ("teacher_forced", "autoregressive", "paper", "routing"):
+        for name, value in summary[section].items():
+            if isinstance(value, float):
+                assert 0.0 <= value <= 1.0, (section, name, value)
+    assert summary["teacher_forced"]["loc_unrelated"] == 1.0  # threshold 1e-3: NQ questions never route
+    assert len(on_disk["rows"]) == 5 and {"rel_tf", "gen_em", "loc_subject_ar", "routes"} <= set(on_disk["rows"][0])
+    assert (tmp_path / "run" / "results.md").read_text().startswith("# sola zsre T=5")
+    assert (tmp_path / "run" / "distances.png").stat().st_size > 0
+    assert "| sola zsre T=5" in compare([tmp_path / "run"])
+
+
+def _metrics(results):
+    return json.dumps(results["metrics"], sort_keys=True), json.dumps(results["checkpoints"], sort_keys=True)
+
+
+def test_same_command_twice_gives_the_same_numbers(tmp_path, tiny_dir, tiny_data):
+    first = run(_spec(tiny_dir, tiny_data, checkpoints=[]), tmp_path / "a", progress=False)
+    second = run(_spec(tiny_dir, tiny_data, checkpoints=[]), tmp_path / "b", progress=False)
+    assert _metrics(first) == _metrics(second)
+
+
+def test_reused_adapters_give_the_same_numbers_as_training(tmp_path, tiny_dir, tiny_data):
+    trained = run(_spec(tiny_dir, tiny_data, checkpoints=[]), tmp_path / "trained", progress=False)
+    reused = run(_spec(tiny_dir, tiny_data, checkpoints=[], reuse_adapters=str(tmp_path / "trained")),
+                 tmp_path / "reused", progress=False)
+    assert _metrics(reused) == _metrics(trained)
+    assert reused["cost"]["adapters_reused"] and not trained["cost"]["adapters_reused"]
+
+
+def test_bad_bench_input_is_one_clear_error(tmp_path, tiny_dir, tiny_data):
+    with pytest.raises(Exception, match="has 5 records"):
+        run(_spec(tiny_dir, tiny_data, edits=50), tmp_path / "x", progress=False)
+    run(_spec(tiny_dir, tiny_data, edits=2, checkpoints=[]), tmp_path / "y", progress=False)
+    with pytest.raises(Exception, match="another spec"):
+        run(_spec(tiny_dir, tiny_data, edits=3, checkpoints=[]), tmp_path / "y", progress=False)
+    with pytest.raises(Exception, match="trained its LoRAs differently"):
+        run(_spec(tiny_dir, tiny_data, edits=2, checkpoints=[], reuse_adapters=str(tmp_path / "y"),
+                  config={"learning_rate": 0.01, "max_steps": 200, "threshold": 1e-3}), tmp_path / "z",
+            progress=False)
+
+
+def test_config_is_unchanged_by_import_edit_errors(make_editor):
+    editor = make_editor("llama")
+    edit = editor.edit("Who founded Acme?", "Jane Roe")
+    tensors = editor._tensors_of(edit.id)
+    broken = {k: v[..., :1] if "lora_A" in k else v for k, v in tensors.items()}
+    with pytest.raises(InvalidEditError, match="right shape"):
+        editor.import_edit(edit, broken)
+    assert len(editor.edits()) == 1
+    copy = editor.import_edit(edit, tensors)
+    assert copy.id != edit.id and editor.route("Who founded Acme?") is not None
+
+
+def test_disabled_gives_base_outputs(make_editor):
+    editor = make_editor("llama")
+    base = editor.score(["Who founded Acme?"], ["Jane Roe"])[0]
+    editor.edit("Who founded Acme?", "Jane Roe")
+    with editor.disabled():
+        again = editor.score(["Who founded Acme?"], ["Jane Roe"])[0]
+    assert again == base and editor.score(["Who founded Acme?"], ["Jane Roe"])[0].exact
+
+
+def test_batched_generation_matches_one_at_a_time(make_editor):
+    editor = make_editor("llama")
+    editor.edit("Who founded Acme?", "Jane Roe")
+    prompts = ["Who founded Acme?", "What colour is the sky?", "Who wrote Hamlet?"]
+    assert editor.generate(prompts, 6, batch_size=3) == editor.generate(prompts, 6)
+
+
+def test_edit_config_accepts_subject_key():
+    assert EditConfig(key="subject").default_threshold() == 0.6
