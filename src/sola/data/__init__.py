@@ -1,7 +1,6 @@
 """Benchmark data: where it lives, loaders of the published formats, and the probes built from it."""
 
 from .loaders import DATASETS, load_concepts, load_counterfact, load_dataset, load_hallucination, load_nq, load_scotus
-from .loaders import load_zsre as _load_zsre_file
 from .location import data_dir
 from .records import Dataset, Probe, Record
 

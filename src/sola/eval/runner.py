@@ -72,7 +72,7 @@ def build_items(dataset: Dataset, nq: list[Record], seed: int, subject_count: in
     same-relation prompts. The other faces are built from the records' own templates (and NQ questions)."""
     records = dataset.records
     groups = relation_groups(records) if dataset.kind in ("qa", "completion") else {}
-    used = {normalise(p.prompt.removeprefix("nq question: ")) for r in records for p in r.locality}
+    used = {_question(p.prompt) for r in records for p in r.locality}
     spare = [q for q in nq if normalise(q.prompt) not in used]
     rng = random.Random(f"{seed}:unrelated")
     unrelated_for_completion = rng.sample(spare, min(len(spare), len(records))) if dataset.kind == "completion" else []
@@ -94,10 +94,14 @@ def build_items(dataset: Dataset, nq: list[Record], seed: int, subject_count: in
     return items
 
 
+def _question(prompt: str) -> str:
+    """An NQ question as it can be compared across files (zsRE prefixes its copies with "nq question: ")."""
+    return normalise(prompt.removeprefix("nq question: "))
+
+
 def calibration_questions(items: list[_Item], nq: list[Record], count: int = 500) -> list[str]:
     """Held-out NQ questions: none of them is a probe of this run."""
-    used = {normalise(p.prompt.removeprefix("nq question: ")) for item in items for ps in item.probes.values()
-            for p in ps}
+    used = {_question(p.prompt) for item in items for ps in item.probes.values() for p in ps}
     return [q.prompt for q in nq if normalise(q.prompt) not in used][:count]
 
 
@@ -432,11 +436,11 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     metrics = {name: summarise(rows, dataset.kind) for name, rows in subsets.items()}
     if dataset.kind == "hallucination" and held_out:
         metrics["all"]["paper"]["ARR_ppl"] = _held_out_perplexity(method, held_out[:100], spec.batch_size)
+    described = method.describe()
     t = time.perf_counter()
-    cost = _cost(method, done, items, spec)
+    cost = _cost(method, described, done, items, spec)
     timings["cost_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
-    described = method.describe()
     results = {
         "schema": SCHEMA, "spec": asdict(spec), "method": spec.method, "dataset": dataset.name,
         "data": {"path": dataset.path, "records": len(dataset), "kind": dataset.kind},
@@ -465,7 +469,8 @@ def _held_out_perplexity(method, records: list[Record], batch_size: int) -> floa
     return M.perplexity([s.nll for s in scores], [len(s.tokens) for s in scores])
 
 
-def _cost(method, done: list[dict], items: list[_Item], spec: BenchSpec) -> dict[str, Any]:
+def _cost(method, described: dict[str, Any], done: list[dict], items: list[_Item],
+          spec: BenchSpec) -> dict[str, Any]:
     seconds = [d["seconds"] for d in done if d.get("seconds") is not None]
     cost: dict[str, Any] = {"seconds_per_edit": M.median_p90(seconds),
                             "adapters_reused": any(d.get("reused") for d in done)}
@@ -492,7 +497,6 @@ def _cost(method, done: list[dict], items: list[_Item], spec: BenchSpec) -> dict
             base_tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1
                               for a in timed["base"]["answers"])
             cost["inference"]["base_tokens_per_s"] = base_tokens / timed["base"]["seconds"]
-    described = method.describe()
     memory = described["info"].get("memory_bytes") if "info" in described else None
     if memory:
         live = max(1, described["info"].get("edits", 1))
