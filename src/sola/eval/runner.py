@@ -492,11 +492,10 @@ def _cost(method, described: dict[str, Any], done: list[dict], items: list[_Item
         }
         tokenizer = getattr(getattr(method, "editor", None), "tokenizer", None)
         if tokenizer is not None:
-            tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for a in timed["edited"]["answers"])
-            cost["inference"]["edited_tokens_per_s"] = tokens / timed["edited"]["seconds"]
-            base_tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1
-                              for a in timed["base"]["answers"])
-            cost["inference"]["base_tokens_per_s"] = base_tokens / timed["base"]["seconds"]
+            for label in ("edited", "base"):  # answer tokens plus the end token of each
+                tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1
+                             for a in timed[label]["answers"])
+                cost["inference"][f"{label}_tokens_per_s"] = tokens / timed[label]["seconds"]
     memory = described["info"].get("memory_bytes") if "info" in described else None
     if memory:
         live = max(1, described["info"].get("edits", 1))
