@@ -198,3 +198,39 @@ def test_save_refuses_a_non_empty_directory(make_editor, tmp_path):
     (tmp_path / "taken" / "file").write_text("x")
     with pytest.raises(StoreError, match="not an empty directory"):
         make_editor("llama").save(tmp_path / "taken")
+
+
+def test_training_reuses_frozen_blocks_without_changing_a_bit(make_editor, family, monkeypatch):
+    """The blocks below the first edited layer are computed once per edit (sola.training.frozen_prefix); the trained
+    factors must be exactly those of training the whole model at every step."""
+    from contextlib import nullcontext
+
+    import sola.training as training
+
+    layers = {"t5": ["encoder.block.1.layer.1.DenseReluDense.wo"], "bert": ["bert.encoder.layer.2.output.dense"]}
+    layers = dict(layers=layers[family], max_steps=20) if family in layers else {}  # their defaults start at block 0
+    fast = make_editor(family, **layers)
+    prompt, target = edits_for(fast)[0]
+    stack = {training._block_of(fast.model, name) for name in fast.config.layers}
+    assert None not in stack and min(index for _, index in stack) > 0, "the tiny model must have a block to skip"
+    fast.edit(prompt, target)
+    monkeypatch.setattr(training, "frozen_prefix", lambda model, names: nullcontext())
+    slow = make_editor(family, **layers)
+    slow.edit(prompt, target)
+    for a, b in zip(fast.layers, slow.layers, strict=True):
+        assert torch.equal(a.lora_A, b.lora_A) and torch.equal(a.lora_B, b.lora_B)
+    assert fast.edits()[0].steps == slow.edits()[0].steps
+
+
+def test_scores_read_the_same_logits_as_a_full_forward(make_editor):
+    """CausalTask.target_forward computes only the positions that predict target tokens."""
+    editor = make_editor("llama")
+    prompts, targets = ["Who founded Acme?", "Where is the river Nile? It flows"], ["Jane Roe", "through Egypt"]
+    scores = editor.score(prompts, targets, batch_size=2)
+    for prompt, target, score in zip(prompts, targets, scores):
+        logits = editor.logits(prompt, target)  # the whole sequence
+        start = len(logits) - len(score.tokens) - 1
+        full = torch.log_softmax(logits[start:-1], -1)
+        assert score.predicted == full.argmax(-1).tolist()
+        assert torch.allclose(torch.tensor(score.logprobs), full.gather(1, torch.tensor(score.tokens)[:, None])[:, 0],
+                              atol=1e-5)

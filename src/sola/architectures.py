@@ -2,7 +2,7 @@
 
 One table, so adding an architecture is one row. BERT, T5 and GPT-2 follow the SoLA paper's Table 6 (scaled to the
 model's depth); LLaMA-like models use the layers we measured on SmolLM2-135M (30 layers: 15-17 `down_proj`, the middle
-of the network, where rank-4 edits reached exact match in ~10 Adam steps).
+of the network, where rank-4 edits reach the loss bound in ~5 Adam steps).
 """
 
 from __future__ import annotations

@@ -67,10 +67,11 @@ class EditConfig:
     well) or "auto" (chat when the tokenizer has a template). Edits and questions always use the same format."""
 
     optimizer: str = "adam"
-    """"adam" (default: reaches exact match in ~10 steps) or "sgd" with cosine decay (the paper's)."""
+    """"adam" (default: reaches the loss bound in ~5 steps) or "sgd" with cosine decay (the paper's)."""
 
-    learning_rate: float = 5e-3
-    """Step size; 5e-3 for Adam. The paper's SGD uses 0.05."""
+    learning_rate: float = 0.04
+    """Step size. 0.04 for Adam: on 30 zsRE edits of SmolLM2-135M it needed a median of 5.5 steps (18 at 5e-3) and
+    the rephrases' teacher-forced accuracy was 0.97 (0.95 at 5e-3). The paper's SGD uses 0.05."""
 
     max_steps: int = 60
     """Step cap per edit. Training stops earlier once the target is reproduced exactly and the loss is below

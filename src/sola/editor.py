@@ -490,7 +490,7 @@ class Editor:
             chunk, chunk_targets = encoded[start:start + batch_size], wanted[start:start + batch_size]
             batch = self.task.batch(chunk, chunk_targets)
             with self._routed(chunk, batch):
-                scores += self.task.target_scores(batch, self.model(**batch.inputs).logits)
+                scores += self.task.target_scores(batch, self.task.target_forward(batch))
         return scores
 
     @torch.no_grad()

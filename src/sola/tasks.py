@@ -5,6 +5,7 @@ Each task builds padded batches, scores a target (teacher-forced loss and exact 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,11 @@ class Task:
     def batch(self, prompts: list[EncodedPrompt], targets: list[list[int]] | None) -> Batch:
         raise NotImplementedError
 
+    def target_forward(self, batch: Batch, *, training: bool = False) -> torch.Tensor:
+        """The model's logits for `batch`, as `score`/`target_scores` read them. Tasks may compute only the positions
+        that predict target tokens (the rest of a causal LM's vocabulary projection is wasted work)."""
+        return self.model(**batch.inputs).logits
+
     def score(self, batch: Batch, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (mean cross-entropy per row (B,), target reproduced exactly per row (B,) bool)"""
         raise NotImplementedError
@@ -143,6 +149,19 @@ class CausalTask(Task):
 
     kind = CAUSAL
 
+    def __init__(self, model, tokenizer, prompt_format: PromptFormat) -> None:
+        super().__init__(model, tokenizer, prompt_format)
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def target_forward(self, batch, *, training=False):
+        """Logits from the position before the earliest target token on (the only ones a target score reads), and no
+        KV cache: one forward pass, nothing to continue."""
+        extra: dict = {"use_cache": False}
+        if self._keeps_logits:
+            first = int((batch.labels != -100).int().argmax(1).min())
+            extra["logits_to_keep"] = batch.labels.shape[1] - first + 1
+        return self.model(**batch.inputs, **extra).logits
+
     def encode_target(self, prompt: str, target: str) -> list[int]:
         check_text(target, "target")
         ids = self.tokenizer(self.format.answer_prefix(prompt) + target, add_special_tokens=False)["input_ids"]
@@ -172,10 +191,12 @@ class CausalTask(Task):
         return [self._decode(row[width:], stop_at_newline) for row in output]
 
     def target_logits(self, batch, logits):
+        """`logits` may hold only the last positions of the batch (see `target_forward`)."""
+        skipped = batch.labels.shape[1] - logits.shape[1]
         out = []
         for row_logits, row_labels in zip(logits, batch.labels):
             positions = (row_labels != -100).nonzero().squeeze(1)
-            out.append(row_logits[positions - 1])  # logits at t predict token t + 1
+            out.append(row_logits[positions - 1 - skipped])  # logits at t predict token t + 1
         return out
 
     def score(self, batch, logits):

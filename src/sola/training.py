@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
+from torch import nn
 
 from .config import EditConfig
 from .nn import Decision, RoutedLoraLayer
@@ -37,9 +40,9 @@ def train_edit(task: Task, decision: Decision, layers: list[RoutedLoraLayer], ba
     decision.fix(torch.zeros(rows, dtype=torch.long), training=True)  # every row trains trainable edit 0
     steps, loss, converged = 0, float("inf"), False
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), frozen_prefix(task.model, config.layers or []):
             while True:
-                logits = task.model(**batch.inputs).logits
+                logits = task.target_forward(batch, training=True)
                 row_loss, exact = task.score(batch, logits)
                 objective = row_loss.mean()
                 loss = float(objective.detach())
@@ -58,3 +61,52 @@ def train_edit(task: Task, decision: Decision, layers: list[RoutedLoraLayer], ba
         decision.clear()
         factors = [layer.end_training()[0] for layer in layers]
     return TrainResult(steps, loss, converged, factors)
+
+
+class _Replay(nn.Module):
+    """Stands in for a frozen block below every edited layer while one batch trains: the first call computes the
+    block's output, every later call returns that same output. Those blocks see the same input at every step and hold
+    nothing trainable, so this changes no number, it only skips their work."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+        self.output = None
+
+    def forward(self, *args, **kwargs):
+        if self.output is None:
+            with torch.no_grad():
+                self.output = self.block(*args, **kwargs)
+        return self.output
+
+
+def _block_of(model: nn.Module, name: str) -> tuple[str, int] | None:
+    """The (ModuleList name, index) of the repeated block that holds the module `name`, e.g.
+    "model.layers.15.mlp.down_proj" -> ("model.layers", 15)."""
+    parts = name.split(".")
+    modules = dict(model.named_modules())
+    for i, part in enumerate(parts):
+        if part.isdigit() and isinstance(modules.get(".".join(parts[:i])), nn.ModuleList):
+            return ".".join(parts[:i]), int(part)
+    return None
+
+
+@contextmanager
+def frozen_prefix(model: nn.Module, layer_names: list[str]) -> Iterator[None]:
+    """While training one batch, compute the blocks below the first edited block once (see `_Replay`). Applies when
+    every edited layer sits in the same stack of blocks (decoder layers, GPT-2 `h`, BERT/T5 encoder blocks); otherwise
+    the model runs in full."""
+    blocks = [_block_of(model, name) for name in layer_names]
+    if not blocks or None in blocks or len({stack for stack, _ in blocks}) != 1:
+        yield
+        return
+    stack_name, first = blocks[0][0], min(index for _, index in blocks)
+    stack = model.get_submodule(stack_name)
+    originals = [stack[i] for i in range(first)]
+    try:
+        for i, block in enumerate(originals):
+            stack[i] = _Replay(block)
+        yield
+    finally:
+        for i, block in enumerate(originals):
+            stack[i] = block
