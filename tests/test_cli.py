@@ -39,3 +39,26 @@ def test_cli_round_trip(tiny_dir, tmp_path, capsys):
     code, _, err = run(capsys, "rollback", "e1", *common)
     assert code == 2 and [line for line in err.splitlines() if line.startswith("error:")] == [
         "error: edit 'e1' was already rolled back; live edits: e2 (see `sola list`)"]
+
+
+def test_cli_updates_and_history(tiny_dir, tmp_path, capsys):
+    from sola import Editor
+
+    store = tmp_path / "store"
+    Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir), store=store)
+    common = ["--store", str(store), "--model", str(tiny_dir("llama"))]
+    run(capsys, "edit", "Who runs Acme?", "Jane Roe", *common)
+    code, out, _ = run(capsys, "edit", "Who runs Acme?", "Bob Poe", *common)
+    assert code == 0 and "supersedes e1" in out
+    code, out, _ = run(capsys, "edit", "Who runs Acme?", "Ann Lee", "--new-fact", *common, "--json")
+    assert json.loads(out)[0]["supersedes"] is None
+    code, out, _ = run(capsys, "edit", "Who runs Acme?", "Max Mu", "--supersedes", "e3", *common)
+    assert "supersedes e3" in out
+    run(capsys, "rollback", "e2", *common)
+    code, out, _ = run(capsys, "list", "--history", *common)
+    assert code == 0 and "e4 'Max Mu' <- e3 'Ann Lee'" in out and "e1 'Jane Roe'" in out and "rolled back" in out
+    code, out, _ = run(capsys, "list", "--history", *common, "--json")
+    facts = json.loads(out)["facts"]
+    assert sorted([e["id"] for e in chain] for chain in facts) == [["e1"], ["e3", "e4"]]
+    code, _, err = run(capsys, "edit", "Who runs Acme?", "X", "--supersedes", "e3", *common)
+    assert code == 2 and "already superseded by e4" in err

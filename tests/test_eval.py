@@ -251,13 +251,17 @@ def test_tiny_end_to_end_run_writes_the_report(tmp_path, tiny_dir, tiny_data):
     for field in ("spec", "config", "model", "code_version", "metrics", "checkpoints", "rows", "cost", "timings",
                   "findings", "subsets"):
         assert field in on_disk
-    assert on_disk["subsets"] == {"all": 5, "conflict_free": 3}  # the two Acme records conflict
+    assert on_disk["subsets"] == {"all": 5, "conflict_free": 3, "latest_wins": 5}  # the two Acme records conflict
     assert [c["edits"] for c in on_disk["checkpoints"]] == [2, 5]
     summary = results["metrics"]["all"]
-    # The same question is edited twice (Acme): both keys are at distance 0 and the older edit keeps answering, so the
-    # second Acme edit fails right away (ES) and at the end; superseding edits are a separate issue.
+    # The same question is edited twice (Acme). The bench keeps every record a new fact by default (the papers'
+    # protocol): both keys are at distance 0 and the older edit keeps answering, so the second Acme edit fails right
+    # away (ES) and at the end; read "latest wins", the first Acme record fails instead.
     assert summary["paper"]["ES"] == pytest.approx(0.8) and summary["teacher_forced"]["rel"] == pytest.approx(0.8)
     assert results["metrics"]["conflict_free"]["teacher_forced"]["rel"] == 1.0
+    assert on_disk["subsets"]["latest_wins"] == 5 and on_disk["findings"]["read_against_a_later_target"] == 1
+    assert results["metrics"]["latest_wins"]["autoregressive"]["rel_em"] == pytest.approx(0.6)
+    assert on_disk["findings"]["edits_that_superseded"] == 0
     for section in ("teacher_forced", "autoregressive", "paper", "routing"):
         for name, value in summary[section].items():
             if isinstance(value, float):
@@ -267,6 +271,19 @@ def test_tiny_end_to_end_run_writes_the_report(tmp_path, tiny_dir, tiny_data):
     assert (tmp_path / "run" / "results.md").read_text().startswith("# sola zsre T=5")
     assert (tmp_path / "run" / "distances.png").stat().st_size > 0
     assert "| sola zsre T=5" in compare([tmp_path / "run"])
+
+
+def test_updates_read_latest_wins(tmp_path, tiny_dir, tiny_data):
+    """With supersede="auto" the second Acme edit updates the first: ES is perfect, and every Acme record answers
+    the latest target, so the "latest wins" reading is perfect too while the per-record reading fails the first."""
+    spec = _spec(tiny_dir, tiny_data, checkpoints=[],
+                 config={"learning_rate": 0.05, "max_steps": 200, "threshold": 1e-3, "supersede": "auto"})
+    results = run(spec, tmp_path / "run", progress=False)
+    assert results["findings"]["edits_that_superseded"] == 1
+    assert results["metrics"]["all"]["paper"]["ES"] == 1.0
+    assert results["metrics"]["all"]["autoregressive"]["rel_em"] == pytest.approx(0.8)
+    assert results["metrics"]["latest_wins"]["autoregressive"]["rel_em"] == 1.0
+    assert results["metrics"]["latest_wins"]["teacher_forced"]["rel"] == 1.0
 
 
 def _metrics(results):

@@ -43,12 +43,14 @@ def _edit(args) -> None:
                     raise SolaError(f"{args.file}, line {number}: not valid JSON") from None
         edits = editor.edit_many(requests, progress=not args.json)
     elif args.prompt and args.target:
-        edits = [editor.edit(args.prompt, args.target, subject=args.subject)]
+        edits = [editor.edit(args.prompt, args.target, subject=args.subject, supersedes=args.supersedes,
+                             new_fact=args.new_fact)]
     else:
         raise SolaError("give PROMPT and TARGET, or --file EDITS.jsonl")
     _emit(args, [e.to_dict() for e in edits],
           "\n".join(f"{e.id}: {e.prompt!r} -> {e.target!r} ({e.steps} steps, loss {e.loss:.4f}"
-                    f"{'' if e.converged else ', NOT converged'})" for e in edits))
+                    f"{'' if e.converged else ', NOT converged'}"
+                    f"{f', supersedes {e.supersedes}' if e.supersedes else ''})" for e in edits))
 
 
 def _ask(args) -> None:
@@ -61,10 +63,29 @@ def _ask(args) -> None:
     _emit(args, data, answer + via)
 
 
+def _status(edit) -> str:
+    if not edit.live:
+        return "rolled back"
+    return f"superseded by {edit.superseded_by}" if edit.superseded_by else "live"
+
+
 def _list(args) -> None:
-    edits = _editor(args).edits(include_rolled_back=args.all)
-    rows = [f"{e.id:>6}  {'live' if e.live else 'rolled back':<11}  {e.prompt!r} -> {e.target!r}" for e in edits]
-    _emit(args, [e.to_dict() for e in edits], "\n".join(rows) or "no edits")
+    editor = _editor(args)
+    edits = editor.edits(include_rolled_back=args.all or args.history)
+    if not args.history:
+        rows = [f"{e.id:>6}  {_status(e):<11}  {e.prompt!r} -> {e.target!r}" for e in edits]
+        _emit(args, [e.to_dict() for e in edits], "\n".join(rows) or "no edits")
+        return
+    chains = [editor.chain(e.id) for e in edits if e.answering]  # one per fact, answering edit last
+    rolled = [e for e in edits if not e.live]
+    lines = []
+    for chain in chains:
+        lines.append(" <- ".join(f"{e.id} {e.target!r}" for e in reversed(chain)) + f"   {chain[-1].prompt!r}")
+    lines += [f"{e.id} {e.target!r}   {e.prompt!r}  (rolled back {e.rolled_back}"
+              f"{f', had superseded {e.supersedes}' if e.supersedes else ''})" for e in rolled]
+    _emit(args, {"facts": [[e.to_dict() for e in chain] for chain in chains],
+                 "rolled_back": [e.to_dict() for e in rolled]},
+          "answering edit <- the edits it superseded\n" + "\n".join(lines) if lines else "no edits")
 
 
 def _rollback(args) -> None:
@@ -143,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("target", nargs="?")
     edit.add_argument("--subject", help="the entity the fact is about")
     edit.add_argument("--file", help="JSON lines with prompt/target (or src/alt, prompt/target_new)")
+    update = edit.add_mutually_exclusive_group()
+    update.add_argument("--supersedes", metavar="ID", help="this edit updates the fact of edit ID")
+    update.add_argument("--new-fact", action="store_true", help="never treat this edit as an update")
     edit.set_defaults(run=_edit)
     ask = commands.add_parser("ask", parents=[common], help="answer PROMPT (greedy) and say which edit answered")
     ask.add_argument("prompt")
@@ -150,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(run=_ask)
     listing = commands.add_parser("list", parents=[common], help="list the edits")
     listing.add_argument("--all", action="store_true", help="include rolled-back edits")
+    listing.add_argument("--history", action="store_true",
+                         help="one line per fact: the answering edit and the edits it superseded; then rollbacks")
     listing.set_defaults(run=_list)
     rollback = commands.add_parser("rollback", parents=[common], help="undo edit ID exactly")
     rollback.add_argument("id")
@@ -177,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "of training again (only the key strategy and threshold may differ)")
     bench.add_argument("--config", help="further EditConfig fields as JSON, e.g. '{\"rank\": 8}'")
     bench.add_argument("--compare", nargs="+", metavar="DIR", help="print one table over these finished runs")
-    bench.add_argument("--subset", default="all", help="with --compare: all or conflict_free")
+    bench.add_argument("--subset", default="all", help="with --compare: all, conflict_free or latest_wins")
     bench.add_argument("--json", action="store_true", help="print the summary as JSON")
     bench.set_defaults(run=_bench)
     return parser

@@ -24,6 +24,8 @@ class Edit:
     converged: bool = True
     seconds: float = 0.0  # wall time of key computation and training
     rolled_back: str | None = None  # when it was rolled back (ISO time), None while live
+    supersedes: str | None = None  # the edit of the same fact this one replaced when it was made (see Editor.edit)
+    superseded_by: str | None = None  # the live edit that answers in its place now (kept current by the Editor)
 
     @property
     def prompt(self) -> str:
@@ -32,6 +34,11 @@ class Edit:
     @property
     def live(self) -> bool:
         return self.rolled_back is None
+
+    @property
+    def answering(self) -> bool:
+        """Live and not superseded: inputs routed to its fact get its target."""
+        return self.live and self.superseded_by is None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

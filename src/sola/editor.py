@@ -74,6 +74,11 @@ class Editor:
         self._edits: dict[str, Edit] = {}  # every edit, live or rolled back, in creation order
         self._slot_of: dict[str, int] = {}  # live edits only
         self._owner: dict[int, str] = {}  # the inverse of _slot_of, for routing answers
+        # Superseding: a key keeps the slot of the edit whose prompt made it; `_answer[slot]` is the slot that answers
+        # for that edit's keys (itself, or the newest live edit of its fact). Links run between live edits.
+        self._answer = torch.zeros(0, dtype=torch.long)
+        self._successor: dict[str, str] = {}
+        self._predecessor: dict[str, str] = {}
         self._free: list[int] = []
         self._counter = 0
         self._disabled = False
@@ -97,7 +102,8 @@ class Editor:
         existing = store is not None and Store.exists(store)
         opened = Store.open(store) if existing else None
         if opened is not None:
-            stored = EditConfig.from_dict(opened.manifest["config"])
+            # stores made before superseding existed kept every edit as a new fact; they keep doing so
+            stored = EditConfig.from_dict({"supersede": "never", **opened.manifest["config"]})
             given = config.to_dict() if config is not None else {}
             held = stored.to_dict()
             resolvable = (None, "auto")  # fields a config leaves for the model to decide take the store's value
@@ -173,21 +179,46 @@ class Editor:
         edits = [Edit.from_dict({**r, "rolled_back": rolled.get(r["id"])}) for r in records if r["op"] == "edit"]
         loaded = {e.id: store.read_tensors(e.id) for e in edits if e.live}  # read all before changing anything
         for edit in edits:
-            self._edits[edit.id] = edit
+            self._edits[edit.id] = Edit.from_dict({**edit.to_dict(), "superseded_by": None})
             self._counter = max(self._counter, _id_number(edit.id))
             if edit.live:
                 self._install(edit.id, loaded[edit.id], edit.subject)
+        for edit in edits:  # in creation order, as they were made
+            older = self._live_predecessor(edit)
+            if edit.live and older is not None:
+                self._link(older, edit.id)
         self.store = store
+
+    def _live_predecessor(self, edit: Edit) -> str | None:
+        """The live edit `edit` supersedes: its recorded one, or, if that was rolled back, what that one superseded."""
+        older = edit.supersedes
+        while older is not None and not self._edits[older].live:
+            older = self._edits[older].supersedes
+        return older
 
     # -- slots and tensors -------------------------------------------------------------------------------------------
     def _allocate(self) -> int:
         if self._free:
-            return self._free.pop()
-        slot = len(self._slot_of)
-        if slot >= self.layers[0].capacity:
-            for layer in self.layers:
-                layer.grow(max(8, 2 * layer.capacity))
+            slot = self._free.pop()
+        else:
+            slot = len(self._slot_of)
+            if slot >= self.layers[0].capacity:
+                for layer in self.layers:
+                    layer.grow(max(8, 2 * layer.capacity))
+        if slot >= len(self._answer):
+            self._answer = torch.cat([self._answer, torch.arange(len(self._answer), self.layers[0].capacity)])
+        self._answer[slot] = slot
         return slot
+
+    def _answering(self, slots: torch.Tensor) -> torch.Tensor:
+        """Key slots -> the slots that answer for them (-1 stays -1)."""
+        return torch.where(slots >= 0, self._answer[slots.clamp(min=0)], slots)
+
+    def _link(self, older: str, newer: str) -> None:
+        """`newer` supersedes the answering edit `older`: every key that reached `older` now reaches `newer`."""
+        self._answer[self._answer == self._slot_of[older]] = self._slot_of[newer]
+        self._successor[older], self._predecessor[newer] = newer, older
+        self._edits[older] = Edit.from_dict({**self._edits[older].to_dict(), "superseded_by": newer})
 
     def _install(self, edit_id: str, tensors: dict[str, torch.Tensor], subject: str | None) -> int:
         slot = self._allocate()
@@ -239,7 +270,7 @@ class Editor:
         raise RuntimeError(f"the forward pass never reached the key module {self._key_module_name}")
 
     def _router(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.table.route(self.keys.pool(hidden, mask), self.config.resolved_threshold())
+        return self._answering(self.table.route(self.keys.pool(hidden, mask), self.config.resolved_threshold()))
 
     @contextmanager
     def _routed(self, prompts: list[EncodedPrompt], batch: Batch) -> Iterator[None]:
@@ -252,7 +283,7 @@ class Editor:
             else:
                 dist, slots = self._nearest_texts([p.text for p in prompts])
                 threshold = self.config.resolved_threshold()
-                self.decision.fix(torch.where(dist < threshold, slots, torch.full_like(slots, -1)))
+                self.decision.fix(self._answering(torch.where(dist < threshold, slots, torch.full_like(slots, -1))))
             yield
         finally:
             self.decision.clear()
@@ -283,7 +314,7 @@ class Editor:
             dist, slot = self._nearest_texts([encoded.text])
         if int(slot[0]) < 0:
             return None  # key="subject": the prompt names no edited subject
-        return Route(self._owner[int(slot[0])], float(dist[0]))
+        return Route(self._owner[int(self._answering(slot)[0])], float(dist[0]))
 
     def _nearest_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(distance (B,), slot (B,)) of each text's nearest edit, for keys computed outside the model. With
@@ -336,9 +367,15 @@ class Editor:
         return threshold
 
     # -- editing -----------------------------------------------------------------------------------------------------
-    def edit(self, prompt: str | list[str], target: str, *, subject: str | None = None, progress=None) -> Edit:
+    def edit(self, prompt: str | list[str], target: str, *, subject: str | None = None,
+             supersedes: str | None = None, new_fact: bool = False, progress=None) -> Edit:
         """Teach the model to answer `prompt` (or each of several prompts: one LoRA, one key per prompt) with
-        `target`, followed by the end of the answer. Returns the committed `Edit`."""
+        `target`, followed by the end of the answer. Returns the committed `Edit`.
+
+        An edit of a fact that is already edited is an update: it supersedes the answering edit of that fact (whose
+        keys then lead here, and whose prompts this edit also learns to answer with `target`; rolling this edit back
+        brings that one back exactly). Which edits count as the same fact is `EditConfig.supersede`'s rule;
+        `supersedes=ID` names the edit to update, `new_fact=True` keeps both."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise InvalidEditError("an edit needs at least one prompt")
@@ -357,16 +394,56 @@ class Editor:
                 if not _names(p, subject):
                     raise InvalidEditError(f"the subject {subject!r} does not occur in the prompt {p!r}; key='subject' "
                                            "needs it written in every prompt (as whole words)")
+        if supersedes is not None and new_fact:
+            raise InvalidEditError("pass either supersedes=ID (an update) or new_fact=True, not both")
+        if supersedes is not None:
+            self._check_supersedable(supersedes)
         started = time.perf_counter()
         keys = self._edit_keys(encoded, subject)
+        older = supersedes if supersedes is not None or new_fact else self._same_fact(encoded, keys, subject)
         number = self._counter + 1
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.config.seed}:{number}".encode()))
-        result = train_edit(self.task, self.decision, self.layers, self.task.batch(encoded, targets), self.config,
-                            generator, progress)
+        training, training_targets = list(encoded), list(targets)
+        if older is not None:  # the wordings of the fact edited before lead here too: teach them the new answer
+            for text in dict.fromkeys(p for e in self.chain(older) for p in e.prompts if p not in prompts):
+                training.append(self._encode(text))
+                training_targets.append(self.task.encode_target(text, target))
+        result = train_edit(self.task, self.decision, self.layers, self.task.batch(training, training_targets),
+                            self.config, generator, progress)
         record = Edit(id=f"e{number}", prompts=tuple(prompts), target=target, subject=subject, created=_now(),
                       steps=result.steps, loss=round(result.loss, 6), converged=result.converged,
-                      seconds=round(time.perf_counter() - started, 3))
+                      seconds=round(time.perf_counter() - started, 3), supersedes=older)
         return self._commit(record, keys, result.factors)
+
+    def _check_supersedable(self, edit_id: str) -> None:
+        edit = self._edits.get(edit_id)
+        if edit is None or not edit.live:
+            state = "was rolled back" if edit is not None else "does not exist"
+            raise UnknownEditError(f"supersedes={edit_id!r}: that edit {state}; name a live edit (see `sola list`)")
+        if edit.superseded_by is not None:
+            raise InvalidEditError(f"supersedes={edit_id!r}: that edit is already superseded by {edit.superseded_by}; "
+                                   f"pass supersedes={edit.superseded_by!r}, the edit that answers for that fact now")
+
+    def _same_fact(self, prompts: list[EncodedPrompt], keys: torch.Tensor, subject: str | None) -> str | None:
+        """The answering edit a new edit with these prompts and keys updates under `config.supersede`, if any."""
+        if self.config.supersede == "never" or len(self.table) == 0:
+            return None
+        if self.keys.needs_subject:
+            dist, slots = self._nearest_texts([p.text for p in prompts])
+        else:  # the keys are the prompts' routing queries, each computed alone, as at inference
+            dist, slots = torch.cat([self.table.nearest(k.unsqueeze(0))[0] for k in keys]), \
+                torch.cat([self.table.nearest(k.unsqueeze(0))[1] for k in keys])
+        best = int(dist.argmin())
+        distance, slot = float(dist[best]), int(slots[best])
+        if slot < 0 or not distance < self.config.resolved_threshold():
+            return None
+        found = self._edits[self._owner[slot]]
+        if subject is not None and found.subject is not None:
+            return self._owner[int(self._answering(slots[best:best + 1])[0])] \
+                if _same_subject(subject, found.subject) else None
+        if distance < self.config.resolved_supersede_threshold():
+            return self._owner[int(self._answering(slots[best:best + 1])[0])]
+        return None
 
     def import_edit(self, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
         """Add an edit trained elsewhere on the same base model, layers and rank (e.g. read from another store with
@@ -389,7 +466,10 @@ class Editor:
         record = Edit.from_dict({**edit.to_dict(), "id": f"e{number}", "created": _now(), "rolled_back": None})
         if self.keys.needs_subject and edit.subject is None:
             raise InvalidEditError(f"edit {edit.id} has no subject, which key='subject' needs")
-        return self._commit(record, self._edit_keys(encoded, edit.subject), factors)
+        keys = self._edit_keys(encoded, edit.subject)
+        record = Edit.from_dict({**record.to_dict(), "superseded_by": None,
+                                 "supersedes": self._same_fact(encoded, keys, edit.subject)})
+        return self._commit(record, keys, factors)
 
     def _edit_keys(self, prompts: list[EncodedPrompt], subject: str | None) -> torch.Tensor:
         if self.keys.needs_subject:
@@ -405,6 +485,8 @@ class Editor:
         self._counter = _id_number(record.id)
         self._install(record.id, tensors, record.subject)
         self._edits[record.id] = record
+        if record.supersedes is not None:
+            self._link(record.supersedes, record.id)
         return record
 
     def edit_many(self, requests: Iterable[dict[str, Any]], progress: bool = False) -> list[Edit]:
@@ -419,7 +501,8 @@ class Editor:
         done = []
         try:
             for request in requests:
-                done.append(self.edit(request["prompt"], request["target"], subject=request.get("subject")))
+                done.append(self.edit(request["prompt"], request["target"], subject=request.get("subject"),
+                                      supersedes=request.get("supersedes"), new_fact=request.get("new_fact", False)))
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -438,15 +521,37 @@ class Editor:
         at = _now()
         if self.store is not None:
             self.store.commit_rollback(edit_id, at)
-        slot = self._slot_of.pop(edit_id)
-        del self._owner[slot]
+        older, newer = self._predecessor.pop(edit_id, None), self._successor.pop(edit_id, None)
+        slot = self._slot_of[edit_id]
+        if newer is None and older is not None:  # the answering edit of a chain: `older` answers again
+            self._answer[self._answer == slot] = self._slot_of[older]
+        if newer is not None:  # `newer` answers for this edit's keys; with them gone it supersedes `older`
+            del self._predecessor[newer]
+        if older is not None:
+            del self._successor[older]
+            self._edits[older] = Edit.from_dict({**self._edits[older].to_dict(), "superseded_by": None})
+            if newer is not None:
+                self._link(older, newer)
+        del self._slot_of[edit_id], self._owner[slot]
         self.table.remove_slot(slot)
         self.subjects.remove(slot)
         for layer in self.layers:
             layer.clear_slot(slot)
         self._free.append(slot)
-        self._edits[edit_id] = rolled = Edit.from_dict({**edit.to_dict(), "rolled_back": at})
+        self._edits[edit_id] = rolled = Edit.from_dict({**edit.to_dict(), "rolled_back": at, "superseded_by": None})
         return rolled
+
+    def chain(self, edit_id: str) -> list[Edit]:
+        """The live edits of `edit_id`'s fact, oldest first; the last one answers."""
+        edit = self.get(edit_id)
+        if not edit.live:
+            return [edit]
+        while edit.id in self._predecessor:
+            edit = self._edits[self._predecessor[edit.id]]
+        found = [edit]
+        while found[-1].id in self._successor:
+            found.append(self._edits[self._successor[found[-1].id]])
+        return found
 
     def edits(self, include_rolled_back: bool = False) -> list[Edit]:
         """The edits in the order they were made (only live ones unless asked)."""
@@ -533,7 +638,9 @@ class Editor:
             "distance": self.config.resolved_distance(),
             "threshold": self.config.default_threshold(),
             "edits": len(self._slot_of),
+            "superseded": len(self._successor),
             "rolled_back": sum(1 for e in self._edits.values() if not e.live),
+            "supersede": self.config.supersede,
             "keys": len(self.table),
             "slots": self.layers[0].capacity,
             "memory_bytes": {"lora": lora_bytes, "keys": key_bytes},
@@ -545,6 +652,10 @@ def _names(text: str, subject: str) -> bool:
     index = SubjectIndex()
     index.add(subject, 0)
     return bool(index.find(text))
+
+
+def _same_subject(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
 def _id_number(edit_id: str) -> int:
@@ -568,4 +679,5 @@ def _normalise_request(request: Any, index: int) -> dict[str, Any]:
     if prompt is None or target is None:
         raise InvalidEditError(f"request {index} needs a prompt ({'/'.join(_PROMPT_FIELDS)}) and a target "
                                f"({'/'.join(_TARGET_FIELDS)}); it has {sorted(request)}")
-    return {"prompt": prompt, "target": target, "subject": request.get("subject")}
+    return {"prompt": prompt, "target": target, "subject": request.get("subject"),
+            "supersedes": request.get("supersedes"), "new_fact": bool(request.get("new_fact", False))}

@@ -47,6 +47,22 @@ def conflicts(records: list[Record]) -> dict[str, list[str]]:
     return found
 
 
+def latest_targets(records: list[Record]) -> dict[str, str]:
+    """For every record in a conflicting group (records sharing a subject, at least two targets; see `conflicts`),
+    the target of the group's last record: what a reading in which the latest edit of a fact wins expects of each.
+    -> {record id: latest target}."""
+    by_subject: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        if record.subject:
+            by_subject[normalise(record.subject)].append(record)
+    latest = {}
+    for group in by_subject.values():
+        if len({normalise(r.target) for r in group}) > 1:
+            for record in group:
+                latest[record.id] = group[-1].target
+    return latest
+
+
 @dataclass(frozen=True)
 class Collision:
     """A locality prompt of one record that mentions the subject of another edit in the same run, so a correct

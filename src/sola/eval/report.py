@@ -101,7 +101,10 @@ def markdown(results: dict) -> str:
     lines += ["", "## What the data holds", "",
               f"- {findings.get('conflicting_records', 0)} of {results['edits']} records share their subject with "
               "another record that has a different target (no editor can satisfy both); `conflict_free` leaves them "
-              "out.",
+              "out, and `latest_wins` scores each of them against its group's last target "
+              f"({findings.get('read_against_a_later_target', 0)} records read against a later target).",
+              f"- {findings.get('edits_that_superseded', 0)} edits superseded an earlier edit of the same fact "
+              f"(config supersede={results['config'].get('supersede', 'never')}).",
               f"- probes: {findings.get('probe_counts')}",
               f"- {len(findings.get('collisions', []))} locality probes mention the subject of another edit in this "
               "run (a correct editor may change them):"]

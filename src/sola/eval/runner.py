@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import Dataset, Probe, Record, load_dataset
-from ..data.probes import collisions, conflicts, normalise, relation_groups, relation_probes, subject_probes
+from ..data.probes import collisions, conflicts, latest_targets, normalise, relation_groups, relation_probes, subject_probes
 from ..errors import ConfigError, DataError
 from . import metrics as M
 
@@ -116,7 +116,8 @@ def build_method(spec: BenchSpec, store_path: Path):
     from ..methods import SolaMethod
     from ..store import Store
 
-    config = EditConfig(prompt_format=spec.prompt_format, seed=spec.seed)
+    # every record a new fact, as the papers evaluate; {"supersede": "auto"} in spec.config reads updates as updates
+    config = EditConfig(prompt_format=spec.prompt_format, seed=spec.seed, supersede="never")
     if spec.key:
         config = config.replace(key=spec.key)
     if spec.layers:
@@ -255,6 +256,28 @@ class _Evaluator:
         if with_routes:
             self._add_routes(rows, items, gen_pairs, flat, upto)
         return rows
+
+    def read_latest(self, rows: list[dict[str, Any]], latest: dict[str, str]) -> list[dict[str, Any]]:
+        """The rows as the "latest wins" reading scores them: each record of a conflicting group against the group's
+        last target (its prompt and rephrases; the generated answers are the same, only the expected one changes)."""
+        index = {it.record.id: it for it in self.items}
+        changed = [(n, latest[row["record"]]) for n, row in enumerate(rows)
+                   if normalise(latest.get(row["record"], "")) not in ("", normalise(index[row["record"]].record.target))]
+        out = [dict(row) for row in rows]
+        if not changed:
+            return out
+        pairs = [(n, p, t) for n, t in changed for p in (index[rows[n]["record"]].record.prompt,
+                                                      *index[rows[n]["record"]].record.rephrases)]
+        scores = iter(self._score([p for _, p, _ in pairs], [t for _, _, t in pairs]))
+        for n, target in changed:
+            record, row = index[rows[n]["record"]].record, out[n]
+            rel, gen = next(scores), [next(scores) for _ in record.rephrases]
+            row.update(rel_tf=rel.accuracy, rel_em=M.exact_match(row["rel_answer"], target),
+                       rel_f1=M.token_f1(row["rel_answer"], target), read_against=target,
+                       gen_tf=M.mean(s.accuracy for s in gen),
+                       gen_em=M.mean(M.exact_match(a, target) for a in row["gen_answers"]),
+                       gen_f1=M.mean(M.token_f1(a, target) for a in row["gen_answers"]))
+        return out
 
     def flat_prompt(self, i: int, kind: str, j: int) -> str:
         return self.items[i].probes[kind][j].prompt
@@ -432,7 +455,9 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
         r.update(seconds=d["seconds"], steps=d.get("steps"), converged=d.get("converged"), reused=d.get("reused"))
 
     conflicting = conflicts(dataset.records)
-    subsets = {"all": final_rows, "conflict_free": [r for r in final_rows if r["record"] not in conflicting]}
+    latest = latest_targets(dataset.records)
+    subsets = {"all": final_rows, "conflict_free": [r for r in final_rows if r["record"] not in conflicting],
+               "latest_wins": evaluator.read_latest(final_rows, latest)}
     metrics = {name: summarise(rows, dataset.kind) for name, rows in subsets.items()}
     if dataset.kind == "hallucination" and held_out:
         metrics["all"]["paper"]["ARR_ppl"] = _held_out_perplexity(method, held_out[:100], spec.batch_size)
@@ -452,6 +477,9 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
         "metrics": metrics, "checkpoints": results_at,
         "findings": {
             "conflicting_records": len(conflicting),
+            "read_against_a_later_target": sum(1 for i in items if normalise(latest.get(i.record.id, i.record.target))
+                                               != normalise(i.record.target)),
+            "edits_that_superseded": sum(1 for d in done if d.get("supersedes")),
             "conflicts": {k: v for k, v in list(conflicting.items())[:50]},
             "collisions": [c.to_dict() for c in collisions(dataset.records)],
             "probe_counts": {k: sum(len(it.probes[k]) for it in items) for k in PROBE_KINDS},

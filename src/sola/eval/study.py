@@ -25,15 +25,14 @@ def write_study(directories: list[str | Path], doc: str | Path) -> None:
         lines += [f"## {dataset}, T = {first['edits']}", "",
                   f"Model `{first['model']['name']}`, code {first['code_version']}, {first['machine']['cpus']} CPUs "
                   f"({first['machine']['platform']}).", ""]
-        for subset in ("all", "conflict_free"):
-            rows = [(f"{r['config']['key']} (thr {r['threshold']['value']:.3f})", r["metrics"][subset])
-                    for _, r in chosen]
+        for subset in first["metrics"]:
+            rows = [(_label(r), r["metrics"][subset]) for _, r in chosen if subset in r["metrics"]]
             lines += [f"### {subset} ({first['subsets'][subset]} records)", "", headline_table(rows), "",
                       routing_table(rows), ""]
         lines += ["Wall time and cost per run:", ""]
         for directory, r in chosen:
             spe = r["cost"]["seconds_per_edit"]
-            lines.append(f"- {r['config']['key']}: {r['timings']['total_s'] / 60:.1f} min; s/edit median "
+            lines.append(f"- {_label(r)}: {r['timings']['total_s'] / 60:.1f} min; s/edit median "
                          f"{spe['median']:.2f}, p90 {spe['p90']:.2f}"
                          + (" (LoRAs reused from the encoder run)" if r["cost"].get("adapters_reused") else ""))
             for plot in ("metrics_vs_edits.png", "distances.png"):
@@ -46,3 +45,9 @@ def write_study(directories: list[str | Path], doc: str | Path) -> None:
                   f"{len(findings['collisions'])} locality probes mention another edit's subject; probes "
                   f"{findings['probe_counts']}.", ""]
     doc.write_text("\n".join(lines) + "\n")
+
+
+def _label(results: dict) -> str:
+    config = results["config"]
+    update = ", updates supersede" if config.get("supersede") == "auto" else ""
+    return f"{config['key']} (thr {results['threshold']['value']:.3f}{update})"

@@ -41,7 +41,7 @@ class SolaMethod:
             edit = self.editor.import_edit(source, self._reuse_store.read_tensors(source.id))
             reused = True
         return {"id": edit.id, "seconds": edit.seconds, "steps": edit.steps, "converged": edit.converged,
-                "loss": edit.loss, "reused": reused}
+                "loss": edit.loss, "reused": reused, "supersedes": edit.supersedes}
 
     def score(self, prompts, targets, batch_size=16):
         return self.editor.score(prompts, targets, batch_size=batch_size)
