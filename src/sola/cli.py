@@ -41,7 +41,7 @@ def _edit(args) -> None:
                     requests.append(json.loads(line))
                 except json.JSONDecodeError:
                     raise SolaError(f"{args.file}, line {number}: not valid JSON") from None
-        edits = editor.edit_many(requests, progress=not args.json)
+        edits = editor.edit_many(requests, progress=not args.json, batch_size=args.batch_size)
     elif args.prompt and args.target:
         edits = [editor.edit(args.prompt, args.target, subject=args.subject, supersedes=args.supersedes,
                              new_fact=args.new_fact)]
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("target", nargs="?")
     edit.add_argument("--subject", help="the entity the fact is about")
     edit.add_argument("--file", help="JSON lines with prompt/target (or src/alt, prompt/target_new)")
+    edit.add_argument("--batch-size", type=int, default=16, help="with --file: edits trained together (default 16)")
     update = edit.add_mutually_exclusive_group()
     update.add_argument("--supersedes", metavar="ID", help="this edit updates the fact of edit ID")
     update.add_argument("--new-fact", action="store_true", help="never treat this edit as an update")

@@ -25,7 +25,7 @@ from .routing import KeyTable, Route, key_strategy
 from .routing.subjects import SubjectIndex
 from .store import Store
 from .tasks import TASKS, Batch, TargetScore
-from .training import train_edit
+from .training import train_edits
 
 METHOD = "sola"
 
@@ -376,6 +376,12 @@ class Editor:
         keys then lead here, and whose prompts this edit also learns to answer with `target`; rolling this edit back
         brings that one back exactly). Which edits count as the same fact is `EditConfig.supersede`'s rule;
         `supersedes=ID` names the edit to update, `new_fact=True` keeps both."""
+        started = time.perf_counter()
+        request = self._checked(prompt, target, subject, supersedes, new_fact)
+        return self._train_and_commit([self._planned(request)], started, progress)[0]
+
+    def _checked(self, prompt, target, subject, supersedes, new_fact) -> dict[str, Any]:
+        """Validate one edit request (nothing is computed or changed); -> its normalised fields."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise InvalidEditError("an edit needs at least one prompt")
@@ -396,24 +402,41 @@ class Editor:
                                            "needs it written in every prompt (as whole words)")
         if supersedes is not None and new_fact:
             raise InvalidEditError("pass either supersedes=ID (an update) or new_fact=True, not both")
-        if supersedes is not None:
-            self._check_supersedable(supersedes)
-        started = time.perf_counter()
-        keys = self._edit_keys(encoded, subject)
-        older = supersedes if supersedes is not None or new_fact else self._same_fact(encoded, keys, subject)
-        number = self._counter + 1
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.config.seed}:{number}".encode()))
-        training, training_targets = list(encoded), list(targets)
+        return {"prompts": prompts, "encoded": encoded, "target": target, "targets": targets, "subject": subject,
+                "supersedes": supersedes, "new_fact": new_fact}
+
+    def _planned(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Keys, the edit it supersedes (against the committed edits) and its training rows."""
+        if request["supersedes"] is not None:
+            self._check_supersedable(request["supersedes"])
+        encoded, target = request["encoded"], request["target"]
+        keys = self._edit_keys(encoded, request["subject"])
+        older = request["supersedes"] if request["supersedes"] is not None or request["new_fact"] \
+            else self._same_fact(encoded, keys, request["subject"])
+        training, targets = list(encoded), list(request["targets"])
         if older is not None:  # the wordings of the fact edited before lead here too: teach them the new answer
-            for text in dict.fromkeys(p for e in self.chain(older) for p in e.prompts if p not in prompts):
+            for text in dict.fromkeys(p for e in self.chain(older) for p in e.prompts if p not in request["prompts"]):
                 training.append(self._encode(text))
-                training_targets.append(self.task.encode_target(text, target))
-        result = train_edit(self.task, self.decision, self.layers, self.task.batch(training, training_targets),
-                            self.config, generator, progress)
-        record = Edit(id=f"e{number}", prompts=tuple(prompts), target=target, subject=subject, created=_now(),
-                      steps=result.steps, loss=round(result.loss, 6), converged=result.converged,
-                      seconds=round(time.perf_counter() - started, 3), supersedes=older)
-        return self._commit(record, keys, result.factors)
+                targets.append(self.task.encode_target(text, target))
+        return {**request, "keys": keys, "older": older, "training": training, "training_targets": targets}
+
+    def _train_and_commit(self, plans: list[dict[str, Any]], started: float, progress=None) -> list[Edit]:
+        """Train the planned edits together (one slot each, see `train_edits`) and commit them in order."""
+        numbers = [self._counter + 1 + i for i in range(len(plans))]
+        generators = [torch.Generator().manual_seed(zlib.crc32(f"{self.config.seed}:{n}".encode())) for n in numbers]
+        rows = [(k, enc, tgt) for k, plan in enumerate(plans)
+                for enc, tgt in zip(plan["training"], plan["training_targets"])]
+        batch = self.task.batch([enc for _, enc, _ in rows], [tgt for _, _, tgt in rows])
+        results = train_edits(self.task, self.decision, self.layers, batch,
+                              torch.tensor([k for k, _, _ in rows], dtype=torch.long), self.config, generators, progress)
+        seconds = round((time.perf_counter() - started) / len(plans), 3)  # a batch's wall time, shared out
+        committed = []
+        for number, plan, result in zip(numbers, plans, results):
+            record = Edit(id=f"e{number}", prompts=tuple(plan["prompts"]), target=plan["target"],
+                          subject=plan["subject"], created=_now(), steps=result.steps, loss=round(result.loss, 6),
+                          converged=result.converged, seconds=seconds, supersedes=plan["older"])
+            committed.append(self._commit(record, plan["keys"], result.factors))
+        return committed
 
     def _check_supersedable(self, edit_id: str) -> None:
         edit = self._edits.get(edit_id)
@@ -489,26 +512,71 @@ class Editor:
             self._link(record.supersedes, record.id)
         return record
 
-    def edit_many(self, requests: Iterable[dict[str, Any]], progress: bool = False) -> list[Edit]:
-        """Edit one request after another. Each is a dict with `prompt` and `target` (EasyEdit's `target_new`, zsRE's
-        `src`/`alt` are accepted), optionally `subject`, and `prompts` (a list) instead of one prompt."""
-        requests = [_normalise_request(r, i) for i, r in enumerate(requests)]
+    def edit_many(self, requests: Iterable[dict[str, Any]], progress: bool = False, *,
+                  batch_size: int = 16) -> list[Edit]:
+        """Make many edits, `batch_size` of them trained together in one batch (each its own LoRA; the same result as
+        editing them one by one, up to rounding, and several times faster). Each request is a dict with `prompt` and
+        `target` (EasyEdit's `target_new`, zsRE's `src`/`alt` are accepted), optionally `subject`, `prompts` (a list)
+        instead of one prompt, `supersedes` or `new_fact` (see `edit`).
+
+        Every request is checked before anything is trained: a bad one raises and nothing is edited. Edits commit in
+        request order; a request about the same fact as one in the current batch waits for that batch to commit, so
+        updates within a file chain as they would one by one."""
+        checked = []
+        for index, raw in enumerate(requests):
+            request = _normalise_request(raw, index)
+            try:
+                checked.append(self._checked(request["prompt"], request["target"], request["subject"],
+                                             request["supersedes"], request["new_fact"]))
+                if request["supersedes"] is not None:
+                    self._check_supersedable(request["supersedes"])
+            except (InvalidEditError, UnknownEditError) as error:
+                raise type(error)(f"request {index}: {error}") from None
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(requests), unit="edit", desc="editing")
-        done = []
-        try:
-            for request in requests:
-                done.append(self.edit(request["prompt"], request["target"], subject=request.get("subject"),
-                                      supersedes=request.get("supersedes"), new_fact=request.get("new_fact", False)))
+            bar = tqdm(total=len(checked), unit="edit", desc="editing")
+        done: list[Edit] = []
+        pending: list[dict[str, Any]] = []
+        started = time.perf_counter()
+
+        def flush() -> None:
+            nonlocal started
+            if pending:
+                done.extend(self._train_and_commit(pending, started))
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(len(pending))
+                pending.clear()
+                started = time.perf_counter()
+
+        try:
+            for request in checked:
+                plan = self._planned(request)
+                if pending and self._overlaps(plan, pending):
+                    flush()
+                    plan = self._planned(request)  # decide again against what just committed
+                pending.append(plan)
+                if len(pending) >= max(1, batch_size):
+                    flush()
+            flush()
         finally:
             if bar is not None:
                 bar.close()
         return done
+
+    def _overlaps(self, plan: dict[str, Any], pending: list[dict[str, Any]]) -> bool:
+        """Could `plan` be about the same fact as a pending edit (so it must see that edit committed first)?"""
+        if plan["new_fact"] or (self.config.supersede == "never" and plan["supersedes"] is None):
+            return False
+        subject = plan["subject"]
+        if subject is not None and any(p["subject"] is not None and _same_subject(subject, p["subject"])
+                                       for p in pending):
+            return True
+        table = KeyTable(plan["keys"].shape[1], self.config.resolved_distance())
+        for p in pending:
+            table.add(p["keys"], slot=0)
+        return bool((table.nearest(plan["keys"])[0] < self.config.resolved_threshold()).any())
 
     def rollback(self, edit_id: str) -> Edit:
         """Remove an edit: its keys leave the routing table and its slot is freed. Afterwards every input computes what

@@ -28,7 +28,21 @@ def train_edit(task: Task, decision: Decision, layers: list[RoutedLoraLayer], ba
     """Train fresh LoRA factors on every edited layer until all rows of `batch` (the edit's prompts, each followed by
     the target and its end token) reproduce the target exactly and the loss is under `config.loss_bound`, or until
     `config.max_steps`."""
-    params = [p for layer in layers for p in layer.begin_training(1, generator)]
+    rows = batch.inputs["input_ids"].shape[0]
+    return train_edits(task, decision, layers, batch, torch.zeros(rows, dtype=torch.long), config, [generator],
+                       progress)[0]
+
+
+def train_edits(task: Task, decision: Decision, layers: list[RoutedLoraLayer], batch: Batch, edit_of_row: torch.Tensor,
+                config: EditConfig, generators: list[torch.Generator], progress=None) -> list[TrainResult]:
+    """Train K independent edits in one batch: row i belongs to edit `edit_of_row[i]`, whose own factors it uses.
+
+    The objective is the sum of the edits' mean row losses, so each edit's factors get exactly the gradient they would
+    get alone, and Adam (elementwise) takes the same steps; an edit is frozen (its factors copied out) at the step it
+    converges. With K = 1 this is one edit trained alone. Results equal one-by-one training up to the rounding of
+    batched, padded matrix products."""
+    count = len(generators)
+    params = [p for layer in layers for p in layer.begin_training(generators)]
     if config.optimizer == "adam":
         optimizer = torch.optim.Adam(params, lr=config.learning_rate)
         schedule = None
@@ -36,31 +50,40 @@ def train_edit(task: Task, decision: Decision, layers: list[RoutedLoraLayer], ba
         optimizer = torch.optim.SGD(params, lr=config.learning_rate)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / config.max_steps)))
-    rows = batch.inputs["input_ids"].shape[0]
-    decision.fix(torch.zeros(rows, dtype=torch.long), training=True)  # every row trains trainable edit 0
-    steps, loss, converged = 0, float("inf"), False
+    decision.fix(edit_of_row, training=True)
+    members = [(edit_of_row == k).nonzero().squeeze(1) for k in range(count)]
+    results: list[TrainResult | None] = [None] * count
+    steps = 0
     try:
         with torch.enable_grad(), frozen_prefix(task.model, config.layers or []):
             while True:
                 logits = task.target_forward(batch, training=True)
                 row_loss, exact = task.score(batch, logits)
-                objective = row_loss.mean()
-                loss = float(objective.detach())
-                converged = bool(exact.all()) and loss < config.loss_bound
-                if converged or steps >= config.max_steps:
+                losses = torch.stack([row_loss[rows].mean() for rows in members])
+                for k, rows in enumerate(members):
+                    if results[k] is not None:
+                        continue
+                    loss = float(losses[k].detach())
+                    converged = bool(exact[rows].all()) and loss < config.loss_bound
+                    if converged or steps >= config.max_steps:
+                        results[k] = TrainResult(steps, loss, converged, [
+                            (layer.train_A[k].detach().clone(), layer.train_B[k].detach().clone()) for layer in layers])
+                active = [k for k in range(count) if results[k] is None]
+                if not active:
                     break
                 optimizer.zero_grad(set_to_none=True)
-                objective.backward()
+                losses[active].sum().backward()
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()
                 steps += 1
                 if progress is not None:
-                    progress(steps, loss)
+                    progress(steps, float(losses[active].mean().detach()))
     finally:
         decision.clear()
-        factors = [layer.end_training()[0] for layer in layers]
-    return TrainResult(steps, loss, converged, factors)
+        for layer in layers:
+            layer.end_training()
+    return results
 
 
 class _Replay(nn.Module):

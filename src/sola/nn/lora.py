@@ -71,13 +71,13 @@ class RoutedLoraLayer(nn.Module):
         return self.lora_A[slot].clone(), self.lora_B[slot].clone()
 
     # -- training ----------------------------------------------------------------------------------------------------
-    def begin_training(self, count: int, generator: torch.Generator) -> list[nn.Parameter]:
-        """Fresh trainable factors for `count` edits: A ~ Kaiming-uniform (as PEFT), B = 0, so training starts at the
-        base model's output."""
+    def begin_training(self, generators: list[torch.Generator]) -> list[nn.Parameter]:
+        """Fresh trainable factors for one edit per generator: A ~ Kaiming-uniform (as PEFT) drawn from that edit's
+        generator, B = 0, so training starts at the base model's output."""
         bound = 1.0 / math.sqrt(self.in_features)
-        A = (torch.rand(count, self.rank, self.in_features, generator=generator) * 2 - 1) * bound
+        A = torch.stack([(torch.rand(self.rank, self.in_features, generator=g) * 2 - 1) * bound for g in generators])
         self.train_A = nn.Parameter(A.to(self.lora_A))
-        self.train_B = nn.Parameter(self.lora_B.new_zeros(count, self.out_features, self.rank))
+        self.train_B = nn.Parameter(self.lora_B.new_zeros(len(generators), self.out_features, self.rank))
         return [self.train_A, self.train_B]
 
     def end_training(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
