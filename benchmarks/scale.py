@@ -1,0 +1,133 @@
+"""Cost of many stored edits: route lookup, memory, store size and open time, inference overhead.
+
+SYNTHETIC EDITS: this measures storage, lookup, memory and overhead, not editing quality. Keys are random unit vectors
+of the key encoder's dimension and LoRA factors are random numbers of the real shapes (the embedded model's default
+layers and rank), so no query routes to them; the queries are real NQ questions.
+
+    .venv/bin/python benchmarks/scale.py --sizes 1000,10000 --lookup-sizes 1000,10000,100000 --out results/scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def synthetic_tensors(editor, generator: torch.Generator, dim: int) -> dict[str, torch.Tensor]:
+    tensors = {"keys": torch.randn(1, dim, generator=generator)}
+    for name, layer in zip(editor.config.layers, editor.layers):
+        tensors[f"{name}.lora_A"] = torch.randn(layer.rank, layer.in_features, generator=generator) * 0.01
+        tensors[f"{name}.lora_B"] = torch.randn(layer.out_features, layer.rank, generator=generator) * 0.01
+    return tensors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--sizes", default="1000,10000", help="stored edits for store/open/memory/overhead figures")
+    parser.add_argument("--lookup-sizes", default="1000,10000,100000", help="keys for the route-lookup figure")
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--out", default="results/scale.json")
+    args = parser.parse_args()
+
+    from sola import EditConfig, Editor
+    from sola.data import load_dataset
+    from sola.edit import Edit
+    from sola.routing import KeyTable
+    from sola.store import Store
+
+    config = EditConfig(prompt_format="raw")
+    questions = [r.prompt for r in load_dataset("nq", args.data).records[:8]]
+    probe = Editor.from_pretrained(args.model, config=config)
+    dim = probe.keys.encode(["probe"]).shape[1]
+    result = {"synthetic": True, "note": __doc__.splitlines()[2].strip(),
+              "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+              "model": probe.source, "key_dim": dim, "lookup": {}, "stores": {}}
+
+    # route lookup: one query against N keys, exact (one matrix product), median of 200
+    query = probe.keys.encode(questions[:1])
+    for n in [int(x) for x in args.lookup_sizes.split(",") if x]:
+        table = KeyTable(dim, "cosine")
+        table.add(torch.randn(n, dim, generator=torch.Generator().manual_seed(n)), slot=0)
+        times = []
+        for _ in range(200):
+            started = time.perf_counter()
+            table.nearest(query)
+            times.append(time.perf_counter() - started)
+        result["lookup"][n] = {"median_ms": statistics.median(times) * 1e3, "keys_bytes": table.keys.nbytes}
+        print(f"lookup over {n} keys: {statistics.median(times) * 1e3:.3f} ms", flush=True)
+
+    def generation_seconds(editor) -> float:
+        runs = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            for q in questions:
+                encoded = editor.format.encode(q)
+                ids = torch.tensor([encoded.ids])
+                with editor._routed([encoded], editor.task.batch([encoded], None)), torch.no_grad():
+                    editor.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.tokens,
+                                          min_new_tokens=args.tokens, do_sample=False,
+                                          pad_token_id=editor.tokenizer.eos_token_id)
+            runs.append(time.perf_counter() - started)
+        return statistics.median(runs)
+
+    bare = generation_seconds(probe)  # no edits: the routing path is skipped entirely
+    result["bare_generation_s"] = bare
+    for n in [int(x) for x in args.sizes.split(",") if x]:
+        root = Path(tempfile.mkdtemp(prefix="sola-scale-"))
+        try:
+            editor = Editor.from_pretrained(args.model, config=config, store=root / "store")
+            generator = torch.Generator().manual_seed(0)
+            started = time.perf_counter()
+            for i in range(n):
+                record = Edit(id=f"e{i + 1}", prompts=(f"synthetic edit {i}",), target="x")
+                editor._commit(record, *_split(synthetic_tensors(editor, generator, dim)))
+            write_s = time.perf_counter() - started
+            store_bytes = sum(p.stat().st_size for p in (root / "store").rglob("*") if p.is_file())
+            edited = generation_seconds(editor)
+            memory = editor.info()["memory_bytes"]
+            del editor
+            before = rss_bytes()
+            started = time.perf_counter()
+            reopened = Editor.load(root / "store")
+            open_s = time.perf_counter() - started
+            assert len(reopened.edits()) == n
+            result["stores"][n] = {
+                "commit_s_per_edit": write_s / n, "store_bytes_per_edit": store_bytes / n, "open_s": open_s,
+                "memory_bytes": memory, "memory_bytes_per_edit": sum(memory.values()) / n,
+                "rss_growth_on_open_bytes": rss_bytes() - before,
+                "generation_s": edited, "overhead": edited / bare - 1}
+            print(f"{n} edits: {result['stores'][n]}", flush=True)
+            del reopened
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print("wrote", args.out)
+
+
+def _split(tensors: dict[str, torch.Tensor]):
+    keys = tensors.pop("keys")
+    return keys, [(tensors[k], tensors[k.replace("lora_A", "lora_B")]) for k in tensors if k.endswith("lora_A")]
+
+
+if __name__ == "__main__":
+    main()
