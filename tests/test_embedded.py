@@ -57,3 +57,26 @@ def test_unrelated_questions_and_rollback_are_bit_exact(edited, tmp_path):
     for edit in edits:
         loaded.rollback(edit.id)
     assert all(torch.equal(a, b) for a, b in zip(base, [loaded.logits(p) for p in probes]))
+
+
+def test_an_update_supersedes_and_its_rollback_restores_the_old_answer(edited):
+    """zsRE edits some facts twice in other words (the Toodyay Fire Station's architect, ...): the later record is an
+    update. It answers for both wordings; rolling it back brings the earlier answer back bit for bit."""
+    from sola.data.probes import latest_targets
+
+    editor, _, probes, _ = edited
+    records = load_zsre().records[:1000]
+    latest = latest_targets(records)
+    taken = {f.subject for f in first_distinct_facts(20)}
+    first = next(r for r in records if r.id in latest and r.subject not in taken and latest[r.id] != r.target)
+    second = next(r for r in records if r.subject == first.subject and r.target != first.target)
+    watched = probes + [first.prompt, second.prompt]
+    old = editor.edit(first.prompt, first.target, subject=first.subject)
+    before = [editor.logits(p) for p in watched]
+    new = editor.edit(second.prompt, second.target, subject=second.subject)
+    assert new.supersedes == old.id
+    assert editor.generate([first.prompt, second.prompt], batch_size=2) == [second.target.strip()] * 2
+    editor.rollback(new.id)
+    assert all(torch.equal(a, b) for a, b in zip(before, [editor.logits(p) for p in watched]))
+    assert editor.generate(first.prompt) == first.target.strip()
+    editor.rollback(old.id)
