@@ -454,8 +454,8 @@ class Editor:
         if self.keys.needs_subject:
             dist, slots = self._nearest_texts([p.text for p in prompts])
         else:  # the keys are the prompts' routing queries, each computed alone, as at inference
-            dist, slots = torch.cat([self.table.nearest(k.unsqueeze(0))[0] for k in keys]), \
-                torch.cat([self.table.nearest(k.unsqueeze(0))[1] for k in keys])
+            found = [self.table.nearest(k.unsqueeze(0)) for k in keys]
+            dist, slots = torch.cat([d for d, _ in found]), torch.cat([s for _, s in found])
         best = int(dist.argmin())
         distance, slot = float(dist[best]), int(slots[best])
         if slot < 0 or not distance < self.config.resolved_threshold():
