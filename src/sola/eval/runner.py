@@ -141,6 +141,8 @@ _TRAINING_FIELDS = ("layers", "rank", "lora_alpha", "prompt_format", "optimizer"
 def _check_reusable(manifest: dict, editor) -> None:
     theirs, ours = manifest["config"], editor.config.to_dict()
     differing = [f for f in _TRAINING_FIELDS if theirs.get(f) != ours.get(f)]
+    if ours.get("supersede") == "auto":
+        differing.append("supersede=auto here: an update also trains on the wordings of the edit it replaces")
     for part in ("config_hash", "weights_hash"):
         if manifest["model"].get(part) != editor.fingerprint.get(part):
             differing.append(f"model {part}")
