@@ -462,11 +462,10 @@ class Editor:
             return None
         found = self._edits[self._owner[slot]]
         if subject is not None and found.subject is not None:
-            return self._owner[int(self._answering(slots[best:best + 1])[0])] \
-                if _same_subject(subject, found.subject) else None
-        if distance < self.config.resolved_supersede_threshold():
-            return self._owner[int(self._answering(slots[best:best + 1])[0])]
-        return None
+            same = _same_subject(subject, found.subject)
+        else:
+            same = distance < self.config.resolved_supersede_threshold()
+        return self._owner[int(self._answering(slots[best:best + 1])[0])] if same else None
 
     def import_edit(self, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
         """Add an edit trained elsewhere on the same base model, layers and rank (e.g. read from another store with
@@ -485,13 +484,11 @@ class Editor:
                                        "only edits made on the same model with the same layers and rank")
             factors.append((A, B))
         encoded = [self._encode(check_text(p, "prompt")) for p in edit.prompts]
-        number = self._counter + 1
-        record = Edit.from_dict({**edit.to_dict(), "id": f"e{number}", "created": _now(), "rolled_back": None})
         if self.keys.needs_subject and edit.subject is None:
             raise InvalidEditError(f"edit {edit.id} has no subject, which key='subject' needs")
         keys = self._edit_keys(encoded, edit.subject)
-        record = Edit.from_dict({**record.to_dict(), "superseded_by": None,
-                                 "supersedes": self._same_fact(encoded, keys, edit.subject)})
+        record = Edit.from_dict({**edit.to_dict(), "id": f"e{self._counter + 1}", "created": _now(), "rolled_back": None,
+                                 "superseded_by": None, "supersedes": self._same_fact(encoded, keys, edit.subject)})
         return self._commit(record, keys, factors)
 
     def _edit_keys(self, prompts: list[EncodedPrompt], subject: str | None) -> torch.Tensor:
@@ -591,15 +588,15 @@ class Editor:
             self.store.commit_rollback(edit_id, at)
         older, newer = self._predecessor.pop(edit_id, None), self._successor.pop(edit_id, None)
         slot = self._slot_of[edit_id]
-        if newer is None and older is not None:  # the answering edit of a chain: `older` answers again
-            self._answer[self._answer == slot] = self._slot_of[older]
-        if newer is not None:  # `newer` answers for this edit's keys; with them gone it supersedes `older`
+        if newer is not None:
             del self._predecessor[newer]
         if older is not None:
             del self._successor[older]
-            self._edits[older] = Edit.from_dict({**self._edits[older].to_dict(), "superseded_by": None})
-            if newer is not None:
+            if newer is not None:  # `newer` answered for this edit's keys; with them gone it supersedes `older`
                 self._link(older, newer)
+            else:  # the answering edit of a chain: `older` answers again
+                self._answer[self._answer == slot] = self._slot_of[older]
+                self._edits[older] = Edit.from_dict({**self._edits[older].to_dict(), "superseded_by": None})
         del self._slot_of[edit_id], self._owner[slot]
         self.table.remove_slot(slot)
         self.subjects.remove(slot)

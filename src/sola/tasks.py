@@ -78,7 +78,7 @@ class Task:
     def batch(self, prompts: list[EncodedPrompt], targets: list[list[int]] | None) -> Batch:
         raise NotImplementedError
 
-    def target_forward(self, batch: Batch, *, training: bool = False) -> torch.Tensor:
+    def target_forward(self, batch: Batch) -> torch.Tensor:
         """The model's logits for `batch`, as `score`/`target_scores` read them. Tasks may compute only the positions
         that predict target tokens (the rest of a causal LM's vocabulary projection is wasted work)."""
         return self.model(**batch.inputs).logits
@@ -153,7 +153,7 @@ class CausalTask(Task):
         super().__init__(model, tokenizer, prompt_format)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    def target_forward(self, batch, *, training=False):
+    def target_forward(self, batch):
         """Logits from the position before the earliest target token on (the only ones a target score reads), and no
         KV cache: one forward pass, nothing to continue."""
         extra: dict = {"use_cache": False}

@@ -23,16 +23,6 @@ class TrainResult:
     factors: list[tuple[torch.Tensor, torch.Tensor]]  # (A, B) per edited layer, in layer order
 
 
-def train_edit(task: Task, decision: Decision, layers: list[RoutedLoraLayer], batch: Batch, config: EditConfig,
-               generator: torch.Generator, progress=None) -> TrainResult:
-    """Train fresh LoRA factors on every edited layer until all rows of `batch` (the edit's prompts, each followed by
-    the target and its end token) reproduce the target exactly and the loss is under `config.loss_bound`, or until
-    `config.max_steps`."""
-    rows = batch.inputs["input_ids"].shape[0]
-    return train_edits(task, decision, layers, batch, torch.zeros(rows, dtype=torch.long), config, [generator],
-                       progress)[0]
-
-
 def train_edits(task: Task, decision: Decision, layers: list[RoutedLoraLayer], batch: Batch, edit_of_row: torch.Tensor,
                 config: EditConfig, generators: list[torch.Generator], progress=None) -> list[TrainResult]:
     """Train K independent edits in one batch: row i belongs to edit `edit_of_row[i]`, whose own factors it uses.
@@ -57,7 +47,7 @@ def train_edits(task: Task, decision: Decision, layers: list[RoutedLoraLayer], b
     try:
         with torch.enable_grad(), frozen_prefix(task.model, config.layers or []):
             while True:
-                logits = task.target_forward(batch, training=True)
+                logits = task.target_forward(batch)
                 row_loss, exact = task.score(batch, logits)
                 losses = torch.stack([row_loss[rows].mean() for rows in members])
                 for k, rows in enumerate(members):

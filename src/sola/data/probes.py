@@ -31,15 +31,20 @@ def contains_words(text: str, phrase: str) -> bool:
     return re.search(r"(?<!\w)" + re.escape(phrase.lower()) + r"(?!\w)", text.lower()) is not None
 
 
+def _by_subject(records: list[Record]) -> list[list[Record]]:
+    """Records grouped by normalised subject, in order (records without a subject left out)."""
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        if record.subject:
+            groups[normalise(record.subject)].append(record)
+    return list(groups.values())
+
+
 def conflicts(records: list[Record]) -> dict[str, list[str]]:
     """Records whose subject another record shares with a different target: usually the same fact edited twice to
     different answers, which no editor can satisfy both ways. -> {record id: ids of the records it conflicts with}."""
-    by_subject: dict[str, list[Record]] = defaultdict(list)
-    for record in records:
-        if record.subject:
-            by_subject[normalise(record.subject)].append(record)
     found: dict[str, list[str]] = {}
-    for group in by_subject.values():
+    for group in _by_subject(records):
         for record in group:
             others = [o.id for o in group if o.id != record.id and normalise(o.target) != normalise(record.target)]
             if others:
@@ -51,12 +56,8 @@ def latest_targets(records: list[Record]) -> dict[str, str]:
     """For every record in a conflicting group (records sharing a subject, at least two targets; see `conflicts`),
     the target of the group's last record: what a reading in which the latest edit of a fact wins expects of each.
     -> {record id: latest target}."""
-    by_subject: dict[str, list[Record]] = defaultdict(list)
-    for record in records:
-        if record.subject:
-            by_subject[normalise(record.subject)].append(record)
     latest = {}
-    for group in by_subject.values():
+    for group in _by_subject(records):
         if len({normalise(r.target) for r in group}) > 1:
             for record in group:
                 latest[record.id] = group[-1].target
