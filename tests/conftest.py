@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,24 @@ def make_editor(tiny_dir):
         return Editor.from_pretrained(tiny_dir(family, seed), config=tiny_config(tiny_dir, **config), store=store)
 
     return make
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """A data directory in the shared layout: five zsRE-format records and some NQ questions."""
+    records = [
+        {"src": f"Who founded {name}?", "alt": target, "rephrase": f"Who was the founder of {name}?",
+         "loc": f"nq question: {question}", "loc_ans": "x", "answers": ["y"], "subject": name}
+        for name, target, question in [("Acme", "Jane Roe", "what colour is the sky"),
+                                       ("Initech", "Bill Lumbergh", "who wrote hamlet"),
+                                       ("Globex", "Hank Scorpio", "how tall is everest"),
+                                       ("Umbrella", "Oswell Spencer", "where is the louvre"),
+                                       ("Acme", "John Doe", "when did rome fall")]]
+    zsre = tmp_path / "data" / "zsre" / "zsre_mend_eval.json"
+    zsre.parent.mkdir(parents=True)
+    zsre.write_text(json.dumps(records, indent=1))
+    nq = tmp_path / "data" / "nq" / "NQ-open.dev.jsonl"
+    nq.parent.mkdir()
+    nq.write_text("\n".join(json.dumps({"question": f"unrelated question number {i}", "answer": ["a"]})
+                            for i in range(60)) + "\n")
+    return tmp_path / "data"

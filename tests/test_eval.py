@@ -218,25 +218,6 @@ def test_subject_keys_route_only_inputs_naming_the_subject(make_editor, tiny_dir
 # -- the runner -----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tiny_data(tmp_path):
-    """A data directory in the shared layout: five zsRE-format records and some NQ questions."""
-    records = [
-        {"src": f"Who founded {name}?", "alt": target, "rephrase": f"Who was the founder of {name}?",
-         "loc": f"nq question: {question}", "loc_ans": "x", "answers": ["y"], "subject": name}
-        for name, target, question in [("Acme", "Jane Roe", "what colour is the sky"),
-                                       ("Initech", "Bill Lumbergh", "who wrote hamlet"),
-                                       ("Globex", "Hank Scorpio", "how tall is everest"),
-                                       ("Umbrella", "Oswell Spencer", "where is the louvre"),
-                                       ("Acme", "John Doe", "when did rome fall")]]
-    _write(tmp_path / "data" / "zsre" / "zsre_mend_eval.json", records)
-    nq = tmp_path / "data" / "nq" / "NQ-open.dev.jsonl"
-    nq.parent.mkdir()
-    nq.write_text("\n".join(json.dumps({"question": f"unrelated question number {i}", "answer": ["a"]})
-                            for i in range(60)) + "\n")
-    return tmp_path / "data"
-
-
 def _spec(tiny_dir, data, **changes):
     fields = dict(dataset="zsre", edits=5, data=str(data), model=str(tiny_dir("llama")), key="mean_pool",
                   checkpoints=[2], batch_size=2, max_new_tokens=12,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import SolaError
+from .methods import METHODS
 
 
 def _default_store() -> Path:
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="sequential editing benchmark: T edits, then every metric",
                                 description="Run T edits one after another and evaluate them (teacher-forced and "
                                 "generated, ES/ERR/TRR, three kinds of locality, routing, cost); or compare runs.")
-    bench.add_argument("--method", default="sola", choices=["sola"])
+    bench.add_argument("--method", default="sola", choices=list(METHODS),
+                       help="sola, or a baseline in the same harness: grace, melo, lora-ft")
     bench.add_argument("--dataset", default="zsre", help="zsre, counterfact, hallucination, wikibio, scotus")
     bench.add_argument("--edits", type=int, default=1000, help="T, the number of sequential edits (default 1000)")
     bench.add_argument("--out", help="directory for results.json, results.md and plots (re-run to resume)")

@@ -10,7 +10,6 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .config import EditConfig
 from .nn import Decision, RoutedLoraLayer
 from .tasks import Batch, Task
 
@@ -24,15 +23,19 @@ class TrainResult:
 
 
 def train_edits(task: Task, decision: Decision, layers: list[RoutedLoraLayer], batch: Batch, edit_of_row: torch.Tensor,
-                config: EditConfig, generators: list[torch.Generator], progress=None) -> list[TrainResult]:
+                config, generators: list[torch.Generator], progress=None,
+                resume: list[int | None] | None = None) -> list[TrainResult]:
     """Train K independent edits in one batch: row i belongs to edit `edit_of_row[i]`, whose own factors it uses.
 
     The objective is the sum of the edits' mean row losses, so each edit's factors get exactly the gradient they would
     get alone, and Adam (elementwise) takes the same steps; an edit is frozen (its factors copied out) at the step it
     converges. With K = 1 this is one edit trained alone. Results equal one-by-one training up to the rounding of
-    batched, padded matrix products."""
+    batched, padded matrix products. `resume[k]` starts edit k from a stored slot's factors instead of fresh ones.
+
+    `config` needs `layers`, `optimizer`, `learning_rate`, `max_steps` and `loss_bound` (an `EditConfig` or a
+    baseline's config)."""
     count = len(generators)
-    params = [p for layer in layers for p in layer.begin_training(generators)]
+    params = [p for layer in layers for p in layer.begin_training(generators, resume)]
     if config.optimizer == "adam":
         optimizer = torch.optim.Adam(params, lr=config.learning_rate)
         schedule = None

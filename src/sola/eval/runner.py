@@ -109,8 +109,12 @@ def calibration_questions(items: list[_Item], nq: list[Record], count: int = 500
 
 
 def build_method(spec: BenchSpec, store_path: Path):
-    if spec.method != "sola":
-        raise ConfigError(f"unknown method {spec.method!r}; available: sola")
+    from ..methods import BASELINES, METHODS
+
+    if spec.method not in METHODS:
+        raise ConfigError(f"unknown method {spec.method!r}; available: {', '.join(METHODS)}")
+    if spec.method in BASELINES:
+        return _build_baseline(spec, store_path, BASELINES[spec.method])
     from ..config import EditConfig
     from ..editor import Editor
     from ..methods import SolaMethod
@@ -132,6 +136,25 @@ def build_method(spec: BenchSpec, store_path: Path):
     if reuse is not None:
         _check_reusable(reuse.manifest, editor)
     return SolaMethod(editor, reuse=reuse)
+
+
+def _build_baseline(spec: BenchSpec, store_path: Path, editor_class):
+    from ..methods import SnapshotMethod
+
+    if spec.key or spec.reuse_adapters:
+        raise ConfigError(f"--key and --reuse-adapters are SoLA options; {spec.method} has its own routing")
+    if Path(store_path, "snapshot.json").is_file():
+        return SnapshotMethod(editor_class.load(store_path, spec.model), store_path)
+    fields: dict[str, Any] = {"prompt_format": spec.prompt_format, "seed": spec.seed}
+    known = {f for f in editor_class.config_class.__dataclass_fields__}
+    if spec.layers:
+        fields.update({"layers": list(spec.layers)} if "layers" in known else {"layer": spec.layers[0]})
+    if isinstance(spec.threshold, (int, float)):
+        if "radius" not in known:
+            raise ConfigError(f"--threshold: {spec.method} does not route")
+        fields["radius"] = float(spec.threshold)
+    config = editor_class.config_class.from_dict({**fields, **spec.config})
+    return SnapshotMethod(editor_class.from_pretrained(spec.model, config=config), store_path)
 
 
 _TRAINING_FIELDS = ("layers", "rank", "lora_alpha", "prompt_format", "optimizer", "learning_rate", "max_steps",
@@ -395,7 +418,8 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
         if len(questions) < 50:
             raise DataError("--threshold calibrate needs NQ questions (nq/NQ-open.dev.jsonl in the data directory)")
         threshold = method.editor.calibrate_threshold(questions, 0.01, against=[r.prompt for r in dataset.records])
-        threshold_note = f"calibrated: 1 % of {len(questions)} held-out NQ questions within it of the edit prompts"
+        threshold_note = f"calibrated: 1 % of {len(questions)} held-out NQ questions within it of the edit prompts" \
+            if threshold is not None else "the method does not route"
     elif spec.threshold is not None:
         threshold_note = "given"
     timings["calibrate_s"] = time.perf_counter() - t
@@ -408,6 +432,9 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     progress_file = out / "progress.jsonl"
     done = [json.loads(line) for line in progress_file.read_text().splitlines()] if progress_file.exists() else []
     edits_made = len(method.editor.edits(include_rolled_back=True)) if hasattr(method, "editor") else len(done)
+    if hasattr(method, "finish") and edits_made < len(done):  # a snapshot method resumes from its last save
+        done = done[:edits_made]
+        progress_file.write_text("".join(json.dumps(row) + "\n" for row in done))
     if edits_made != len(done):
         raise ConfigError(f"{out}: the store holds {edits_made} edits but progress.jsonl {len(done)}; start a new --out")
     edit_of = {row["record"]: row["edit"] for row in done}
@@ -415,6 +442,9 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     checkpoint_file = out / "checkpoints.jsonl"
     results_at = [json.loads(line) for line in checkpoint_file.read_text().splitlines()] \
         if checkpoint_file.exists() else []
+    if any(c["edits"] > len(done) for c in results_at):  # measured after edits a snapshot method lost: again
+        results_at = [c for c in results_at if c["edits"] <= len(done)]
+        checkpoint_file.write_text("".join(json.dumps(c) + "\n" for c in results_at))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -449,6 +479,8 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
         if bar is not None:
             bar.close()
     timings["edit_and_checkpoints_s"] = time.perf_counter() - t
+    if hasattr(method, "finish"):
+        method.finish()
     if not final_rows:  # resumed after the last edit: evaluate again
         final_rows = evaluator.evaluate(spec.edits, edit_of, with_routes=True)
         for r, d in zip(final_rows, done):
@@ -525,6 +557,11 @@ def _cost(method, described: dict[str, Any], done: list[dict], items: list[_Item
                 tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1
                              for a in timed[label]["answers"])
                 cost["inference"][f"{label}_tokens_per_s"] = tokens / timed[label]["seconds"]
+    store = Path(getattr(method, "store", None) or getattr(getattr(method.editor, "store", None), "path", "") or "")
+    if str(store) and store.is_dir():
+        size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+        cost["store_bytes"] = size
+        cost["store_bytes_per_edit"] = size / max(1, len(done))
     memory = described["info"].get("memory_bytes") if "info" in described else None
     if memory:
         live = max(1, described["info"].get("edits", 1))

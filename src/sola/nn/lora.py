@@ -71,13 +71,19 @@ class RoutedLoraLayer(nn.Module):
         return self.lora_A[slot].clone(), self.lora_B[slot].clone()
 
     # -- training ----------------------------------------------------------------------------------------------------
-    def begin_training(self, generators: list[torch.Generator]) -> list[nn.Parameter]:
-        """Fresh trainable factors for one edit per generator: A ~ Kaiming-uniform (as PEFT) drawn from that edit's
-        generator, B = 0, so training starts at the base model's output."""
+    def begin_training(self, generators: list[torch.Generator],
+                       resume: list[int | None] | None = None) -> list[nn.Parameter]:
+        """Trainable factors for one edit per generator: fresh, A ~ Kaiming-uniform (as PEFT) drawn from that edit's
+        generator and B = 0, so training starts at the base model's output; or, where `resume[k]` names a slot, a
+        copy of that slot's factors (methods that keep training a shared LoRA: LoRA-FT, MELO)."""
         bound = 1.0 / math.sqrt(self.in_features)
-        A = torch.stack([(torch.rand(self.rank, self.in_features, generator=g) * 2 - 1) * bound for g in generators])
+        resume = resume or [None] * len(generators)
+        A = torch.stack([(torch.rand(self.rank, self.in_features, generator=g) * 2 - 1) * bound if slot is None
+                         else self.lora_A[slot].float() for g, slot in zip(generators, resume)])
+        B = torch.stack([self.lora_B.new_zeros(self.out_features, self.rank) if slot is None else self.lora_B[slot]
+                         for slot in resume])
         self.train_A = nn.Parameter(A.to(self.lora_A))
-        self.train_B = nn.Parameter(self.lora_B.new_zeros(len(generators), self.out_features, self.rank))
+        self.train_B = nn.Parameter(B.clone())
         return [self.train_A, self.train_B]
 
     def end_training(self) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,0 +1,90 @@
+"""LoRA blocks that keep training as edits arrive: what LoRA-FT (one block for everything) and MELO (one block per
+cluster of edits) share. The layers, rank and training loop are SoLA's (`RoutedLoraLayer`, `train_edits`), so the
+three methods differ only in which block an edit trains and which block an input uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..architectures import default_layers, default_rank
+from ..errors import ConfigError
+from ..nn import Decision, RoutedLoraLayer
+from ..training import train_edits
+from .snapshot import BaselineConfig, SnapshotEditor, generators_for
+
+
+@dataclass
+class LoraBlocksConfig(BaselineConfig):
+    layers: list[str] | None = None
+    """The modules that get LoRA blocks. None: the architecture's SoLA layers (three MLP down projections of
+    SmolLM2-135M), so the methods are compared on the same layers."""
+
+    rank: int | None = None  # None: the architecture's SoLA rank (4)
+
+    def validate(self):
+        super().validate()
+        if self.rank is not None and self.rank < 1:
+            raise ConfigError(f"rank={self.rank} must be a positive integer")
+        if self.layers is not None and (not self.layers or not all(isinstance(n, str) for n in self.layers)):
+            raise ConfigError("layers must be a non-empty list of module names, e.g. ['model.layers.15.mlp.down_proj']")
+        return self
+
+
+class LoraBlocksEditor(SnapshotEditor):
+    config_class = LoraBlocksConfig
+
+    def _build(self) -> list[nn.Module]:
+        layers = self.config.layers or default_layers(self.model)
+        modules = dict(self.model.named_modules())
+        missing = [name for name in layers if name not in modules]
+        if missing:
+            raise ConfigError(f"layers {missing} are not modules of this model")
+        self.config = self.config.replace(layers=list(layers), rank=self.config.rank or default_rank(self.model))
+        self.decision = Decision()
+        self.layers = []
+        for name in layers:
+            layer = RoutedLoraLayer(modules[name], self.config.rank, 1.0, self.decision)
+            parent, _, child = name.rpartition(".")
+            setattr(modules[parent] if parent else self.model, child, layer)
+            self.layers.append(layer)
+        return [layer.base_layer for layer in self.layers]
+
+    def _blocks(self) -> int:
+        return self.layers[0].capacity
+
+    def _grow(self, blocks: int) -> None:
+        for layer in self.layers:
+            layer.grow(blocks)
+
+    def _train_block(self, edit_id: str, encoded, targets, block: int, fresh: bool) -> tuple[int, float, bool]:
+        """Train `block` on one edit (from fresh factors or from the block's own) and write the result back."""
+        batch = self.task.batch(encoded, targets)
+        result = train_edits(self.task, self.decision, self.layers, batch, torch.zeros(len(encoded), dtype=torch.long),
+                             self.config, generators_for(self.config.seed, edit_id), resume=None if fresh else [block])[0]
+        for layer, (A, B) in zip(self.layers, result.factors):
+            layer.write_slot(block, A, B)
+        return result.steps, result.loss, result.converged
+
+    def _route_all(self, rows: int, block: int | None) -> None:
+        """A decision that sends each of `rows` rows to `block` (None: the base model)."""
+        if block is None or self._disabled:
+            self.decision.clear()
+        else:
+            self.decision.fix(torch.full((rows,), block, dtype=torch.long))
+
+    def _block_state(self) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for name, layer in zip(self.config.layers, self.layers):
+            tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = layer.lora_A, layer.lora_B
+        return tensors
+
+    def _restore_blocks(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name, layer in zip(self.config.layers, self.layers):
+            layer.lora_A, layer.lora_B = tensors[f"{name}.lora_A"].clone(), tensors[f"{name}.lora_B"].clone()
+
+    def _memory(self) -> dict[str, Any]:
+        return {"lora": sum(layer.lora_A.nbytes + layer.lora_B.nbytes for layer in self.layers)}

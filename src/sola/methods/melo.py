@@ -1,0 +1,196 @@
+"""MELO (Yu et al., 2024): LoRA blocks on the edited layers, chosen per input by a vector index of cluster centres.
+
+An input's key is the mean of its prompt's hidden states at the input of the first edited layer. An edit whose key
+lies within `radius` of the nearest centre joins that cluster: the cluster's block keeps training on it and the centre
+moves to the mean of its members' keys (the "semantic drift" the SoLA paper measures in its Fig. 2). Otherwise the edit
+opens a new cluster with a fresh block. At inference the nearest centre within the radius picks the block; farther
+inputs run the base model, bit for bit. The decision is made once from the prompt and held while generating.
+
+`info()` counts centre updates and mismatches: live edits whose own prompt no longer reaches the block that learned
+it (the centre moved away, or another centre came nearer).
+
+Rollback is exact only for an edit that is its cluster's only member (the block and the centre go); an edit that
+shares a block cannot be separated from the others' training, so `rollback` refuses and says why.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from ..routing.keys import HiddenStateKeys
+from .lora_blocks import LoraBlocksConfig, LoraBlocksEditor
+from .snapshot import RollbackNotSupportedError
+
+
+@dataclass
+class MeloConfig(LoraBlocksConfig):
+    radius: float | None = None
+    """Cluster radius (Euclidean, on mean-pooled hidden states). MELO's 75 is for T5's activation scale; None means:
+    call `calibrate_threshold` or pass a value."""
+
+    def validate(self):
+        super().validate()
+        if self.radius is not None and not self.radius > 0:
+            raise ConfigError(f"radius={self.radius} must be positive")
+        return self
+
+
+class _Captured(Exception):
+    def __init__(self, keys) -> None:
+        self.keys = keys
+
+
+class MeloEditor(LoraBlocksEditor):
+    method = "melo"
+    config_class = MeloConfig
+    exact_rollback = False  # exact for an edit alone in its cluster
+
+    def _build(self):
+        base = super()._build()
+        self.pooling = HiddenStateKeys("mean_pool")
+        self.centres = torch.zeros(0, 0)  # (C, d), row c is the centre of the cluster in block c
+        self.members: list[list[str]] = []  # per block: its live edits, in order; [] for a free block
+        self.keys: dict[str, torch.Tensor] = {}  # per live edit
+        self.cluster_of: dict[str, int] = {}
+        self.centre_updates = 0
+        first = self.layers[0].base_layer
+        first.register_forward_pre_hook(lambda _m, args: self.decision.decide_from(args[0]))
+        return base
+
+    # -- keys --------------------------------------------------------------------------------------------------------
+    def _key(self, prompt) -> torch.Tensor:
+        batch = self.task.batch([prompt], None)
+
+        def capture(hidden, mask):
+            raise _Captured(self.pooling.pool(hidden, mask))
+
+        self.decision.arm(batch.mask, capture)
+        try:
+            with torch.no_grad():
+                self.model(**batch.inputs, use_cache=False)
+        except _Captured as captured:
+            return captured.keys[0]
+        finally:
+            self.decision.clear()
+        raise RuntimeError("the forward pass never reached the first edited layer")
+
+    def _radius(self) -> float:
+        if self.config.radius is None:
+            raise ConfigError("MELO needs a cluster radius on this model's activation scale: pass MeloConfig(radius=...) "
+                              "or call calibrate_threshold(unrelated_prompts, against=...)")
+        return self.config.radius
+
+    def _nearest(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, d) -> distance to the nearest live centre and its block, (B,) each (inf, -1 without clusters)."""
+        live = torch.tensor([bool(m) for m in self.members], dtype=torch.bool)
+        if not bool(live.any()):
+            return torch.full((len(keys),), float("inf")), torch.full((len(keys),), -1, dtype=torch.long)
+        dist = torch.cdist(keys.float(), self.centres, compute_mode="donot_use_mm_for_euclid_dist")
+        dist[:, ~live] = float("inf")
+        return dist.min(1)
+
+    def _router(self, hidden, mask):
+        dist, block = self._nearest(self.pooling.pool(hidden, mask))
+        return torch.where(dist <= self.config.radius, block, torch.full_like(block, -1))
+
+    # -- editing -----------------------------------------------------------------------------------------------------
+    def _train(self, edit_id, encoded, targets, target):
+        radius = self._radius()
+        key = torch.stack([self._key(p) for p in encoded]).mean(0)
+        dist, block = self._nearest(key.unsqueeze(0))
+        joins = bool(dist[0] <= radius)
+        if joins:
+            cluster = int(block[0])
+        else:
+            cluster = next((c for c, m in enumerate(self.members) if not m), len(self.members))
+            if cluster >= self._blocks():
+                self._grow(max(8, 2 * self._blocks()))
+        steps, loss, converged = self._train_block(edit_id, encoded, targets, cluster, fresh=not joins)
+        self.keys[edit_id], self.cluster_of[edit_id] = key, cluster
+        if cluster == len(self.members):
+            self.members.append([])
+            self.centres = torch.cat([self.centres.reshape(-1, key.shape[0]), key.view(1, -1)])
+        self.members[cluster].append(edit_id)
+        self.centres[cluster] = torch.stack([self.keys[e] for e in self.members[cluster]]).mean(0)
+        if joins:
+            self.centre_updates += 1
+        return steps, loss, converged
+
+    def _forget(self, edit_id):
+        cluster = self.cluster_of[edit_id]
+        others = [e for e in self.members[cluster] if e != edit_id]
+        if others:
+            raise RollbackNotSupportedError(
+                f"MELO cannot roll back {edit_id} exactly: it trained LoRA block {cluster}, which edits "
+                f"{', '.join(others[:10])} also trained, and their changes cannot be separated. Only an edit alone in "
+                "its cluster can be rolled back.")
+        for layer in self.layers:
+            layer.clear_slot(cluster)
+        self.members[cluster] = []
+        del self.keys[edit_id], self.cluster_of[edit_id]
+
+    # -- routing -----------------------------------------------------------------------------------------------------
+    @contextmanager
+    def _routed(self, prompts, batch):
+        if not self._disabled and any(self.members):
+            self._radius()
+            self.decision.arm(batch.mask, self._router)
+        try:
+            yield
+        finally:
+            self.decision.clear()
+
+    def locate(self, prompt):
+        if not any(self.members):
+            return None, None, False
+        dist, block = self._nearest(self._key(self._encode(prompt)).unsqueeze(0))
+        cluster = int(block[0])
+        return self.members[cluster][-1], float(dist[0]), bool(dist[0] <= self._radius())
+
+    def calibrate_threshold(self, prompts, max_activation_rate=0.01, *, against=None):
+        """Set the radius so that at most `max_activation_rate` of these unrelated prompts lie within it of the keys
+        of `against` (or of the stored centres)."""
+        queries = torch.stack([self._key(self._encode(p)) for p in prompts])
+        keys = torch.stack([self._key(self._encode(p)) for p in against]) if against is not None else self.centres
+        radius = self._calibrated(queries, keys, max_activation_rate)
+        self.config = self.config.replace(radius=radius)
+        return radius
+
+    def mismatches(self) -> int:
+        """Live edits whose own key no longer reaches the block that learned them."""
+        if not self.keys:
+            return 0
+        ids = list(self.keys)
+        dist, block = self._nearest(torch.stack([self.keys[e] for e in ids]))
+        return sum(1 for e, d, b in zip(ids, dist, block) if not (d <= self._radius() and int(b) == self.cluster_of[e]))
+
+    # -- state -------------------------------------------------------------------------------------------------------
+    def _state(self):
+        tensors = self._block_state()
+        tensors["centres"] = self.centres
+        tensors["centre_updates"] = torch.tensor([self.centre_updates])
+        for edit_id, key in self.keys.items():
+            tensors[f"{edit_id}.key"] = key
+            tensors[f"{edit_id}.cluster"] = torch.tensor([self.cluster_of[edit_id]])
+        return tensors
+
+    def _restore(self, tensors):
+        self._restore_blocks(tensors)
+        self.centres = tensors["centres"].clone()
+        self.centre_updates = int(tensors["centre_updates"][0])
+        self.members = [[] for _ in range(len(self.centres))]
+        for edit in self.edits():
+            self.keys[edit.id] = tensors[f"{edit.id}.key"]
+            self.cluster_of[edit.id] = cluster = int(tensors[f"{edit.id}.cluster"][0])
+            self.members[cluster].append(edit.id)
+
+    def _describe(self):
+        return {"layers": self.config.layers, "rank": self.config.rank, "radius": self.config.radius,
+                "threshold": self.config.radius, "clusters": sum(1 for m in self.members if m),
+                "centre_updates": self.centre_updates,
+                "mismatches": self.mismatches() if self.config.radius is not None else None,
+                "memory_bytes": {**self._memory(), "centres": self.centres.nbytes}}

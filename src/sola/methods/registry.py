@@ -1,0 +1,56 @@
+"""Every editing method by name, in one place: what `sola bench --method` and the library accept."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ..data import Record
+from .base import MethodRoute
+from .grace import GraceEditor
+from .lora_ft import LoraFTEditor
+from .melo import MeloEditor
+from .snapshot import SnapshotEditor
+
+BASELINES: dict[str, type[SnapshotEditor]] = {"grace": GraceEditor, "melo": MeloEditor, "lora-ft": LoraFTEditor}
+METHODS = ("sola", *BASELINES)
+
+
+class SnapshotMethod:
+    """A baseline editor as an `EditingMethod`. Its state is saved to `store` every `save_every` edits and by
+    `finish()`; a resumed benchmark continues from the last saved edit."""
+
+    def __init__(self, editor: SnapshotEditor, store: Path, save_every: int = 100) -> None:
+        self.editor, self.store, self.save_every = editor, store, save_every
+        self.name = editor.method
+
+    def edit(self, record: Record) -> dict[str, Any]:
+        edit = self.editor.edit(record.prompt, record.target, subject=record.subject)
+        if len(self.editor.edits(include_rolled_back=True)) % self.save_every == 0:
+            self.finish()
+        return {"id": edit.id, "seconds": edit.seconds, "steps": edit.steps, "converged": edit.converged,
+                "loss": edit.loss, "reused": False, "supersedes": None}
+
+    def finish(self) -> None:
+        started = time.perf_counter()
+        self.editor.save(self.store)
+        self.last_save_seconds = time.perf_counter() - started
+
+    def score(self, prompts, targets, batch_size=16):
+        return self.editor.score(prompts, targets, batch_size=batch_size)
+
+    def generate(self, prompts, max_new_tokens=16, batch_size=16):
+        return self.editor.generate(prompts, max_new_tokens, batch_size=batch_size, stop_at_newline=True)
+
+    def base(self):
+        return self.editor.disabled()
+
+    def routes(self, prompts: list[str]) -> list[MethodRoute] | None:
+        found = [self.editor.locate(p) for p in prompts]
+        if all(edit_id is None for edit_id, _, _ in found) and not self.editor.edits():
+            return None
+        return [MethodRoute(edit_id, distance, routed) for edit_id, distance, routed in found]
+
+    def describe(self) -> dict[str, Any]:
+        return {"config": self.editor.config.to_dict(), "model": self.editor.fingerprint, "info": self.editor.info()}

@@ -1,0 +1,302 @@
+"""What the baseline editors (GRACE, MELO, LoRA-FT) share: the public `Editor` surface on a causal LM, edit records,
+and saving their whole state as one snapshot (safetensors + JSON).
+
+SoLA's `Editor` keeps one immutable file per edit, because its edits never change after they are made. These methods
+change shared state as edits arrive (a codebook's radii, a cluster's LoRA, one LoRA for everything), so their store is
+a snapshot of that state, written atomically by `save`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..architectures import task_of
+from ..asking import Asking
+from ..edit import Edit
+from ..errors import ConfigError, CorruptStoreError, InvalidEditError, StoreError, UnknownEditError
+from ..fingerprint import config_hash, describe_mismatch, weights_hash
+from ..loading import EMBEDDED_SOURCE, load_model
+from ..prompts import EncodedPrompt, PromptFormat, check_text
+from ..routing import Route
+from ..store import atomic_write
+from ..tasks import CausalTask
+
+SNAPSHOT_FORMAT = 1
+MANIFEST, STATE = "snapshot.json", "state.safetensors"
+
+
+class RollbackNotSupportedError(InvalidEditError):
+    """The method cannot remove this edit exactly (its training changed parameters that other edits share)."""
+
+
+@dataclasses.dataclass
+class BaselineConfig:
+    """Fields every baseline shares; each method's config adds its own."""
+
+    prompt_format: str = "raw"
+    optimizer: str = "adam"
+    learning_rate: float = 0.04
+    max_steps: int = 60
+    loss_bound: float = 0.05
+    seed: int = 0
+
+    def validate(self):
+        if self.prompt_format not in ("auto", "raw", "chat"):
+            raise ConfigError(f"prompt_format={self.prompt_format!r} is unknown; choose auto, raw or chat")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"optimizer={self.optimizer!r} is unknown; choose adam or sgd")
+        if self.max_steps < 1 or self.learning_rate <= 0 or self.loss_bound <= 0:
+            raise ConfigError("max_steps, learning_rate and loss_bound must be positive")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown} for {cls.__name__}; known fields are {sorted(known)}")
+        return cls(**data).validate()
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes).validate()
+
+
+class SnapshotEditor(Asking):
+    """Base of the baseline editors. Subclasses set `method` and `config_class` and implement `_build` (wrap the
+    model's modules), `_train(encoded, targets, target)` -> (steps, loss, converged) which also commits the edit to
+    the method's state, `_forget(edit_id)`, `_routed`, `nearest`, `_state()`/`_restore(tensors)` and `_describe()`."""
+
+    method = ""
+    config_class = BaselineConfig
+    exact_rollback = False  # documented per method
+
+    def __init__(self, model: nn.Module, tokenizer, config=None, *, source: str = "model") -> None:
+        config = (config or self.config_class()).validate()
+        model_type = model.config.model_type
+        if task_of(model_type) != "causal":
+            raise ConfigError(f"{self.method} is implemented for causal language models (LLaMA, GPT-2, ...), not "
+                              f"{model_type!r}; use the sola method for seq2seq and classifiers")
+        self.model, self.tokenizer, self.source = model, tokenizer, source
+        model.eval().requires_grad_(False)
+        self.format = PromptFormat(tokenizer, config.prompt_format)
+        self.config = config.replace(prompt_format=self.format.kind)
+        self.task = CausalTask(model, tokenizer, self.format)
+        self._edits: dict[str, Edit] = {}
+        self._counter = 0
+        self._disabled = False
+        self.path: Path | None = None
+        wrapped = self._build()
+        self.fingerprint = {"name": source, "config_hash": config_hash(model.config),
+                            "weights_hash": weights_hash(wrapped), "keys": {"kind": self.method}}
+
+    # -- construction ------------------------------------------------------------------------------------------------
+    def _build(self) -> list[nn.Module]:
+        """Wrap the edited modules; return the base modules whose weights identify the model."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike | None = None, *, config=None):
+        """Load a base model (None: the embedded SmolLM2-135M-Instruct) and wrap it for this method."""
+        name, network, tokenizer = load_model(model)
+        return cls(network, tokenizer, config, source=name)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: str | os.PathLike | None = None):
+        """Open a snapshot written by `save` with the model it was made on (or `model`, the same model)."""
+        manifest, tensors = _read_snapshot(Path(path), cls.method)
+        source = model if model is not None else manifest["model"]["name"]
+        if model is None and source != EMBEDDED_SOURCE and not Path(source).exists():
+            raise StoreError(f"the snapshot {path} was made on {source!r}, which is not here; pass model=... with a "
+                             "copy of that model")
+        name, network, tokenizer = load_model(source)
+        editor = cls(network, tokenizer, cls.config_class.from_dict(manifest["config"]), source=name)
+        mismatch = describe_mismatch(manifest["model"], editor.fingerprint)
+        if mismatch:
+            from ..errors import ModelMismatchError
+
+            raise ModelMismatchError(f"{path}: {mismatch}")
+        editor._edits = {r["id"]: Edit.from_dict(r) for r in manifest["edits"]}
+        editor._counter = manifest["counter"]
+        editor._restore(tensors)
+        editor.path = Path(path)
+        return editor
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the whole state to `path` (a new directory, or a snapshot of this method, which is replaced
+        atomically: a crash leaves the old snapshot or the new one, never a mix)."""
+        path = Path(path)
+        if path.exists() and any(path.iterdir()) and not (path / MANIFEST).is_file():
+            raise StoreError(f"cannot save to {path}: it exists and is not a {self.method} snapshot; choose a new "
+                             "directory")
+        staging = path.with_name(path.name + ".saving")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        tensors = {k: v.detach().contiguous() for k, v in self._state().items()}
+        save_file(tensors, str(staging / STATE))
+        manifest = {"format_version": SNAPSHOT_FORMAT, "method": self.method, "config": self.config.to_dict(),
+                    "model": self.fingerprint, "counter": self._counter,
+                    "edits": [e.to_dict() for e in self._edits.values()]}
+        atomic_write(staging / MANIFEST, lambda t: t.write_text(json.dumps(manifest, indent=1, sort_keys=True)))
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        staging.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+        self.path = path
+        return path
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _restore(self, tensors: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    # -- editing -----------------------------------------------------------------------------------------------------
+    def _encode(self, prompt: str) -> EncodedPrompt:
+        encoded = self.format.encode(prompt)
+        self.task.check_length(encoded)
+        return encoded
+
+    def edit(self, prompt: str | list[str], target: str, *, subject: str | None = None) -> Edit:
+        """Teach the model to answer `prompt` (or each of several prompts) with `target`. Returns the `Edit`."""
+        started = time.perf_counter()
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise InvalidEditError("an edit needs at least one prompt")
+        encoded = [self._encode(check_text(p, "prompt")) for p in prompts]
+        target = check_text(target, "target").strip()
+        if subject is not None:
+            check_text(subject, "subject")
+        targets = [self.task.encode_target(p, target) for p in prompts]
+        for enc, tgt in zip(encoded, targets):
+            self.task.check_length(enc, tgt)
+        edit_id = f"e{self._counter + 1}"
+        steps, loss, converged = self._train(edit_id, encoded, targets, target)
+        self._counter += 1
+        record = Edit(id=edit_id, prompts=tuple(prompts), target=target, subject=subject,
+                      created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=steps, loss=round(loss, 6),
+                      converged=converged, seconds=round(time.perf_counter() - started, 3))
+        self._edits[edit_id] = record
+        return record
+
+    def _train(self, edit_id: str, encoded: list[EncodedPrompt], targets: list[list[int]],
+               target: str) -> tuple[int, float, bool]:
+        raise NotImplementedError
+
+    def rollback(self, edit_id: str) -> Edit:
+        """Remove an edit, where the method can do so exactly (see the method's docs); otherwise raise
+        `RollbackNotSupportedError` and change nothing."""
+        edit = self._edits.get(edit_id)
+        if edit is None or not edit.live:
+            state = "was already rolled back" if edit is not None else "does not exist"
+            live = ", ".join(e.id for e in self.edits()[:10]) or "none"
+            raise UnknownEditError(f"edit {edit_id!r} {state}; live edits: {live}")
+        self._forget(edit_id)
+        self._edits[edit_id] = rolled = dataclasses.replace(edit, rolled_back=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        return rolled
+
+    def _forget(self, edit_id: str) -> None:
+        raise NotImplementedError
+
+    def edits(self, include_rolled_back: bool = False) -> list[Edit]:
+        return [e for e in self._edits.values() if include_rolled_back or e.live]
+
+    def get(self, edit_id: str) -> Edit:
+        if edit_id not in self._edits:
+            raise UnknownEditError(f"edit {edit_id!r} does not exist")
+        return self._edits[edit_id]
+
+    # -- routing -----------------------------------------------------------------------------------------------------
+    @contextmanager
+    def disabled(self) -> Iterator["SnapshotEditor"]:
+        """Inside, every input runs the base model bit for bit."""
+        previous, self._disabled = self._disabled, True
+        try:
+            yield self
+        finally:
+            self._disabled = previous
+
+    def locate(self, prompt: str) -> tuple[str | None, float | None, bool]:
+        """(the edit whose training answers for the nearest key, its distance, whether the prompt is routed there);
+        (None, None, False) without edits or for methods without routing."""
+        return None, None, False
+
+    def nearest(self, prompt: str) -> Route | None:
+        """The nearest edit and its distance, routed or not (None without routing)."""
+        edit_id, distance, _ = self.locate(prompt)
+        return Route(edit_id, distance) if edit_id is not None else None
+
+    def route(self, prompt: str) -> Route | None:
+        """The edit this prompt is routed to, or None if it runs on the base model (or the method does not route)."""
+        edit_id, distance, routed = self.locate(prompt)
+        return Route(edit_id, distance) if routed else None
+
+    def calibrate_threshold(self, prompts: Iterable[str], max_activation_rate: float = 0.01, *,
+                            against: Iterable[str] | None = None) -> float | None:
+        """Set the method's radius so that at most `max_activation_rate` of these unrelated prompts fall within it
+        of the keys of `against` (e.g. the edit prompts about to be made). None for methods without routing."""
+        return None
+
+    def _calibrated(self, queries: torch.Tensor, keys: torch.Tensor, rate: float) -> float:
+        """The distance under which at most `rate` of `queries` lie from their nearest key (Euclidean)."""
+        if len(queries) < 2 or not 0 <= rate < 1:
+            raise InvalidEditError("calibration needs at least 2 prompts and 0 <= max_activation_rate < 1")
+        dist = torch.cdist(queries.float(), keys.float(), compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+        value = float(dist.sort().values[int(rate * len(dist))])
+        if not value > 0:
+            raise InvalidEditError("the calibration prompts contain the edit prompts themselves; use unrelated prompts")
+        return value
+
+    # -- reporting ---------------------------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        return {"model": self.source, "method": self.method, "task": self.task.kind,
+                "prompt_format": self.format.kind, "edits": len(self.edits()),
+                "rolled_back": sum(1 for e in self._edits.values() if not e.live),
+                "exact_rollback": self.exact_rollback, "store": str(self.path) if self.path else None,
+                **self._describe()}
+
+    def _describe(self) -> dict[str, Any]:
+        return {}
+
+
+def _read_snapshot(path: Path, method: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise StoreError(f"{path} is not a snapshot ({MANIFEST} missing); write one with editor.save(path)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptStoreError(f"{manifest_path} is not valid JSON ({err}); restore it from a backup") from None
+    if manifest.get("format_version") != SNAPSHOT_FORMAT:
+        raise CorruptStoreError(f"{manifest_path}: unsupported format_version {manifest.get('format_version')!r}")
+    if manifest.get("method") != method:
+        raise StoreError(f"{path} holds a {manifest.get('method')!r} snapshot, not {method!r}; open it with that "
+                         "method")
+    try:
+        tensors = load_file(path / STATE)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptStoreError(f"{path / STATE} is not a readable safetensors file ({err})") from None
+    return manifest, tensors
+
+
+def generators_for(seed: int, edit_id: str) -> list[torch.Generator]:
+    """The random generator of one edit: the same seed and edit id give the same initialisation."""
+    import zlib
+
+    return [torch.Generator().manual_seed(zlib.crc32(f"{seed}:{edit_id}".encode()))]
