@@ -12,7 +12,7 @@ import torch
 
 from sola.errors import SolaError, StoreError
 from sola.eval import BenchSpec, run
-from sola.methods import (GraceConfig, GraceEditor, LoraFTConfig, LoraFTEditor, MeloConfig, MeloEditor,
+from sola.methods import (ElderConfig, ElderEditor, GraceConfig, GraceEditor, LoraFTConfig, LoraFTEditor, MeloConfig, MeloEditor,
                           RollbackNotSupportedError)
 
 from conftest import EDITS, UNRELATED
@@ -25,6 +25,9 @@ def make(method: str, tiny_dir, family: str = "llama", **changes):
     if method == "grace":
         return GraceEditor.from_pretrained(str(tiny_dir(family)), config=GraceConfig(
             prompt_format="raw", radius=1e-3, **changes))
+    if method == "elder":
+        return ElderEditor.from_pretrained(str(tiny_dir(family)), config=ElderConfig(
+            **{"epsilon": 1, **TRAINING, **changes}))
     if method == "melo":
         return MeloEditor.from_pretrained(str(tiny_dir(family)), config=MeloConfig(
             **{"radius": 1e-3, **TRAINING, **changes}))
@@ -155,7 +158,7 @@ def test_lora_ft_refuses_rollback_and_changes_nothing(tiny_dir):
     assert same(logits(editor, UNRELATED), before) and editor.get("e1").live
 
 
-@pytest.mark.parametrize("method", ["grace", "melo", "lora-ft"])
+@pytest.mark.parametrize("method", ["elder", "grace", "melo", "lora-ft"])
 def test_save_load_reproduces_outputs_bit_for_bit(tiny_dir, tmp_path, method):
     editor = make(method, tiny_dir, max_steps=20)
     for prompt, target in EDITS["causal"]:
@@ -171,7 +174,7 @@ def test_save_load_reproduces_outputs_bit_for_bit(tiny_dir, tmp_path, method):
         other.load(tmp_path / "snap", model=str(tiny_dir("llama")))
 
 
-@pytest.mark.parametrize("method", ["grace", "melo", "lora-ft"])
+@pytest.mark.parametrize("method", ["elder", "grace", "melo", "lora-ft"])
 @pytest.mark.parametrize("bad", ["empty prompt", "blank target", "unknown id"])
 def test_bad_input_is_one_clear_error_and_changes_nothing(tiny_dir, method, bad):
     editor = make(method, tiny_dir, max_steps=20)
@@ -205,17 +208,18 @@ def test_baselines_refuse_models_they_do_not_implement(tiny_dir):
 # -- in the benchmark harness ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["grace", "melo", "lora-ft"])
+@pytest.mark.parametrize("method", ["elder", "grace", "melo", "lora-ft"])
 def test_bench_runs_each_baseline_and_restarts_from_its_last_snapshot(tmp_path, tiny_dir, tiny_data, method):
     config = {"max_steps": 30} if method == "grace" else {"learning_rate": 0.05, "max_steps": 200}
+    threshold = {"lora-ft": None, "elder": 1}.get(method, 1e-3)
     spec = BenchSpec(method=method, dataset="zsre", edits=5, data=str(tiny_data), model=str(tiny_dir("llama")),
-                     threshold=None if method == "lora-ft" else 1e-3, checkpoints=[2], batch_size=2,
+                     threshold=threshold, checkpoints=[2], batch_size=2,
                      max_new_tokens=12, config=config)
     results = run(spec, tmp_path / "run", progress=False)
     summary = results["metrics"]["all"]
     assert results["method"] == method and [c["edits"] for c in results["checkpoints"]] == [2, 5]
     assert results["cost"]["store_bytes_per_edit"] > 0
-    if method != "lora-ft":
+    if method in ("grace", "melo"):
         assert summary["teacher_forced"]["loc_unrelated"] == 1.0  # radius 1e-3: NQ questions never route
         assert "routing" in summary
     if method == "melo":
@@ -240,3 +244,44 @@ def test_bench_refuses_sola_options_for_baselines(tmp_path, tiny_dir, tiny_data)
 def test_unknown_method_names_the_available_ones(tmp_path, tiny_data):
     with pytest.raises(Exception, match="grace, melo, lora-ft"):
         run(BenchSpec(method="rome", dataset="zsre", edits=2, data=str(tiny_data)), tmp_path / "x", progress=False)
+
+
+# -- ELDER ----------------------------------------------------------------------------------------------------------
+
+
+def test_elder_allocations_are_seeded_the_same_for_identical_edits_and_distinct_otherwise(tiny_dir):
+    editor = make("elder", tiny_dir, max_steps=1)
+    first = editor._allocation(["Who founded Acme?"], "Jane Roe")
+    assert torch.equal(first, make("elder", tiny_dir, max_steps=1)._allocation(["Who founded Acme?"], "Jane Roe"))
+    assert first.shape == (len(editor.layers), editor.config.top_k)
+    editor.edit("Who founded Acme?", "Jane Roe")
+    assert torch.equal(editor._allocation(["who founded acme"], "jane roe"), first)  # identical after normalising
+    seen = {tuple(first.flatten().tolist())}
+    for n in range(4):  # 2 layers, 4 choose 2 per layer: 36 allocations; each new edit gets an unused one
+        editor.edit(f"Who founded company number {n}?", f"Person {n}")
+        seen.add(tuple(editor.allocations[f"e{n + 2}"].flatten().tolist()))
+    assert len(seen) == 5
+
+
+def test_elder_codes_are_packed_bits_and_hamming_distances_count_them(tiny_dir):
+    editor = make("elder", tiny_dir, max_steps=1)
+    top = torch.tensor([[[0, 1], [2, 3]], [[0, 2], [2, 3]]])  # two inputs, L=2, k=2, N=4
+    codes = editor._code(top)
+    assert codes.dtype == torch.uint8 and codes.tolist() == [[0b11000011], [0b11000101]]
+    editor.codes = {"a": codes[0]}
+    distances, ids = editor._hamming(top)
+    assert ids == ["a"] and distances.flatten().tolist() == [0, 2]  # one LoRA swapped: two bits differ
+
+
+def test_elder_defers_unmatched_inputs_to_the_base_model_and_rollback_removes_the_code(tiny_dir):
+    editor = make("elder", tiny_dir)
+    prompt, target = EDITS["causal"][0]
+    base = logits(editor, [prompt] + UNRELATED)
+    editor.edit(prompt, target)
+    assert editor.generate(prompt, 12) == target and editor.route(prompt).edit_id == "e1"
+    for text, before in zip(UNRELATED, base[1:]):  # epsilon 1: only an identical code uses the mixture
+        if editor.route(text) is None:
+            assert torch.equal(editor.logits(text), before)
+    rolled = editor.rollback("e1")
+    assert "keep what its training changed" in rolled.note
+    assert editor.route(prompt) is None and same(logits(editor, [prompt] + UNRELATED), base)

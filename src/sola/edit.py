@@ -26,6 +26,7 @@ class Edit:
     rolled_back: str | None = None  # when it was rolled back (ISO time), None while live
     supersedes: str | None = None  # the edit of the same fact this one replaced when it was made (see Editor.edit)
     superseded_by: str | None = None  # the live edit that answers in its place now (kept current by the Editor)
+    note: str | None = None  # what a method could not do exactly (ELDER's rollback leaves its shared training)
 
     @property
     def prompt(self) -> str:

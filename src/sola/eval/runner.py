@@ -150,9 +150,12 @@ def _build_baseline(spec: BenchSpec, store_path: Path, editor_class):
     if spec.layers:
         fields.update({"layers": list(spec.layers)} if "layers" in known else {"layer": spec.layers[0]})
     if isinstance(spec.threshold, (int, float)):
-        if "radius" not in known:
+        if "radius" in known:
+            fields["radius"] = float(spec.threshold)
+        elif "epsilon" in known:  # ELDER: a Hamming distance
+            fields["epsilon"] = int(spec.threshold)
+        else:
             raise ConfigError(f"--threshold: {spec.method} does not route")
-        fields["radius"] = float(spec.threshold)
     config = editor_class.config_class.from_dict({**fields, **spec.config})
     return SnapshotMethod(editor_class.from_pretrained(spec.model, config=config), store_path)
 
@@ -419,7 +422,7 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
             raise DataError("--threshold calibrate needs NQ questions (nq/NQ-open.dev.jsonl in the data directory)")
         threshold = method.editor.calibrate_threshold(questions, 0.01, against=[r.prompt for r in dataset.records])
         threshold_note = f"calibrated: 1 % of {len(questions)} held-out NQ questions within it of the edit prompts" \
-            if threshold is not None else "the method does not route"
+            if threshold is not None else "not calibrated: the method keeps its own threshold, if it routes"
     elif spec.threshold is not None:
         threshold_note = "given"
     timings["calibrate_s"] = time.perf_counter() - t

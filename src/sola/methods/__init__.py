@@ -1,9 +1,10 @@
 """Editing methods behind one small protocol, so the benchmark runner measures them all the same way.
 
-SoLA is `sola.Editor`; the baselines (GRACE, MELO, LoRA-FT) are `SnapshotEditor`s with the same public surface
+SoLA is `sola.Editor`; ELDER and the baselines (GRACE, MELO, LoRA-FT) are `SnapshotEditor`s with the same public surface
 (`from_pretrained`, `edit`, `rollback` where the method allows it, `generate`, `score`, `route`, `save`, `load`)."""
 
 from .base import EditingMethod, MethodRoute
+from .elder import ElderConfig, ElderEditor
 from .grace import GraceConfig, GraceEditor
 from .lora_ft import LoraFTConfig, LoraFTEditor
 from .melo import MeloConfig, MeloEditor
@@ -11,6 +12,6 @@ from .registry import BASELINES, METHODS, SnapshotMethod
 from .snapshot import RollbackNotSupportedError, SnapshotEditor
 from .sola import SolaMethod
 
-__all__ = ["BASELINES", "METHODS", "EditingMethod", "GraceConfig", "GraceEditor", "LoraFTConfig", "LoraFTEditor",
+__all__ = ["BASELINES", "METHODS", "EditingMethod", "ElderConfig", "ElderEditor", "GraceConfig", "GraceEditor", "LoraFTConfig", "LoraFTEditor",
            "MeloConfig", "MeloEditor", "MethodRoute", "RollbackNotSupportedError", "SnapshotEditor",
            "SnapshotMethod", "SolaMethod"]

@@ -8,12 +8,13 @@ from typing import Any
 
 from ..data import Record
 from .base import MethodRoute
+from .elder import ElderEditor
 from .grace import GraceEditor
 from .lora_ft import LoraFTEditor
 from .melo import MeloEditor
 from .snapshot import SnapshotEditor
 
-BASELINES: dict[str, type[SnapshotEditor]] = {"grace": GraceEditor, "melo": MeloEditor, "lora-ft": LoraFTEditor}
+BASELINES: dict[str, type[SnapshotEditor]] = {"elder": ElderEditor, "grace": GraceEditor, "melo": MeloEditor, "lora-ft": LoraFTEditor}
 METHODS = ("sola", *BASELINES)
 
 
