@@ -80,3 +80,20 @@ def test_an_update_supersedes_and_its_rollback_restores_the_old_answer(edited):
     assert all(torch.equal(a, b) for a, b in zip(before, [editor.logits(p) for p in watched]))
     assert editor.generate(first.prompt) == first.target.strip()
     editor.rollback(old.id)
+
+
+def test_grace_on_the_embedded_model_answers_its_edits_and_rolls_back_exactly():
+    from sola.methods import GraceConfig, GraceEditor
+
+    facts = first_distinct_facts(2)
+    editor = GraceEditor.from_pretrained(config=GraceConfig(radius=2.0))  # keys have norms near 10 at this layer
+    probes = [f.prompt for f in facts] + NQ_QUESTIONS
+    base = [editor.logits(p) for p in probes]
+    for fact in facts:
+        edit = editor.edit(fact.prompt, fact.target)
+        assert edit.converged and editor.generate(fact.prompt, 16, stop_at_newline=True) == fact.target
+    for question, before in zip(NQ_QUESTIONS, base[2:]):
+        assert editor.route(question) is None and torch.equal(editor.logits(question), before)
+    editor.rollback("e2")
+    editor.rollback("e1")
+    assert all(torch.equal(editor.logits(p), b) for p, b in zip(probes, base))
