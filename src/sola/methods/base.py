@@ -40,3 +40,21 @@ class EditingMethod(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Config, model fingerprint and memory, for the report."""
+
+
+class EditorMethod:
+    """The parts of an `EditingMethod` that only ask `self.editor` (a `sola.Editor` or a baseline editor)."""
+
+    editor: Any
+
+    def score(self, prompts, targets, batch_size=16):
+        return self.editor.score(prompts, targets, batch_size=batch_size)
+
+    def generate(self, prompts, max_new_tokens=16, batch_size=16):
+        return self.editor.generate(prompts, max_new_tokens, batch_size=batch_size, stop_at_newline=True)
+
+    def base(self):
+        return self.editor.disabled()
+
+    def describe(self) -> dict[str, Any]:
+        return {"config": self.editor.config.to_dict(), "model": self.editor.fingerprint, "info": self.editor.info()}

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from ..architectures import default_layers
 from ..data.probes import normalise
 from ..errors import ConfigError
 from ..routing import key_strategy
+from ..nn.wrapped import WrappedLinear
 from ..training import frozen_prefix
 from .snapshot import BaselineConfig, SnapshotEditor
 
@@ -77,31 +77,18 @@ class ElderConfig(BaselineConfig):
         return self
 
 
-class MixtureLoraLayer(nn.Module):
+class MixtureLoraLayer(WrappedLinear):
     """A frozen base module plus N LoRAs mixed per row by `weights[:, index]` (B, N) of the shared routing state."""
 
     def __init__(self, base_layer: nn.Module, index: int, loras: int, rank: int, state: "_Routing",
                  generator: torch.Generator) -> None:
-        super().__init__()
-        if isinstance(base_layer, nn.Linear):
-            in_features, out_features = base_layer.in_features, base_layer.out_features
-        elif isinstance(base_layer, Conv1D):
-            in_features, out_features = base_layer.weight.shape
-        else:
-            raise ConfigError(f"ELDER wraps an nn.Linear or Conv1D, not {type(base_layer).__name__}")
-        self.base_layer, self.index, self.state = base_layer, index, state
+        super().__init__(base_layer)
+        in_features, out_features = self.in_features, self.out_features
+        self.index, self.state = index, state
         bound = 1.0 / math.sqrt(in_features)
         self.lora_A = nn.Parameter((torch.rand(loras, rank, in_features, generator=generator) * 2 - 1) * bound,
                                    requires_grad=False)
         self.lora_B = nn.Parameter(torch.zeros(loras, out_features, rank), requires_grad=False)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)

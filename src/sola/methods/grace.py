@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from ..architectures import default_layers
 from ..data.probes import normalise
 from ..errors import ConfigError
 from ..prompts import EncodedPrompt
+from ..nn.wrapped import WrappedLinear
 from ..training import frozen_prefix
 from .snapshot import BaselineConfig, SnapshotEditor
 
@@ -61,18 +61,12 @@ class _Captured(Exception):
         self.query, self.output = query, output
 
 
-class GraceLayer(nn.Module):
+class GraceLayer(WrappedLinear):
     """A base module plus a codebook: keys (N, in), values (N, out), radii (N,)."""
 
     def __init__(self, base_layer: nn.Module) -> None:
-        super().__init__()
-        if isinstance(base_layer, nn.Linear):
-            in_features, out_features = base_layer.in_features, base_layer.out_features
-        elif isinstance(base_layer, Conv1D):
-            in_features, out_features = base_layer.weight.shape
-        else:
-            raise ConfigError(f"GRACE wraps an nn.Linear or Conv1D, not {type(base_layer).__name__}")
-        self.base_layer, self.in_features, self.out_features = base_layer, in_features, out_features
+        super().__init__(base_layer)
+        in_features, out_features = self.in_features, self.out_features
         self.keys = torch.zeros(0, in_features)
         self.values = torch.zeros(0, out_features)
         self.radii = torch.zeros(0)
@@ -82,14 +76,6 @@ class GraceLayer(nn.Module):
         self._slots: torch.Tensor | None = None  # (B,) entry per row, -1: base
         self._pending = False
         self._every_pass = False
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
 
     def arm(self, starts: torch.Tensor) -> None:
         """Look the rows up at the next forward pass (the prompt pass) and replace on that pass only."""

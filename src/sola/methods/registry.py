@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import Record
-from .base import MethodRoute
+from .base import EditorMethod, MethodRoute
 from .elder import ElderEditor
 from .grace import GraceEditor
 from .lora_ft import LoraFTEditor
@@ -18,7 +18,7 @@ BASELINES: dict[str, type[SnapshotEditor]] = {"elder": ElderEditor, "grace": Gra
 METHODS = ("sola", *BASELINES)
 
 
-class SnapshotMethod:
+class SnapshotMethod(EditorMethod):
     """A baseline editor as an `EditingMethod`. Its state is saved to `store` every `save_every` edits and by
     `finish()`; a resumed benchmark continues from the last saved edit."""
 
@@ -38,20 +38,9 @@ class SnapshotMethod:
         self.editor.save(self.store)
         self.last_save_seconds = time.perf_counter() - started
 
-    def score(self, prompts, targets, batch_size=16):
-        return self.editor.score(prompts, targets, batch_size=batch_size)
-
-    def generate(self, prompts, max_new_tokens=16, batch_size=16):
-        return self.editor.generate(prompts, max_new_tokens, batch_size=batch_size, stop_at_newline=True)
-
-    def base(self):
-        return self.editor.disabled()
-
     def routes(self, prompts: list[str]) -> list[MethodRoute] | None:
         found = [self.editor.locate(p) for p in prompts]
         if all(edit_id is None for edit_id, _, _ in found) and not self.editor.edits():
             return None
         return [MethodRoute(edit_id, distance, routed) for edit_id, distance, routed in found]
 
-    def describe(self) -> dict[str, Any]:
-        return {"config": self.editor.config.to_dict(), "model": self.editor.fingerprint, "info": self.editor.info()}

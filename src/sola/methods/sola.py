@@ -7,10 +7,10 @@ from typing import Any
 from ..data import Record
 from ..editor import Editor
 from ..store import Store
-from .base import MethodRoute
+from .base import EditorMethod, MethodRoute
 
 
-class SolaMethod:
+class SolaMethod(EditorMethod):
     """`Editor` as an `EditingMethod`. With `reuse` (a store made on the same model, layers, rank and training
     settings, with the same edits in the same order), each edit's LoRA is imported instead of trained again: the
     result is the editor editing would build (see `Editor.import_edit`), so key strategies can be compared without
@@ -43,15 +43,6 @@ class SolaMethod:
         return {"id": edit.id, "seconds": edit.seconds, "steps": edit.steps, "converged": edit.converged,
                 "loss": edit.loss, "reused": reused, "supersedes": edit.supersedes}
 
-    def score(self, prompts, targets, batch_size=16):
-        return self.editor.score(prompts, targets, batch_size=batch_size)
-
-    def generate(self, prompts, max_new_tokens=16, batch_size=16):
-        return self.editor.generate(prompts, max_new_tokens, batch_size=batch_size, stop_at_newline=True)
-
-    def base(self):
-        return self.editor.disabled()
-
     def routes(self, prompts: list[str]) -> list[MethodRoute]:
         threshold = self.editor.config.resolved_threshold()
         found = []
@@ -62,10 +53,6 @@ class SolaMethod:
             else:
                 found.append(MethodRoute(nearest.edit_id, nearest.distance, nearest.distance < threshold))
         return found
-
-    def describe(self) -> dict[str, Any]:
-        info = self.editor.info()
-        return {"config": self.editor.config.to_dict(), "model": self.editor.fingerprint, "info": info}
 
 
 def _edits_of(store: Store):

@@ -6,12 +6,12 @@ import math
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from .decision import Decision
+from .wrapped import WrappedLinear
 
 
-class RoutedLoraLayer(nn.Module):
+class RoutedLoraLayer(WrappedLinear):
     """Wraps `base_layer` (an `nn.Linear` or GPT-2 `Conv1D`) and adds the LoRA of the slot each row is routed to.
 
     LoRA factors of all edits live in two stacked buffers indexed by slot: `lora_A` (S, r, in) and `lora_B`
@@ -23,30 +23,15 @@ class RoutedLoraLayer(nn.Module):
     """
 
     def __init__(self, base_layer: nn.Module, rank: int, scaling: float, decision: Decision) -> None:
-        super().__init__()
-        if isinstance(base_layer, nn.Linear):
-            in_features, out_features = base_layer.in_features, base_layer.out_features
-        elif isinstance(base_layer, Conv1D):  # weight stored transposed: (in, out)
-            in_features, out_features = base_layer.weight.shape
-        else:
-            raise TypeError(f"can only wrap nn.Linear or Conv1D, not {type(base_layer).__name__}")
-        self.base_layer = base_layer
-        self.in_features, self.out_features, self.rank, self.scaling = in_features, out_features, rank, scaling
+        super().__init__(base_layer)
+        in_features, out_features = self.in_features, self.out_features
+        self.rank, self.scaling = rank, scaling
         self.decision = decision
         weight = base_layer.weight
         self.register_buffer("lora_A", weight.new_zeros(0, rank, in_features), persistent=False)
         self.register_buffer("lora_B", weight.new_zeros(0, out_features, rank), persistent=False)
         self.train_A: nn.Parameter | None = None
         self.train_B: nn.Parameter | None = None
-
-    # Code around the wrapped module reads these (T5 checks `wo.weight.dtype`), as PEFT's layers also expose them.
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
 
     # -- slots -------------------------------------------------------------------------------------------------------
     @property
