@@ -13,6 +13,7 @@ from sola.data.probes import collisions, conflicts, relation_groups, subject_pro
 from sola.data.records import Probe, Record
 from sola.eval import BenchSpec, compare, run
 from sola.eval import metrics as M
+from sola.eval.study import label as study_label, write_study
 from sola.routing.subjects import SubjectIndex, relation_text
 
 from conftest import tiny_config
@@ -252,6 +253,19 @@ def test_tiny_end_to_end_run_writes_the_report(tmp_path, tiny_dir, tiny_data):
     assert (tmp_path / "run" / "results.md").read_text().startswith("# sola zsre T=5")
     assert (tmp_path / "run" / "distances.png").stat().st_size > 0
     assert "| sola zsre T=5" in compare([tmp_path / "run"])
+
+    # docs/results.md: written from the run directory, which is archived without its rows; the archive alone
+    # regenerates the same document (run directories are not committed)
+    doc = tmp_path / "docs" / "results.md"
+    write_study([tmp_path / "run"], doc)
+    archived = tmp_path / "docs" / "runs" / "zsre-sola-mean_pool-5.json"
+    assert "rows" not in json.loads(archived.read_text())
+    assert (tmp_path / "docs" / "figures" / "zsre-curves.png").stat().st_size > 0
+    text = doc.read_text()
+    assert "| sola mean_pool (thr 0.001) | 5 | 0.800 |" in text and "### conflict_free (3 records)" in text
+    write_study([archived], doc)
+    assert doc.read_text() == text
+    assert study_label({**on_disk, "method": "grace", "threshold": {"value": 4.0}}) == "grace (radius 4)"
 
 
 def test_updates_read_latest_wins(tmp_path, tiny_dir, tiny_data):

@@ -1,65 +1,187 @@
-"""docs/results.md from finished `sola bench` runs: generated from their results.json, never typed in."""
+"""docs/results.md from finished `sola bench` runs: generated from their results.json, never typed in.
+
+Every run given is also archived as a compact summary (results.json without its per-edit rows) under
+`docs/runs/`, so the document can be regenerated from the repository alone (`python -m sola.eval.study
+docs/runs/*.json`) after the run directories, which are not committed, are gone.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
-from .report import headline_table, load_results, routing_table
+from ..errors import DataError
+from .report import _fmt, _get, headline_table, load_results, routing_table
 
 GOAL = ("Goal (issue 4), on both datasets: Rel ≥ 0.99, Gen ≥ 0.90, Loc ≥ 0.99 teacher-forced; Rel ≥ 0.95, Gen ≥ 0.85 "
         "autoregressive. Published at T=1000 on LLaMA-2-7B (Rel/Gen/Loc, teacher-forced): WISE .77/.72/1.00, "
         "GRACE .93/.08/1.00.")
 
+PLOTS = ("metrics_vs_edits.png", "distances.png")
 
-def write_study(directories: list[str | Path], doc: str | Path) -> None:
+
+def label(results: dict) -> str:
+    """How a run is named in the tables: the method, its key strategy or radius, and its threshold."""
+    config, method = results["config"], results["method"]
+    threshold = results["threshold"]["value"]
+    if method == "sola":
+        update = ", updates supersede" if config.get("supersede") == "auto" else ""
+        return f"sola {config['key']} (thr {threshold:.3f}{update})"
+    if isinstance(threshold, (int, float)):
+        return f"{method} ({'ε' if method == 'elder' else 'radius'} {threshold:g})"
+    return method
+
+
+def archive(results: dict, directory: Path) -> Path:
+    """Write the run's summary (no per-edit rows) as DIR/<dataset>-<method>[-<key>][-supersede]-<T>.json."""
+    config = results["config"]
+    parts = [results["dataset"], results["method"]]
+    if results["method"] == "sola":
+        parts.append(config["key"])
+        if config.get("supersede") == "auto":
+            parts.append("supersede")
+    parts.append(str(results["edits"]))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / ("-".join(parts) + ".json")
+    compact = {k: v for k, v in results.items() if k != "rows"}
+    path.write_text(json.dumps(compact, indent=1, default=str) + "\n")
+    return path
+
+
+def _load(source: Path) -> dict:
+    if source.is_file():
+        try:
+            return json.loads(source.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{source}, line {err.lineno}: not valid JSON ({err.msg})") from None
+    return load_results(source)
+
+
+def curves(runs: list[tuple[str, dict]], out: Path, title: str) -> bool:
+    """One figure, three panels (Rel, Gen, Loc teacher-forced, and Gen EM dashed), every run as a line against the
+    number of edits made."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("Rel", [("teacher_forced", "rel", "-"), ("autoregressive", "rel_em", "--")]),
+              ("Gen", [("teacher_forced", "gen", "-"), ("autoregressive", "gen_em", "--")]),
+              ("Loc", [("teacher_forced", "loc_unrelated", "-"), ("teacher_forced", "loc_relation", ":")])]
+    drawn = [(name, r) for name, r in runs if len(r.get("checkpoints", [])) >= 2]
+    if not drawn:
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (panel, series) in zip(axes, panels):
+        for n, (name, r) in enumerate(drawn):
+            xs = [c["edits"] for c in r["checkpoints"]]
+            for section, metric, style in series:
+                ys = [_get(c["metrics"], section, metric) for c in r["checkpoints"]]
+                if all(y is not None for y in ys):
+                    ax.plot(xs, ys, style, marker="o", markersize=3, color=colours[n % len(colours)],
+                            label=name if style == "-" else None)
+        ax.set_xscale("log")
+        ax.set_xlabel("edits made")
+        ax.set_title({"Rel": "Rel (solid TF, dashed EM)", "Gen": "Gen (solid TF, dashed EM)",
+                      "Loc": "Loc TF (solid NQ, dotted same relation)"}[panel], fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("score on the edits made so far")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def cost_table(runs: list[tuple[str, dict]]) -> str:
+    lines = ["| run | wall time (min) | s/edit median | s/edit p90 | store bytes/edit | memory bytes/edit | "
+             "inference overhead |", "|---|---|---|---|---|---|---|"]
+    for name, r in runs:
+        cost = r.get("cost", {})
+        spe = cost.get("seconds_per_edit", {})
+        reused = " (LoRAs reused)" if cost.get("adapters_reused") else ""
+        memory = cost.get("memory_bytes_per_edit")
+        inference = cost.get("inference", {})
+        lines.append(f"| {name} | {r['timings']['total_s'] / 60:.1f} | {_fmt(spe.get('median'))}{reused} | "
+                     f"{_fmt(spe.get('p90'))} | {_bytes(cost.get('store_bytes_per_edit'))} | "
+                     f"{_bytes(sum(memory.values()) if memory else None)} | "
+                     + (f"{inference['overhead'] * 100:+.1f} %" if "overhead" in inference else "–") + " |")
+    return "\n".join(lines)
+
+
+def _bytes(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value / 1024:.1f} KiB" if value < 1024 ** 2 else f"{value / 1024 ** 2:.2f} MiB"
+
+
+def write_study(sources: list[str | Path], doc: str | Path, runs_dir: str | Path | None = None) -> None:
+    """Write `doc` from run directories or archived summaries; archive every run directory under `runs_dir`
+    (default: `runs/` beside the document)."""
     doc = Path(doc)
     figures = doc.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    runs = [(Path(d), load_results(d)) for d in directories]
-    lines = ["# Results", "", "Generated by `python -m sola.eval.study RUN_DIR... --doc docs/results.md` (which "
-             "`benchmarks/key_study.py` calls) from each run's results.json; do not edit by hand.",
-             "", GOAL, ""]
-    for dataset in sorted({r["dataset"] for _, r in runs}):
-        chosen = [(d, r) for d, r in runs if r["dataset"] == dataset]
+    runs_dir = Path(runs_dir) if runs_dir else doc.parent / "runs"
+    loaded = []
+    for source in map(Path, sources):
+        results = _load(source)
+        stem = source.stem
+        if source.is_dir():
+            stem = archive(results, runs_dir).stem
+            for plot in PLOTS:
+                if (source / plot).exists():
+                    shutil.copy(source / plot, figures / f"{stem}-{plot}")
+        loaded.append((stem, results))
+    lines = ["# Results", "",
+             "Generated by `python -m sola.eval.study RUN_DIR_OR_SUMMARY... --doc docs/results.md` from each run's "
+             "results.json (summaries archived in `docs/runs/`); do not edit by hand. TF = teacher-forced token "
+             "accuracy; EM = exact match of the greedy answer; Loc NQ / rel / subj = unrelated questions, same relation "
+             "about another subject, another relation about the same subject (see docs/evaluation.md).", "", GOAL, ""]
+    for dataset in sorted({r["dataset"] for _, r in loaded}):
+        chosen = [(s, r) for s, r in loaded if r["dataset"] == dataset]
+        named = [(label(r), r) for _, r in chosen]
         first = chosen[0][1]
         lines += [f"## {dataset}, T = {first['edits']}", "",
-                  f"Model `{first['model']['name']}`, code {first['code_version']}, {first['machine']['cpus']} CPUs "
-                  f"({first['machine']['platform']}).", ""]
-        for subset in first["metrics"]:
-            rows = [(_label(r), r["metrics"][subset]) for _, r in chosen if subset in r["metrics"]]
-            lines += [f"### {subset} ({first['subsets'][subset]} records)", "", headline_table(rows), "",
-                      routing_table(rows), ""]
-        lines += ["Wall time and cost per run:", ""]
-        for directory, r in chosen:
-            spe = r["cost"]["seconds_per_edit"]
-            lines.append(f"- {_label(r)}: {r['timings']['total_s'] / 60:.1f} min; s/edit median "
-                         f"{spe['median']:.2f}, p90 {spe['p90']:.2f}"
-                         + (" (LoRAs reused from the encoder run)" if r["cost"].get("adapters_reused") else ""))
-            for plot in ("metrics_vs_edits.png", "distances.png"):
-                if (directory / plot).exists():
-                    name = f"{directory.parent.name}-{directory.name}-{plot}"
-                    shutil.copy(directory / plot, figures / name)
-                    lines.append(f"  ![{name}](figures/{name})")
+                  f"Model `{first['model']['name']}`; {first['machine']['cpus']} CPUs "
+                  f"({first['machine']['platform']}); code versions: "
+                  + ", ".join(sorted({r['code_version'] for _, r in chosen})) + ".", ""]
+        subsets = list(dict.fromkeys(s for _, r in chosen for s in r["metrics"]))
+        for subset in subsets:
+            rows = [(name, r["metrics"][subset]) for name, r in named if subset in r["metrics"]]
+            counts = sorted({r["subsets"][subset] for _, r in named if subset in r["subsets"]})
+            lines += [f"### {subset} ({'/'.join(map(str, counts))} records)", "", headline_table(rows), ""]
+            routed = [(n, m) for n, m in rows if m.get("routing")]
+            if routed:
+                lines += [routing_table(routed), ""]
+        lines += ["### Cost", "", cost_table(named), ""]
+        curve = figures / f"{dataset}-curves.png"
+        if curves(named, curve, f"{dataset}: scores on the edits made so far, after 10, 100, ... edits"):
+            lines += [f"![{curve.name}](figures/{curve.name})", ""]
+        for stem, r in chosen:
+            shown = [f"![{stem}-{p}](figures/{stem}-{p})" for p in PLOTS if (figures / f"{stem}-{p}").exists()]
+            if shown:
+                lines.append(f"- {label(r)}: " + " ".join(shown))
         findings = first["findings"]
         lines += ["", f"Data: {findings['conflicting_records']} conflicting records; "
                   f"{len(findings['collisions'])} locality probes mention another edit's subject; probes "
                   f"{findings['probe_counts']}.", ""]
+        superseding = [(name, r["findings"].get("edits_that_superseded", 0)) for name, r in named
+                       if r["config"].get("supersede") == "auto"]
+        for name, count in superseding:
+            lines += [f"{name}: {count} edits superseded an earlier edit.", ""]
     doc.write_text("\n".join(lines) + "\n")
-
-
-def _label(results: dict) -> str:
-    config = results["config"]
-    update = ", updates supersede" if config.get("supersede") == "auto" else ""
-    return f"{config['key']} (thr {results['threshold']['value']:.3f}{update})"
 
 
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description="write docs/results.md from finished sola bench runs")
-    parser.add_argument("runs", nargs="+")
+    parser.add_argument("runs", nargs="+", help="run directories (archived) or archived summaries (docs/runs/*.json)")
     parser.add_argument("--doc", default="docs/results.md")
+    parser.add_argument("--runs-dir", help="where run directories are archived (default: runs/ beside --doc)")
     args = parser.parse_args()
-    write_study(args.runs, args.doc)
+    write_study(args.runs, args.doc, args.runs_dir)
     print("wrote", args.doc)
