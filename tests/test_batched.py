@@ -14,9 +14,11 @@ FACTS = [("Who founded Acme?", "Jane Roe"), ("Which river flows through Cairo?",
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_batch_equals_one_by_one(make_editor, family):
-    one = make_editor(family)
+    """In float32, so the comparison sees the training itself: with bfloat16 factors (the default) a rounding
+    difference of the batched products can flip a factor's last bit, and training then goes on from there."""
+    one = make_editor(family, factor_dtype="float32")
     singles = [one.edit(p, t) for p, t in FACTS]
-    many = make_editor(family)
+    many = make_editor(family, factor_dtype="float32")
     batched = many.edit_many([{"prompt": p, "target": t} for p, t in FACTS], batch_size=3)
     assert [e.id for e in batched] == [e.id for e in singles]
     assert all(e.converged for e in batched)

@@ -234,3 +234,34 @@ def test_scores_read_the_same_logits_as_a_full_forward(make_editor):
         assert score.predicted == full.argmax(-1).tolist()
         assert torch.allclose(torch.tensor(score.logprobs), full.gather(1, torch.tensor(score.tokens)[:, None])[:, 0],
                               atol=1e-5)
+
+
+def test_factors_are_stored_in_bfloat16_and_loaded_as_the_same_values(make_editor, tmp_path):
+    store = tmp_path / "store"
+    editor = make_editor("llama", store=store)
+    edit = editor.edit("Who founded Acme?", "Jane Roe")
+    assert edit.converged and editor.generate("Who founded Acme?") == "Jane Roe"  # with the rounded factors
+    stored = Store.open(store).read_tensors(edit.id)
+    slot = editor._slot_of[edit.id]
+    for name, layer in zip(editor.config.layers, editor.layers):
+        A, B = stored[f"{name}.lora_A"], stored[f"{name}.lora_B"]
+        assert A.dtype == B.dtype == torch.bfloat16
+        assert torch.equal(layer.lora_A[slot], A.float()) and torch.equal(layer.lora_B[slot], B.float())
+    full = make_editor("llama", store=tmp_path / "full", factor_dtype="float32")
+    full.edit("Who founded Acme?", "Jane Roe")
+    assert Store.open(tmp_path / "full").read_tensors("e1")[f"{full.config.layers[0]}.lora_A"].dtype == torch.float32
+    with pytest.raises(ConfigError, match="factor_dtype='float16' is unknown"):
+        make_editor("llama", factor_dtype="float16")
+
+
+def test_a_store_from_before_factor_dtype_keeps_float32(make_editor, tmp_path, tiny_dir):
+    store = tmp_path / "store"
+    editor = make_editor("llama", store=store, factor_dtype="float32")
+    editor.edit("Who founded Acme?", "Jane Roe")
+    before = editor.logits("Who founded Acme?")
+    manifest = json.loads((store / "manifest.json").read_text())
+    del manifest["config"]["factor_dtype"]  # as stores written before the field existed
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    reopened = Editor.from_pretrained(tiny_dir("llama"), store=store)
+    assert reopened.config.factor_dtype == "float32"
+    assert torch.equal(reopened.logits("Who founded Acme?"), before)

@@ -13,6 +13,7 @@ DISTANCES = ("cosine", "euclidean")
 PROMPT_FORMATS = ("auto", "raw", "chat")
 OPTIMIZERS = ("adam", "sgd")
 SUPERSEDE_MODES = ("auto", "never")
+FACTOR_DTYPES = ("bfloat16", "float32")
 
 # Fixed thresholds used when `threshold` is None, per key strategy (cosine distance). Measured on SmolLM2-135M-Instruct
 # with benchmarks/routing_distances.py (300 zsRE edit prompts as keys, their rephrases and 300 NQ questions as
@@ -99,6 +100,12 @@ class EditConfig:
     supersede_threshold: float | None = None
     """For supersede="auto" between edits that do not both name a subject. None: `SUPERSEDE_THRESHOLDS[key]`."""
 
+    factor_dtype: str = "bfloat16"
+    """The precision of each edit's LoRA factors: "bfloat16" (default; half the store on disk) or "float32". The
+    factors are rounded to it when training ends and stored so (in memory they stay float32 tensors holding those
+    values). Training sees the rounded factors in its forward pass (gradients pass straight through the rounding), so
+    an edit stops only once the factors it keeps reproduce the target, and a loaded store computes the same bits."""
+
     seed: int = 0
     """Seed of every random choice (LoRA initialisation); the same edits in the same order give the same bits."""
 
@@ -116,6 +123,8 @@ class EditConfig:
             raise ConfigError(f"optimizer={self.optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
         if self.supersede not in SUPERSEDE_MODES:
             raise ConfigError(f"supersede={self.supersede!r} is unknown; choose one of {', '.join(SUPERSEDE_MODES)}")
+        if self.factor_dtype not in FACTOR_DTYPES:
+            raise ConfigError(f"factor_dtype={self.factor_dtype!r} is unknown; choose one of {', '.join(FACTOR_DTYPES)}")
         if self.supersede_threshold is not None and not self.supersede_threshold > 0:
             raise ConfigError(f"supersede_threshold={self.supersede_threshold} must be positive")
         if self.rank is not None and self.rank < 1:

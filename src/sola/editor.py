@@ -66,6 +66,9 @@ class Editor(Asking):
         self.task = TASKS[task_of(model.config.model_type)](model, tokenizer, self.format)
         self.decision = Decision()
         self.layers = [self._wrap(modules, name) for name in self.config.layers]
+        self._kept = getattr(torch, self.config.factor_dtype)
+        for layer in self.layers:
+            layer.kept_dtype = self._kept
         self.keys = key_strategy(self.config.key, self.config.encoder)
         self._key_hook = None
         if self.keys.inside_model:
@@ -103,8 +106,9 @@ class Editor(Asking):
         existing = store is not None and Store.exists(store)
         opened = Store.open(store) if existing else None
         if opened is not None:
-            # stores made before superseding existed kept every edit as a new fact; they keep doing so
-            stored = EditConfig.from_dict({"supersede": "never", **opened.manifest["config"]})
+            # stores made before superseding existed kept every edit as a new fact, and before factor_dtype existed
+            # kept float32 factors; they keep doing so
+            stored = EditConfig.from_dict({"supersede": "never", "factor_dtype": "float32", **opened.manifest["config"]})
             given = config.to_dict() if config is not None else {}
             held = stored.to_dict()
             resolvable = (None, "auto")  # fields a config leaves for the model to decide take the store's value
@@ -236,7 +240,8 @@ class Editor(Asking):
         slot = self._slot_of[edit_id]
         tensors = {"keys": self.table.keys_of(slot)}
         for name, layer in zip(self.config.layers, self.layers):
-            tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = layer.read_slot(slot)
+            A, B = layer.read_slot(slot)
+            tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = A.to(self._kept), B.to(self._kept)
         return tensors
 
     # -- routing -----------------------------------------------------------------------------------------------------
@@ -499,8 +504,8 @@ class Editor(Asking):
 
     def _commit(self, record: Edit, keys: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> Edit:
         tensors = {"keys": keys.to(torch.float32)}
-        for name, (A, B) in zip(self.config.layers, factors):
-            tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = A, B
+        for name, (A, B) in zip(self.config.layers, factors):  # imported factors are rounded here
+            tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = A.to(self._kept), B.to(self._kept)
         if self.store is not None:  # durable first: if this fails, memory is unchanged
             self.store.commit_edit(record.to_dict(), tensors)
         self._counter = _id_number(record.id)

@@ -59,8 +59,7 @@ def train_edits(task: Task, decision: Decision, layers: list[RoutedLoraLayer], b
                     loss = float(losses[k].detach())
                     converged = bool(exact[rows].all()) and loss < config.loss_bound
                     if converged or steps >= config.max_steps:
-                        results[k] = TrainResult(steps, loss, converged, [
-                            (layer.train_A[k].detach().clone(), layer.train_B[k].detach().clone()) for layer in layers])
+                        results[k] = TrainResult(steps, loss, converged, [layer.trained_factors(k) for layer in layers])
                 active = [k for k in range(count) if results[k] is None]
                 if not active:
                     break

@@ -161,7 +161,7 @@ def _build_baseline(spec: BenchSpec, store_path: Path, editor_class):
 
 
 _TRAINING_FIELDS = ("layers", "rank", "lora_alpha", "prompt_format", "optimizer", "learning_rate", "max_steps",
-                    "loss_bound", "seed")
+                    "loss_bound", "factor_dtype", "seed")
 
 
 def _check_reusable(manifest: dict, editor) -> None:
@@ -398,6 +398,7 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     from .report import write_report
 
     started = time.perf_counter()
+    code_version = _code_version()  # the code that runs, read before it runs (the checkout may move meanwhile)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec_file = out / "spec.json"
@@ -509,7 +510,7 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
         "edits": spec.edits, "config": described["config"], "model": described["model"],
         "threshold": {"value": described["config"].get("threshold") or described["info"].get("threshold"),
                       "how": threshold_note},
-        "code_version": _code_version(), "machine": _machine(),
+        "code_version": code_version, "machine": _machine(),
         "subsets": {name: len(rows) for name, rows in subsets.items()},
         "metrics": metrics, "checkpoints": results_at,
         "findings": {

@@ -32,6 +32,9 @@ class RoutedLoraLayer(WrappedLinear):
         self.register_buffer("lora_B", weight.new_zeros(0, out_features, rank), persistent=False)
         self.train_A: nn.Parameter | None = None
         self.train_B: nn.Parameter | None = None
+        # The precision edits' factors are kept in (None: the slots' own). Trained factors are rounded to it in the
+        # forward pass (straight-through), so what training checks is what is stored.
+        self.kept_dtype: torch.dtype | None = None
 
     # -- slots -------------------------------------------------------------------------------------------------------
     @property
@@ -71,12 +74,23 @@ class RoutedLoraLayer(WrappedLinear):
         self.train_B = nn.Parameter(B.clone())
         return [self.train_A, self.train_B]
 
-    def end_training(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Drop the trainable factors and return them, detached, one (A, B) per edit."""
+    def trained_factors(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Edit k's factors as they are kept (rounded to `kept_dtype`), detached copies."""
         assert self.train_A is not None and self.train_B is not None
-        factors = [(a.detach().clone(), b.detach().clone()) for a, b in zip(self.train_A, self.train_B)]
+        return self._kept(self.train_A[k]).detach().clone(), self._kept(self.train_B[k]).detach().clone()
+
+    def end_training(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Drop the trainable factors and return them as kept, one (A, B) per edit."""
+        assert self.train_A is not None and self.train_B is not None
+        factors = [self.trained_factors(k) for k in range(self.train_A.shape[0])]
         self.train_A = self.train_B = None
         return factors
+
+    def _kept(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` rounded to the kept precision in the forward pass; the gradient passes through unchanged."""
+        if self.kept_dtype is None or self.kept_dtype == t.dtype:
+            return t
+        return t + (t.detach().to(self.kept_dtype).to(t.dtype) - t.detach())
 
     # -- forward -----------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +103,7 @@ class RoutedLoraLayer(WrappedLinear):
             return out
         index = slots[rows]
         if self.decision.training:
-            A, B = self.train_A[index], self.train_B[index]
+            A, B = self._kept(self.train_A[index]), self._kept(self.train_B[index])
         else:
             A, B = self.lora_A[index], self.lora_B[index]
         x_rows = x[rows]  # (n, T, in)
