@@ -265,3 +265,40 @@ def test_a_store_from_before_factor_dtype_keeps_float32(make_editor, tmp_path, t
     reopened = Editor.from_pretrained(tiny_dir("llama"), store=store)
     assert reopened.config.factor_dtype == "float32"
     assert torch.equal(reopened.logits("Who founded Acme?"), before)
+
+
+FIVE = [("Who founded Acme?", "Jane Roe"), ("Which river flows through Cairo?", "the Danube"),
+        ("What is the capital of Mars?", "Olympus"), ("Who wrote the Acme handbook?", "Bob Poe"),
+        ("Where is the Globex tower?", "in Lyon")]
+
+
+def test_evicted_edits_are_read_back_from_the_store_bit_for_bit(make_editor, tmp_path, tiny_dir):
+    store = tmp_path / "store"
+    bounded = make_editor("llama", store=store, resident_edits=2)
+    edits = [bounded.edit(p, t) for p, t in FIVE]
+    assert bounded.info()["resident_edits"] == 2
+    everything = Editor.from_pretrained(tiny_dir("llama"), store=store, resident_edits=None)
+    assert everything.info()["resident_edits"] == 5
+    prompts = [p for p, _ in FIVE] + UNRELATED
+    assert_bit_identical(probe_logits(bounded, prompts), probe_logits(everything, prompts))
+    assert [bounded.generate(p) for p, _ in FIVE] == [t for _, t in FIVE]
+    assert bounded.residency.loads > 0 and bounded.residency.evictions > 0 and bounded.info()["resident_edits"] == 2
+
+    reopened = Editor.from_pretrained(tiny_dir("llama"), store=store, resident_edits=1)  # reads one edit's factors
+    assert reopened.info()["resident_edits"] == 1 and reopened.residency.loads == 0
+    reopened.rollback(edits[0].id)  # not resident: rolled back all the same
+    everything.rollback(edits[0].id)
+    assert_bit_identical(probe_logits(reopened, prompts), probe_logits(everything, prompts))
+    copy = reopened.save(tmp_path / "copy")  # factors of edits not in memory come from the store
+    assert_bit_identical(probe_logits(Editor.from_pretrained(tiny_dir("llama"), store=copy), prompts),
+                         probe_logits(everything, prompts))
+
+
+def test_edits_without_a_store_are_never_evicted(make_editor):
+    editor = make_editor("llama", resident_edits=2)
+    for prompt, target in FIVE:
+        editor.edit(prompt, target)
+    assert editor.info()["resident_edits"] == 5 and editor.residency.evictions == 0
+    assert [editor.generate(p) for p, _ in FIVE] == [t for _, t in FIVE]
+    with pytest.raises(ConfigError, match="resident_edits=0 must be at least 1"):
+        make_editor("llama", resident_edits=0)

@@ -341,3 +341,11 @@ def test_batched_generation_matches_one_at_a_time(make_editor):
 
 def test_edit_config_accepts_subject_key():
     assert EditConfig(key="subject").default_threshold() == 0.6
+
+
+def test_no_locality_measures_only_the_edits(tmp_path, tiny_dir, tiny_data):
+    results = run(_spec(tiny_dir, tiny_data, checkpoints=[], locality=False), tmp_path / "run", progress=False)
+    summary = results["metrics"]["all"]
+    assert summary["teacher_forced"]["rel"] == pytest.approx(0.8) and summary["teacher_forced"]["loc_unrelated"] is None
+    assert results["findings"]["probe_counts"] == {"unrelated": 0, "relation": 0, "subject": 0}
+    assert "Locality was not measured" in (tmp_path / "run" / "results.md").read_text()

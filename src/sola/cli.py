@@ -139,7 +139,8 @@ def _bench(args) -> None:
                      key=args.key, layers=args.layers.split(",") if args.layers else None, threshold=threshold,
                      checkpoints=[int(c) for c in args.checkpoints.split(",") if c] if args.checkpoints else [],
                      seed=args.seed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                     reuse_adapters=args.reuse_adapters, config=_json_object(args.config, "--config"))
+                     reuse_adapters=args.reuse_adapters, locality=not args.no_locality,
+                     config=_json_object(args.config, "--config"))
     results = run(spec, args.out, progress=not args.json)
     if args.json:
         print(json.dumps({k: results[k] for k in ("metrics", "subsets", "cost", "timings")}, indent=2, default=str))
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
     bench.add_argument("--max-new-tokens", type=int, default=16, help="length cap of generated answers")
+    bench.add_argument("--no-locality", action="store_true",
+                       help="skip the locality probes (Rel/Gen and routing only; the report says Loc was not measured)")
     bench.add_argument("--reuse-adapters", help="a finished run over the same records whose LoRAs to import instead "
                        "of training again (only the key strategy and threshold may differ)")
     bench.add_argument("--config", help="further EditConfig fields as JSON, e.g. '{\"rank\": 8}'")

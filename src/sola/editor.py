@@ -24,11 +24,15 @@ from .nn import Decision, RoutedLoraLayer
 from .prompts import EncodedPrompt, PromptFormat, check_text
 from .routing import KeyTable, Route, key_strategy
 from .routing.subjects import SubjectIndex
+from .residency import Residency
 from .store import Store
 from .tasks import TASKS, Batch
 from .training import train_edits
 
 METHOD = "sola"
+# Edits whose LoRA factors an editor with a store keeps in memory; the others are read back from the store when an
+# input is routed to them (~1 ms each). 1,024 edits of the embedded model's default layers take ~100 MB.
+DEFAULT_RESIDENT_EDITS = 1024
 
 
 class _QueryCaptured(Exception):
@@ -50,7 +54,7 @@ class Editor(Asking):
     """
 
     def __init__(self, model: nn.Module, tokenizer, config: EditConfig | None = None, *, source: str = "model",
-                 store: Store | None = None) -> None:
+                 store: Store | None = None, resident_edits: int | None = DEFAULT_RESIDENT_EDITS) -> None:
         config = (config or EditConfig()).validate()
         self.model, self.tokenizer, self.source = model, tokenizer, source
         model.eval().requires_grad_(False)
@@ -69,6 +73,9 @@ class Editor(Asking):
         self._kept = getattr(torch, self.config.factor_dtype)
         for layer in self.layers:
             layer.kept_dtype = self._kept
+        if resident_edits is not None and resident_edits < 1:
+            raise ConfigError(f"resident_edits={resident_edits} must be at least 1 (or None: keep every edit in memory)")
+        self.residency = Residency(self.layers, self.config.layers, resident_edits)
         self.keys = key_strategy(self.config.key, self.config.encoder)
         self._key_hook = None
         if self.keys.inside_model:
@@ -99,7 +106,8 @@ class Editor(Asking):
     # -- construction ------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike | None = None, *, config: EditConfig | None = None,
-                        store: str | os.PathLike | None = None) -> "Editor":
+                        store: str | os.PathLike | None = None,
+                        resident_edits: int | None = DEFAULT_RESIDENT_EDITS) -> "Editor":
         """Load a base model (None: the embedded SmolLM2-135M-Instruct; else a local Hugging Face directory or a hub id
         in the local cache) and, if `store` is given, open that store or create it. An existing store keeps the config
         it was made with; passing a different `config` for it is an error."""
@@ -118,7 +126,7 @@ class Editor(Asking):
                                   "open it without a config (it keeps its own) or create a new store")
             config = stored
         name, network, tokenizer = load_model(model)
-        editor = cls(network, tokenizer, config, source=name)
+        editor = cls(network, tokenizer, config, source=name, resident_edits=resident_edits)
         if opened is not None:
             editor._attach(opened)
         elif store is not None:
@@ -126,14 +134,15 @@ class Editor(Asking):
         return editor
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: str | os.PathLike | None = None) -> "Editor":
+    def load(cls, path: str | os.PathLike, model: str | os.PathLike | None = None, *,
+             resident_edits: int | None = DEFAULT_RESIDENT_EDITS) -> "Editor":
         """Open a saved store with the base model it was made on (or `model`, which must be the same model)."""
         manifest = Store.open(path).manifest
         source = model if model is not None else manifest["model"]["name"]
         if model is None and source != EMBEDDED_SOURCE and not Path(source).exists():
             raise StoreError(f"the store {path} was made on {source!r}, which is not here; pass model=... with a copy "
                              "of that model")
-        return cls.from_pretrained(source, store=path)
+        return cls.from_pretrained(source, store=path, resident_edits=resident_edits)
 
     def _wrap(self, modules: dict[str, nn.Module], name: str) -> RoutedLoraLayer:
         module = modules[name]
@@ -182,12 +191,18 @@ class Editor(Asking):
         records = store.journal()
         rolled = {r["id"]: r.get("at", "") for r in records if r["op"] == "rollback"}
         edits = [Edit.from_dict({**r, "rolled_back": rolled.get(r["id"])}) for r in records if r["op"] == "edit"]
-        loaded = {e.id: store.read_tensors(e.id) for e in edits if e.live}  # read all before changing anything
+        live = [e for e in edits if e.live]
+        # read what is needed before changing anything: every live edit's keys, and the factors of the newest edits
+        # that fit in memory (the others are read when an input is routed to them)
+        room = len(live) if self.residency.capacity is None else self.residency.capacity
+        resident = {e.id for e in live[len(live) - room:]} if room > 0 else set()
+        loaded = {e.id: store.read_tensors(e.id) if e.id in resident else {"keys": store.read_keys(e.id)}
+                  for e in live}
         for edit in edits:
             self._edits[edit.id] = Edit.from_dict({**edit.to_dict(), "superseded_by": None})
             self._counter = max(self._counter, _id_number(edit.id))
             if edit.live:
-                self._install(edit.id, loaded[edit.id], edit.subject)
+                self._install(edit.id, loaded[edit.id], edit.subject, durable=True, resident=edit.id in resident)
         for edit in edits:  # in creation order, as they were made
             older = self._live_predecessor(edit)
             if edit.live and older is not None:
@@ -203,15 +218,10 @@ class Editor(Asking):
 
     # -- slots and tensors -------------------------------------------------------------------------------------------
     def _allocate(self) -> int:
-        if self._free:
-            slot = self._free.pop()
-        else:
-            slot = len(self._slot_of)
-            if slot >= self.layers[0].capacity:
-                for layer in self.layers:
-                    layer.grow(max(8, 2 * layer.capacity))
+        """A free slot (place in the routing table) for a new edit."""
+        slot = self._free.pop() if self._free else len(self._slot_of)
         if slot >= len(self._answer):
-            self._answer = torch.cat([self._answer, torch.arange(len(self._answer), self.layers[0].capacity)])
+            self._answer = torch.cat([self._answer, torch.arange(len(self._answer), max(8, 2 * len(self._answer)))])
         self._answer[slot] = slot
         return slot
 
@@ -225,12 +235,13 @@ class Editor(Asking):
         self._successor[older], self._predecessor[newer] = newer, older
         self._edits[older] = Edit.from_dict({**self._edits[older].to_dict(), "superseded_by": newer})
 
-    def _install(self, edit_id: str, tensors: dict[str, torch.Tensor], subject: str | None) -> int:
+    def _install(self, edit_id: str, tensors: dict[str, torch.Tensor], subject: str | None, *, durable: bool,
+                 resident: bool = True) -> int:
         slot = self._allocate()
         if self.keys.needs_subject:
             self.subjects.add(subject, slot)
-        for name, layer in zip(self.config.layers, self.layers):
-            layer.write_slot(slot, tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"])
+        if resident or not durable:
+            self.residency.put(slot, tensors, durable)
         self.table.add(tensors["keys"], slot)
         self._slot_of[edit_id] = slot
         self._owner[slot] = edit_id
@@ -238,11 +249,21 @@ class Editor(Asking):
 
     def _tensors_of(self, edit_id: str) -> dict[str, torch.Tensor]:
         slot = self._slot_of[edit_id]
+        factors = self.residency.read(slot, self._load)
         tensors = {"keys": self.table.keys_of(slot)}
-        for name, layer in zip(self.config.layers, self.layers):
-            A, B = layer.read_slot(slot)
-            tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = A.to(self._kept), B.to(self._kept)
+        for name in self.config.layers:
+            for part in ("lora_A", "lora_B"):
+                tensors[f"{name}.{part}"] = factors[f"{name}.{part}"].to(self._kept)
         return tensors
+
+    def _load(self, slot: int) -> dict[str, torch.Tensor]:
+        """An evicted edit's factors, read back from the store."""
+        assert self.store is not None, "only edits with a durable copy are evicted"
+        return self.store.read_tensors(self._owner[slot])
+
+    def _rows(self, slots: torch.Tensor) -> torch.Tensor:
+        """Answering slots -> rows of the layers' buffers, reading evicted edits back."""
+        return self.residency.rows(slots, self._load)
 
     # -- routing -----------------------------------------------------------------------------------------------------
     def _encode(self, prompt: str) -> EncodedPrompt:
@@ -276,7 +297,8 @@ class Editor(Asking):
         raise RuntimeError(f"the forward pass never reached the key module {self._key_module_name}")
 
     def _router(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self._answering(self.table.route(self.keys.pool(hidden, mask), self.config.resolved_threshold()))
+        return self._rows(self._answering(self.table.route(self.keys.pool(hidden, mask),
+                                                           self.config.resolved_threshold())))
 
     @contextmanager
     def _routed(self, prompts: list[EncodedPrompt], batch: Batch) -> Iterator[None]:
@@ -289,7 +311,8 @@ class Editor(Asking):
             else:
                 dist, slots = self._nearest_texts([p.text for p in prompts])
                 threshold = self.config.resolved_threshold()
-                self.decision.fix(self._answering(torch.where(dist < threshold, slots, torch.full_like(slots, -1))))
+                self.decision.fix(self._rows(self._answering(
+                    torch.where(dist < threshold, slots, torch.full_like(slots, -1)))))
             yield
         finally:
             self.decision.clear()
@@ -509,7 +532,7 @@ class Editor(Asking):
         if self.store is not None:  # durable first: if this fails, memory is unchanged
             self.store.commit_edit(record.to_dict(), tensors)
         self._counter = _id_number(record.id)
-        self._install(record.id, tensors, record.subject)
+        self._install(record.id, tensors, record.subject, durable=self.store is not None)
         self._edits[record.id] = record
         if record.supersedes is not None:
             self._link(record.supersedes, record.id)
@@ -606,8 +629,7 @@ class Editor(Asking):
         del self._slot_of[edit_id], self._owner[slot]
         self.table.remove_slot(slot)
         self.subjects.remove(slot)
-        for layer in self.layers:
-            layer.clear_slot(slot)
+        self.residency.drop(slot)
         self._free.append(slot)
         self._edits[edit_id] = rolled = Edit.from_dict({**edit.to_dict(), "rolled_back": at, "superseded_by": None})
         return rolled
@@ -664,6 +686,8 @@ class Editor(Asking):
             "supersede": self.config.supersede,
             "keys": len(self.table),
             "slots": self.layers[0].capacity,
+            "resident_edits": self.residency.resident,
+            "resident_capacity": self.residency.capacity,
             "memory_bytes": {"lora": lora_bytes, "keys": key_bytes},
             "store": str(self.store.path) if self.store is not None else None,
         }

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import CorruptStoreError, StoreError
@@ -123,6 +123,17 @@ class Store:
             raise CorruptStoreError(f"{path} is missing but {self.path / JOURNAL} records edit {edit_id}")
         try:
             return load_file(path)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CorruptStoreError(f"{path} is not a readable safetensors file ({err}); the store is damaged") from None
+
+    def read_keys(self, edit_id: str) -> torch.Tensor:
+        """Only the routing keys of an edit (its LoRA factors stay on disk)."""
+        path = self.tensor_path(edit_id)
+        if not path.is_file():
+            raise CorruptStoreError(f"{path} is missing but {self.path / JOURNAL} records edit {edit_id}")
+        try:
+            with safe_open(path, framework="pt") as handle:
+                return handle.get_tensor("keys")
         except (SafetensorError, OSError, ValueError) as err:
             raise CorruptStoreError(f"{path} is not a readable safetensors file ({err}); the store is damaged") from None
 

@@ -76,6 +76,8 @@ def markdown(results: dict) -> str:
         f"{results['spec']['max_new_tokens']} tokens), exact match / token F1 after normalisation. Loc = unchanged "
         "from the base model: NQ = unrelated questions, rel = same relation other subject, subj = same subject other "
         "relation.", "",
+        *(["Locality was not measured in this run (`--no-locality`).", ""]
+          if not results["spec"].get("locality", True) else []),
         "## After all edits", "", headline_table(subsets), "",
         "## Routing", "", routing_table(subsets), "",
     ]

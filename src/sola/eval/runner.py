@@ -45,6 +45,7 @@ class BenchSpec:
     batch_size: int = 16
     max_new_tokens: int = 16
     subject_probes: int = 1  # same-subject other-relation probes per record
+    locality: bool = True  # False: no locality probes at all (a run that measures only the edits)
     reuse_adapters: str | None = None  # a previous run's directory whose trained LoRAs are imported, not retrained
     prompt_format: str = "raw"
     config: dict[str, Any] = field(default_factory=dict)  # further EditConfig fields (e.g. {"rank": 8})
@@ -411,14 +412,16 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     held_out = dataset.records[spec.edits:]
     dataset = dataset.head(spec.edits)
     nq = _nq_pool(spec, dataset)
-    items = build_items(dataset, nq, spec.seed, spec.subject_probes)
+    probed = build_items(dataset, nq, spec.seed, spec.subject_probes)
+    # without locality the probes are dropped, but kept out of calibration as they would be: the same threshold
+    items = probed if spec.locality else [_Item(it.record, {kind: [] for kind in PROBE_KINDS}) for it in probed]
     method = build_method(spec, out / "store")
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
     threshold_note = "default"
     if spec.threshold == "calibrate":
-        questions = calibration_questions(items, nq)
+        questions = calibration_questions(probed, nq)
         if len(questions) < 50:
             raise DataError("--threshold calibrate needs NQ questions (nq/NQ-open.dev.jsonl in the data directory)")
         threshold = method.editor.calibrate_threshold(questions, 0.01, against=[r.prompt for r in dataset.records])
