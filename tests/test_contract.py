@@ -302,3 +302,31 @@ def test_edits_without_a_store_are_never_evicted(make_editor):
     assert [editor.generate(p) for p, _ in FIVE] == [t for _, t in FIVE]
     with pytest.raises(ConfigError, match="resident_edits=0 must be at least 1"):
         make_editor("llama", resident_edits=0)
+
+
+def test_key_index_files_hold_the_keys_of_committed_edits(make_editor, tmp_path, tiny_dir, monkeypatch):
+    import sola.store
+
+    monkeypatch.setattr(sola.store, "INDEX_EVERY", 2)
+    store = tmp_path / "store"
+    editor = make_editor("llama", store=store)
+    for prompt, target in FIVE:
+        editor.edit(prompt, target)
+    assert sorted(p.name for p in (store / "index").iterdir()) == ["000001.safetensors", "000002.safetensors"]
+    opened = Store.open(store)
+    assert sorted(opened._indexed) == ["e1", "e2", "e3", "e4"] and opened._unindexed == ["e5"]
+    for edit_id in ("e1", "e4"):
+        assert torch.equal(opened.read_keys(edit_id), opened.read_tensors(edit_id)["keys"])
+    editor.rollback("e2")
+    reopened = Editor.from_pretrained(tiny_dir("llama"), store=store, resident_edits=1)
+    prompts = [p for p, _ in FIVE] + UNRELATED
+    assert_bit_identical(probe_logits(reopened, prompts), probe_logits(editor, prompts))
+    assert [e.id for e in reopened.edits()] == ["e1", "e3", "e4", "e5"]
+
+    (store / "index" / "000002.safetensors").rename(store / "index" / "000009.safetensors")
+    other = tmp_path / "other"
+    make_editor("llama", store=other)  # an empty store: the index file names edits it does not hold
+    (other / "index").mkdir()
+    (store / "index" / "000009.safetensors").rename(other / "index" / "000001.safetensors")
+    with pytest.raises(CorruptStoreError, match="indexes edits the journal does not record"):
+        Store.open(other)

@@ -3,6 +3,8 @@
     STORE/manifest.json        format version, method, config, base-model fingerprint (written atomically)
     STORE/edits.jsonl          one JSON object a line: {"op": "edit", ...} or {"op": "rollback", "id": ...}
     STORE/tensors/ID.safetensors   the edit's LoRA factors per layer and its routing keys
+    STORE/index/NNNNNN.safetensors the routing keys of 1,000 consecutive edits in one file, so opening a store reads a
+                                   few files instead of one per edit (written once those edits are committed)
 
 A commit is durable before the call that made it returns. An edit writes its tensors (temp file, fsync, rename, fsync
 of the directory) and then appends its journal line (write, fsync): the journal line is the commit point. A crash
@@ -25,7 +27,8 @@ from safetensors.torch import load_file, save_file
 from .errors import CorruptStoreError, StoreError
 
 FORMAT_VERSION = 1
-MANIFEST, JOURNAL, TENSORS = "manifest.json", "edits.jsonl", "tensors"
+MANIFEST, JOURNAL, TENSORS, INDEX = "manifest.json", "edits.jsonl", "tensors", "index"
+INDEX_EVERY = 1000  # edits per key-index file
 
 
 def _fsync_dir(path: Path) -> None:
@@ -56,6 +59,10 @@ class Store:
 
     def __init__(self, path: Path, manifest: dict[str, Any], journal: list[dict[str, Any]], valid_length: int):
         self.path, self.manifest, self._journal, self._valid_length = path, manifest, journal, valid_length
+        self._indexed: dict[str, torch.Tensor] = {}  # edit id -> keys, read from the index files
+        self._unindexed: list[str] = []  # edits committed after the last index file, in order
+        self._index_files = 0
+        self._read_index()
 
     # -- opening -----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -110,6 +117,30 @@ class Store:
             records.append(record)
         return records, len(committed)
 
+    def _read_index(self) -> None:
+        """Keys of indexed edits from the index files. A file that names an edit the journal does not hold is from
+        something else: an error, not a guess."""
+        committed = [r["id"] for r in self._journal if r["op"] == "edit"]
+        known = set(committed)
+        directory = self.path / INDEX
+        files = sorted(directory.glob("[0-9]*.safetensors")) if directory.is_dir() else []
+        for path in files:
+            try:
+                with safe_open(path, framework="pt") as handle:
+                    ids = json.loads(handle.metadata()["ids"])
+                    keys, owner = handle.get_tensor("keys"), handle.get_tensor("owner")
+            except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+                raise CorruptStoreError(f"{path} is not a readable key index ({err}); delete it (the keys are also "
+                                        "in tensors/) and open the store again") from None
+            unknown = [i for i in ids if i not in known]
+            if unknown:
+                raise CorruptStoreError(f"{path} indexes edits the journal does not record ({unknown[:3]}); it does "
+                                        "not belong to this store: delete it and open the store again")
+            for n, edit_id in enumerate(ids):
+                self._indexed[edit_id] = keys[owner == n]
+        self._index_files = len(files)
+        self._unindexed = [i for i in committed if i not in self._indexed]
+
     # -- reading -----------------------------------------------------------------------------------------------------
     def journal(self) -> list[dict[str, Any]]:
         return list(self._journal)
@@ -127,7 +158,9 @@ class Store:
             raise CorruptStoreError(f"{path} is not a readable safetensors file ({err}); the store is damaged") from None
 
     def read_keys(self, edit_id: str) -> torch.Tensor:
-        """Only the routing keys of an edit (its LoRA factors stay on disk)."""
+        """Only the routing keys of an edit (its LoRA factors stay on disk): from the key index if it has them."""
+        if edit_id in self._indexed:
+            return self._indexed[edit_id]
         path = self.tensor_path(edit_id)
         if not path.is_file():
             raise CorruptStoreError(f"{path} is missing but {self.path / JOURNAL} records edit {edit_id}")
@@ -142,6 +175,27 @@ class Store:
         path = self.tensor_path(record["id"])
         atomic_write(path, lambda t: save_file({k: v.contiguous() for k, v in tensors.items()}, str(t)))
         self._append({"op": "edit", **record})
+        self._unindexed.append(record["id"])
+        if len(self._unindexed) >= INDEX_EVERY:
+            try:
+                self._write_index()
+            except (OSError, StoreError):  # the edit is committed; its keys stay readable from its own file
+                pass
+
+    def _write_index(self) -> None:
+        """One index file with the keys of the edits committed since the last one. Written atomically after those
+        commits, so a crash leaves them readable from their own files."""
+        ids = self._unindexed
+        keys = [self.read_keys(i) for i in ids]
+        owner = torch.cat([torch.full((len(k),), n, dtype=torch.long) for n, k in enumerate(keys)])
+        (self.path / INDEX).mkdir(exist_ok=True)
+        path = self.path / INDEX / f"{self._index_files + 1:06d}.safetensors"
+        atomic_write(path, lambda t: save_file({"keys": torch.cat(keys).contiguous(), "owner": owner}, str(t),
+                                               metadata={"ids": json.dumps(ids)}))
+        for edit_id, k in zip(ids, keys):
+            self._indexed[edit_id] = k
+        self._index_files += 1
+        self._unindexed = []
 
     def commit_rollback(self, edit_id: str, at: str) -> None:
         self._append({"op": "rollback", "id": edit_id, "at": at})
