@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", default=None)
+    parser.add_argument("--no-generation", action="store_true", help="skip the inference-overhead figures")
+    parser.add_argument("--resident-edits", type=int, default=1024, help="edits whose factors stay in memory")
     parser.add_argument("--out", default="results/scale.json")
     args = parser.parse_args()
 
@@ -89,12 +91,13 @@ def main() -> None:
             runs.append(time.perf_counter() - started)
         return statistics.median(runs)
 
-    bare = generation_seconds(probe)  # no edits: the routing path is skipped entirely
+    bare = None if args.no_generation else generation_seconds(probe)  # no edits: the routing path is skipped
     result["bare_generation_s"] = bare
     for n in [int(x) for x in args.sizes.split(",") if x]:
         root = Path(tempfile.mkdtemp(prefix="sola-scale-"))
         try:
-            editor = Editor.from_pretrained(args.model, config=config, store=root / "store")
+            editor = Editor.from_pretrained(args.model, config=config, store=root / "store",
+                                            resident_edits=args.resident_edits)
             generator = torch.Generator().manual_seed(0)
             started = time.perf_counter()
             for i in range(n):
@@ -102,19 +105,27 @@ def main() -> None:
                 editor._commit(record, *_split(synthetic_tensors(editor, generator, dim)))
             write_s = time.perf_counter() - started
             store_bytes = sum(p.stat().st_size for p in (root / "store").rglob("*") if p.is_file())
-            edited = generation_seconds(editor)
+            edited = None if args.no_generation else generation_seconds(editor)
             memory = editor.info()["memory_bytes"]
             del editor
             before = rss_bytes()
             started = time.perf_counter()
-            reopened = Editor.load(root / "store")
+            reopened = Editor.load(root / "store", resident_edits=args.resident_edits)
             open_s = time.perf_counter() - started
             assert len(reopened.edits()) == n
+            reopened_memory = reopened.info()["memory_bytes"]
+            # one query routed to an edit whose factors are not in memory: read back from the store
+            evicted = reopened.edits()[0]
+            slot = reopened._slot_of[evicted.id]
+            started = time.perf_counter()
+            reopened._rows(torch.tensor([slot]))
+            load_ms = (time.perf_counter() - started) * 1e3
             result["stores"][n] = {
                 "commit_s_per_edit": write_s / n, "store_bytes_per_edit": store_bytes / n, "open_s": open_s,
                 "memory_bytes": memory, "memory_bytes_per_edit": sum(memory.values()) / n,
-                "rss_growth_on_open_bytes": rss_bytes() - before,
-                "generation_s": edited, "overhead": edited / bare - 1}
+                "reopened_memory_bytes": reopened_memory, "resident_edits": args.resident_edits,
+                "rss_growth_on_open_bytes": rss_bytes() - before, "read_back_one_edit_ms": load_ms,
+                "generation_s": edited, "overhead": edited / bare - 1 if bare else None}
             print(f"{n} edits: {result['stores'][n]}", flush=True)
             del reopened
         finally:

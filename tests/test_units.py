@@ -158,3 +158,28 @@ def test_a_hub_id_that_is_not_cached_gives_a_clear_error():
 
     with pytest.raises(ModelNotFoundError, match="hubs cannot be reached from here; download it elsewhere"):
         Editor.from_pretrained("nobody-here/no-such-model")
+
+
+def test_two_stage_cosine_search_finds_what_the_full_scan_finds():
+    from sola.routing.table import TWO_STAGE_FROM
+
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(TWO_STAGE_FROM + 500, 32, generator=generator)
+    table = KeyTable(32, "cosine")
+    for slot, key in enumerate(base):
+        table.add(key, slot)
+    # near-ties: copies of keys nudged by less than half precision can tell apart, but float32 can
+    # (with only the best half-precision score as candidate, 17 of these 200 queries pick the wrong key)
+    for slot in range(200):
+        table.add(base[slot] + 3e-3 * torch.randn(32, generator=generator), 10_000 + slot)
+    table.remove_slot(7)
+    queries = torch.cat([base[:200] + 3e-2 * torch.randn(200, 32, generator=generator),
+                         torch.randn(60, 32, generator=generator)])
+    dist, slots = table.nearest(queries)
+    full = table.distances(queries)
+    full_dist, index = full.min(dim=1)
+    torch.testing.assert_close(dist, full_dist, rtol=0, atol=1e-6)
+    runner_up = full.topk(2, dim=1, largest=False).values[:, 1]
+    clear = runner_up - full_dist > 1e-6  # where float32 rounding cannot decide, either key is the nearest
+    assert int(clear.sum()) >= 240
+    assert torch.equal(slots[clear], table.slots[index][clear])

@@ -14,21 +14,39 @@ class Route(NamedTuple):
     distance: float
 
 
+# Cosine tables of at least this many keys search in two stages: half-precision scores of every key, then exact float32
+# scores of the keys within HALF_WINDOW of the best one. A half-precision score of unit vectors is within ~0.0015 of
+# the exact one (each factor and the result rounded to 11 bits, the products summed in float32), so the exact nearest
+# key is always among those candidates and the answer equals the float32 scan's; the scan reads half the bytes.
+TWO_STAGE_FROM = 4096
+HALF_WINDOW = 0.01
+
+
 class KeyTable:
-    """Keys (N, d) in one contiguous float32 matrix; `slots[i]` is the LoRA slot of key i.
+    """Keys (N, d) in one contiguous float32 matrix (grown by doubling); `slots[i]` is the LoRA slot of key i.
 
     The search is exact. Euclidean distances use `torch.cdist` with the direct formula (its default switches to a
     matmul expansion above 25 rows, which cancels catastrophically for near-identical vectors); cosine distances are
-    1 - <q, k> of unit vectors.
+    1 - <q, k> of unit vectors, found in two stages in large tables (see `TWO_STAGE_FROM`).
     """
 
     def __init__(self, dim: int | None, distance: str) -> None:
         self.dim, self.distance = dim, distance  # dim None: taken from the first keys added
-        self.keys = torch.zeros(0, dim or 0)
-        self.slots = torch.zeros(0, dtype=torch.long)
+        self._keys = torch.zeros(0, dim or 0)
+        self._slots = torch.zeros(0, dtype=torch.long)
+        self._half: torch.Tensor | None = None  # half-precision copy of the keys, made when first needed
+        self._count = 0
 
     def __len__(self) -> int:
-        return self.keys.shape[0]
+        return self._count
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._keys[:self._count]
+
+    @property
+    def slots(self) -> torch.Tensor:
+        return self._slots[:self._count]
 
     def _prepare(self, vectors: torch.Tensor) -> torch.Tensor:
         vectors = vectors.detach().to(torch.float32).reshape(-1, self.dim)
@@ -38,15 +56,30 @@ class KeyTable:
 
     def add(self, keys: torch.Tensor, slot: int) -> None:
         if self.dim is None:
-            self.dim, self.keys = keys.shape[-1], torch.zeros(0, keys.shape[-1])
+            self.dim, self._keys = keys.shape[-1], torch.zeros(0, keys.shape[-1])
         keys = self._prepare(keys)
-        self.keys = torch.cat([self.keys, keys])
-        self.slots = torch.cat([self.slots, torch.full((keys.shape[0],), slot, dtype=torch.long)])
+        start, end = self._count, self._count + keys.shape[0]
+        if end > self._keys.shape[0]:
+            capacity = max(end, 2 * self._keys.shape[0], 64)
+            grown = torch.zeros(capacity, self.dim)
+            grown[:start] = self.keys
+            slots = torch.zeros(capacity, dtype=torch.long)
+            slots[:start] = self.slots
+            self._keys, self._slots, self._half = grown, slots, None
+        self._keys[start:end] = keys
+        self._slots[start:end] = slot
+        if self._half is not None:
+            self._half[start:end] = keys.half()
+        self._count = end
 
     def remove_slot(self, slot: int) -> int:
         keep = self.slots != slot
         removed = int((~keep).sum())
-        self.keys, self.slots = self.keys[keep], self.slots[keep]
+        if removed:
+            kept_keys, kept_slots = self.keys[keep], self.slots[keep]
+            self._count = kept_keys.shape[0]
+            self._keys[:self._count], self._slots[:self._count] = kept_keys, kept_slots
+            self._half = None
         return removed
 
     def keys_of(self, slot: int) -> torch.Tensor:
@@ -64,8 +97,23 @@ class KeyTable:
         batch = queries.shape[0]
         if len(self) == 0:
             return torch.full((batch,), float("inf")), torch.full((batch,), -1, dtype=torch.long)
+        if self.distance == "cosine" and len(self) >= TWO_STAGE_FROM:
+            return self._nearest_two_stage(self._prepare(queries))
         dist, index = self.distances(queries).min(dim=1)
         return dist, self.slots[index]
+
+    def _nearest_two_stage(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._half is None or self._half.shape[0] != self._keys.shape[0]:
+            self._half = self._keys.half()
+        rough = (queries.half() @ self._half[:self._count].T).float()  # (B, N)
+        dists, slots = [], []
+        for row, scores in enumerate(rough):
+            candidates = (scores >= scores.max() - HALF_WINDOW).nonzero().squeeze(1)
+            exact = 1.0 - queries[row] @ self.keys[candidates].T
+            best = int(exact.argmin())
+            dists.append(exact[best])
+            slots.append(self.slots[candidates[best]])
+        return torch.stack(dists), torch.stack(slots)
 
     def nearest_among(self, query: torch.Tensor, slots: list[int]) -> tuple[float, int]:
         """(d,) query -> (distance, slot) of the nearest key among those of `slots` (inf, -1 if they have none)."""
