@@ -207,6 +207,7 @@ class Editor(Asking):
             older = self._live_predecessor(edit)
             if edit.live and older is not None:
                 self._link(older, edit.id)
+        store.forget_index()  # the routing table holds the keys now
         self.store = store
 
     def _live_predecessor(self, edit: Edit) -> str | None:

@@ -60,7 +60,7 @@ class Store:
     def __init__(self, path: Path, manifest: dict[str, Any], journal: list[dict[str, Any]], valid_length: int):
         self.path, self.manifest, self._journal, self._valid_length = path, manifest, journal, valid_length
         self._indexed: dict[str, torch.Tensor] = {}  # edit id -> keys, read from the index files
-        self._unindexed: list[str] = []  # edits committed after the last index file, in order
+        self._unindexed: dict[str, torch.Tensor | None] = {}  # edits after the last index file -> keys if known
         self._index_files = 0
         self._read_index()
 
@@ -128,18 +128,23 @@ class Store:
             try:
                 with safe_open(path, framework="pt") as handle:
                     ids = json.loads(handle.metadata()["ids"])
-                    keys, owner = handle.get_tensor("keys"), handle.get_tensor("owner")
-            except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+                    keys, owner = handle.get_tensor("keys").clone(), handle.get_tensor("owner")
+            except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
                 raise CorruptStoreError(f"{path} is not a readable key index ({err}); delete it (the keys are also "
                                         "in tensors/) and open the store again") from None
             unknown = [i for i in ids if i not in known]
             if unknown:
                 raise CorruptStoreError(f"{path} indexes edits the journal does not record ({unknown[:3]}); it does "
                                         "not belong to this store: delete it and open the store again")
-            for n, edit_id in enumerate(ids):
-                self._indexed[edit_id] = keys[owner == n]
+            counts = torch.bincount(owner, minlength=len(ids)).tolist()
+            for edit_id, part in zip(ids, keys.split(counts)):  # views of one tensor per file
+                self._indexed[edit_id] = part
         self._index_files = len(files)
-        self._unindexed = [i for i in committed if i not in self._indexed]
+        self._unindexed = {i: None for i in committed if i not in self._indexed}
+
+    def forget_index(self) -> None:
+        """Free the keys read from the index files (once an editor holds them); `read_keys` reads files again."""
+        self._indexed = {}
 
     # -- reading -----------------------------------------------------------------------------------------------------
     def journal(self) -> list[dict[str, Any]]:
@@ -154,7 +159,7 @@ class Store:
             raise CorruptStoreError(f"{path} is missing but {self.path / JOURNAL} records edit {edit_id}")
         try:
             return load_file(path)
-        except (SafetensorError, OSError, ValueError) as err:
+        except (SafetensorError, OSError, RuntimeError, ValueError) as err:
             raise CorruptStoreError(f"{path} is not a readable safetensors file ({err}); the store is damaged") from None
 
     def read_keys(self, edit_id: str) -> torch.Tensor:
@@ -166,8 +171,8 @@ class Store:
             raise CorruptStoreError(f"{path} is missing but {self.path / JOURNAL} records edit {edit_id}")
         try:
             with safe_open(path, framework="pt") as handle:
-                return handle.get_tensor("keys")
-        except (SafetensorError, OSError, ValueError) as err:
+                return handle.get_tensor("keys").clone()  # a copy: a view would keep the file mapped
+        except (SafetensorError, OSError, RuntimeError, ValueError) as err:
             raise CorruptStoreError(f"{path} is not a readable safetensors file ({err}); the store is damaged") from None
 
     # -- committing --------------------------------------------------------------------------------------------------
@@ -175,27 +180,25 @@ class Store:
         path = self.tensor_path(record["id"])
         atomic_write(path, lambda t: save_file({k: v.contiguous() for k, v in tensors.items()}, str(t)))
         self._append({"op": "edit", **record})
-        self._unindexed.append(record["id"])
+        self._unindexed[record["id"]] = tensors["keys"].detach().clone()
         if len(self._unindexed) >= INDEX_EVERY:
             try:
                 self._write_index()
-            except (OSError, StoreError):  # the edit is committed; its keys stay readable from its own file
+            except (OSError, RuntimeError, StoreError):  # the edit is committed; its keys stay in its own file
                 pass
 
     def _write_index(self) -> None:
         """One index file with the keys of the edits committed since the last one. Written atomically after those
         commits, so a crash leaves them readable from their own files."""
-        ids = self._unindexed
-        keys = [self.read_keys(i) for i in ids]
+        ids = list(self._unindexed)
+        keys = [k if k is not None else self.read_keys(i) for i, k in self._unindexed.items()]
         owner = torch.cat([torch.full((len(k),), n, dtype=torch.long) for n, k in enumerate(keys)])
         (self.path / INDEX).mkdir(exist_ok=True)
         path = self.path / INDEX / f"{self._index_files + 1:06d}.safetensors"
         atomic_write(path, lambda t: save_file({"keys": torch.cat(keys).contiguous(), "owner": owner}, str(t),
                                                metadata={"ids": json.dumps(ids)}))
-        for edit_id, k in zip(ids, keys):
-            self._indexed[edit_id] = k
         self._index_files += 1
-        self._unindexed = []
+        self._unindexed = {}
 
     def commit_rollback(self, edit_id: str, at: str) -> None:
         self._append({"op": "rollback", "id": edit_id, "at": at})
