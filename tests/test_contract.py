@@ -322,6 +322,7 @@ def test_key_index_files_hold_the_keys_of_committed_edits(make_editor, tmp_path,
     prompts = [p for p, _ in FIVE] + UNRELATED
     assert_bit_identical(probe_logits(reopened, prompts), probe_logits(editor, prompts))
     assert [e.id for e in reopened.edits()] == ["e1", "e3", "e4", "e5"]
+    assert torch.equal(reopened.table.keys, editor.table.keys)  # added at once on open, one by one while editing
 
     (store / "index" / "000002.safetensors").rename(store / "index" / "000009.safetensors")
     other = tmp_path / "other"

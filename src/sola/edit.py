@@ -42,13 +42,15 @@ class Edit:
         return self.live and self.superseded_by is None
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = {name: getattr(self, name) for name in _FIELDS}  # every field is a plain value: no deep copy needed
         data["prompts"] = list(self.prompts)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Edit":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in fields}
+        values = {k: v for k, v in data.items() if k in _FIELDS}
         values["prompts"] = tuple(values.get("prompts", ()))
         return cls(**values)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Edit))

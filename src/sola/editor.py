@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import zlib
@@ -137,7 +138,7 @@ class Editor(Asking):
     def load(cls, path: str | os.PathLike, model: str | os.PathLike | None = None, *,
              resident_edits: int | None = DEFAULT_RESIDENT_EDITS) -> "Editor":
         """Open a saved store with the base model it was made on (or `model`, which must be the same model)."""
-        manifest = Store.open(path).manifest
+        manifest = Store.read_manifest(path)
         source = model if model is not None else manifest["model"]["name"]
         if model is None and source != EMBEDDED_SOURCE and not Path(source).exists():
             raise StoreError(f"the store {path} was made on {source!r}, which is not here; pass model=... with a copy "
@@ -198,11 +199,16 @@ class Editor(Asking):
         resident = {e.id for e in live[len(live) - room:]} if room > 0 else set()
         loaded = {e.id: store.read_tensors(e.id) if e.id in resident else {"keys": store.read_keys(e.id)}
                   for e in live}
+        keys, slots = [], []
         for edit in edits:
-            self._edits[edit.id] = Edit.from_dict({**edit.to_dict(), "superseded_by": None})
+            self._edits[edit.id] = dataclasses.replace(edit, superseded_by=None)
             self._counter = max(self._counter, _id_number(edit.id))
             if edit.live:
-                self._install(edit.id, loaded[edit.id], edit.subject, durable=True, resident=edit.id in resident)
+                tensors = loaded[edit.id]
+                slots.append(self._install(edit.id, tensors, edit.subject, durable=True, resident=edit.id in resident,
+                                           add_keys=False))
+                keys.append(tensors["keys"])
+        self.table.add_many(keys, slots)  # one matrix, not one growth per edit
         for edit in edits:  # in creation order, as they were made
             older = self._live_predecessor(edit)
             if edit.live and older is not None:
@@ -237,13 +243,14 @@ class Editor(Asking):
         self._edits[older] = Edit.from_dict({**self._edits[older].to_dict(), "superseded_by": newer})
 
     def _install(self, edit_id: str, tensors: dict[str, torch.Tensor], subject: str | None, *, durable: bool,
-                 resident: bool = True) -> int:
+                 resident: bool = True, add_keys: bool = True) -> int:
         slot = self._allocate()
         if self.keys.needs_subject:
             self.subjects.add(subject, slot)
         if resident or not durable:
             self.residency.put(slot, tensors, durable)
-        self.table.add(tensors["keys"], slot)
+        if add_keys:
+            self.table.add(tensors["keys"], slot)
         self._slot_of[edit_id] = slot
         self._owner[slot] = edit_id
         return slot

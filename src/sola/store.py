@@ -85,6 +85,12 @@ class Store:
     @classmethod
     def open(cls, path: str | Path) -> "Store":
         path = Path(path)
+        return cls(path, cls.read_manifest(path), *cls._read_journal(path / JOURNAL))
+
+    @staticmethod
+    def read_manifest(path: str | Path) -> dict[str, Any]:
+        """The manifest alone (what a store holds and was made on), checked."""
+        path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise StoreError(f"{path} is not a store ({MANIFEST} missing); create one with "
@@ -97,8 +103,7 @@ class Store:
             raise CorruptStoreError(f"{manifest_path}: unsupported format_version "
                                     f"{manifest.get('format_version') if isinstance(manifest, dict) else None!r}; "
                                     f"this version of sola reads format {FORMAT_VERSION}")
-        journal, valid_length = cls._read_journal(path / JOURNAL)
-        return cls(path, manifest, journal, valid_length)
+        return manifest
 
     @staticmethod
     def _read_journal(path: Path) -> tuple[list[dict[str, Any]], int]:

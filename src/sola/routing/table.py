@@ -59,18 +59,38 @@ class KeyTable:
             self.dim, self._keys = keys.shape[-1], torch.zeros(0, keys.shape[-1])
         keys = self._prepare(keys)
         start, end = self._count, self._count + keys.shape[0]
-        if end > self._keys.shape[0]:
-            capacity = max(end, 2 * self._keys.shape[0], 64)
-            grown = torch.zeros(capacity, self.dim)
-            grown[:start] = self.keys
-            slots = torch.zeros(capacity, dtype=torch.long)
-            slots[:start] = self.slots
-            self._keys, self._slots, self._half = grown, slots, None
+        self._reserve(end)
         self._keys[start:end] = keys
         self._slots[start:end] = slot
         if self._half is not None:
             self._half[start:end] = keys.half()
         self._count = end
+
+    def add_many(self, keys: list[torch.Tensor], slots: list[int]) -> None:
+        """`add` of many (keys, slot) pairs at once, in order."""
+        if not keys:
+            return
+        owners = torch.cat([torch.full((k.reshape(-1, k.shape[-1]).shape[0],), s, dtype=torch.long)
+                            for k, s in zip(keys, slots)])
+        stacked = torch.cat([k.reshape(-1, k.shape[-1]) for k in keys])
+        if self.dim is None:
+            self.dim, self._keys = stacked.shape[-1], torch.zeros(0, stacked.shape[-1])
+        stacked = self._prepare(stacked)
+        start, end = self._count, self._count + stacked.shape[0]
+        self._reserve(end)
+        self._keys[start:end], self._slots[start:end] = stacked, owners
+        if self._half is not None:
+            self._half[start:end] = stacked.half()
+        self._count = end
+
+    def _reserve(self, rows: int) -> None:
+        if rows > self._keys.shape[0]:
+            capacity = max(rows, 2 * self._keys.shape[0], 64)
+            grown = torch.zeros(capacity, self.dim)
+            grown[:self._count] = self.keys
+            slots = torch.zeros(capacity, dtype=torch.long)
+            slots[:self._count] = self.slots
+            self._keys, self._slots, self._half = grown, slots, None
 
     def remove_slot(self, slot: int) -> int:
         keep = self.slots != slot
