@@ -183,3 +183,19 @@ def test_two_stage_cosine_search_finds_what_the_full_scan_finds():
     clear = runner_up - full_dist > 1e-6  # where float32 rounding cannot decide, either key is the nearest
     assert int(clear.sum()) >= 240
     assert torch.equal(slots[clear], table.slots[index][clear])
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_keys_that_tie_within_rounding_go_to_the_oldest(distance):
+    """Two edits of the same prompt have the same key; rounding (block position, thread count) must not choose."""
+    generator = torch.Generator().manual_seed(1)
+    keys = torch.randn(6, 16, generator=generator)
+    table = KeyTable(16, distance)
+    for slot, key in enumerate(keys):
+        table.add(key, slot)
+    table.add(keys[2] * (1 + 1e-7), 40)  # the same key again, up to rounding, added later
+    table.add(keys[4], 41)
+    queries = torch.stack([keys[2], keys[4], keys[2] + 1e-3 * torch.randn(16, generator=generator)])
+    dist, slots = table.nearest(queries)
+    assert slots.tolist() == [2, 4, 2]
+    assert table.nearest_among(keys[4], [4, 41]) == (pytest.approx(float(dist[1]), abs=1e-5), 4)

@@ -20,6 +20,10 @@ class Route(NamedTuple):
 # key is always among those candidates and the answer equals the float32 scan's; the scan reads half the bytes.
 TWO_STAGE_FROM = 4096
 HALF_WINDOW = 0.01
+# Keys whose distances differ by less than this (relative, plus the same absolute) are ties, and ties go to the key
+# added first. Identical keys (two edits of the same prompt) must not be told apart by rounding: a matrix product gives
+# two equal columns different last bits depending on where they fall in its blocks and on the thread count.
+TIE = 1e-6
 
 
 class KeyTable:
@@ -119,8 +123,14 @@ class KeyTable:
             return torch.full((batch,), float("inf")), torch.full((batch,), -1, dtype=torch.long)
         if self.distance == "cosine" and len(self) >= TWO_STAGE_FROM:
             return self._nearest_two_stage(self._prepare(queries))
-        dist, index = self.distances(queries).min(dim=1)
-        return dist, self.slots[index]
+        return self._first_nearest(self.distances(queries), self.slots)
+
+    @staticmethod
+    def _first_nearest(dist: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N) distances -> the distance and slot of the first key (the oldest) within `TIE` of each row's best."""
+        best = dist.min(dim=1, keepdim=True).values
+        index = (dist <= best + TIE * (1 + best.abs())).int().argmax(dim=1)  # argmax: the first of the maxima
+        return dist.gather(1, index.unsqueeze(1)).squeeze(1), slots[index]
 
     def _nearest_two_stage(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._half is None or self._half.shape[0] != self._keys.shape[0]:
@@ -128,11 +138,11 @@ class KeyTable:
         rough = (queries.half() @ self._half[:self._count].T).float()  # (B, N)
         dists, slots = [], []
         for row, scores in enumerate(rough):
-            candidates = (scores >= scores.max() - HALF_WINDOW).nonzero().squeeze(1)
-            exact = 1.0 - queries[row] @ self.keys[candidates].T
-            best = int(exact.argmin())
-            dists.append(exact[best])
-            slots.append(self.slots[candidates[best]])
+            candidates = (scores >= scores.max() - HALF_WINDOW).nonzero().squeeze(1)  # in key order
+            exact = 1.0 - queries[row:row + 1] @ self.keys[candidates].T
+            dist, slot = self._first_nearest(exact, self.slots[candidates])
+            dists.append(dist[0])
+            slots.append(slot[0])
         return torch.stack(dists), torch.stack(slots)
 
     def nearest_among(self, query: torch.Tensor, slots: list[int]) -> tuple[float, int]:
@@ -140,9 +150,9 @@ class KeyTable:
         allowed = torch.isin(self.slots, torch.tensor(slots, dtype=torch.long))
         if not bool(allowed.any()):
             return float("inf"), -1
-        dist = self.distances(query.reshape(1, -1))[0].masked_fill(~allowed, float("inf"))
-        index = int(dist.argmin())
-        return float(dist[index]), int(self.slots[index])
+        dist = self.distances(query.reshape(1, -1)).masked_fill(~allowed, float("inf"))
+        found, slot = self._first_nearest(dist, self.slots)
+        return float(found[0]), int(slot[0])
 
     def route(self, queries: torch.Tensor, threshold: float) -> torch.Tensor:
         """(B, d) queries -> slots (B,), -1 where the nearest key is not under the threshold."""
