@@ -140,6 +140,10 @@ def write_study(sources: list[str | Path], doc: str | Path, runs_dir: str | Path
              "results.json (summaries archived in `docs/runs/`); do not edit by hand. TF = teacher-forced token "
              "accuracy; EM = exact match of the greedy answer; Loc NQ / rel / subj = unrelated questions, same relation "
              "about another subject, another relation about the same subject (see docs/evaluation.md).", "", GOAL, ""]
+    earlier = sorted(p.name for p in doc.parent.glob("results-*.md"))
+    if earlier:
+        lines += ["Earlier runs kept as they were generated (their results.json is gone): "
+                  + ", ".join(f"[{name}]({name})" for name in earlier) + ".", ""]
     for dataset in sorted({r["dataset"] for _, r in loaded}):
         chosen = [(s, r) for s, r in loaded if r["dataset"] == dataset]
         named = [(label(r), r) for _, r in chosen]
