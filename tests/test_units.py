@@ -199,3 +199,18 @@ def test_keys_that_tie_within_rounding_go_to_the_oldest(distance):
     dist, slots = table.nearest(queries)
     assert slots.tolist() == [2, 4, 2]
     assert table.nearest_among(keys[4], [4, 41]) == (pytest.approx(float(dist[1]), abs=1e-5), 4)
+
+
+def test_prefix_contexts_add_training_rows_but_no_keys(make_editor):
+    editor = make_editor("llama", prefix_contexts=2)
+    plan = editor._planned(editor._checked("Who founded Acme?", "Jane Roe", None, None, False))
+    assert [p.text for p in plan["training"]] == ["Who founded Acme?", "Here is a fact. Who founded Acme?",
+                                                  "I read this somewhere. Who founded Acme?"]
+    edit = editor.edit("Who founded Acme?", "Jane Roe")
+    assert edit.converged and editor.generate("Who founded Acme?") == "Jane Roe"
+    assert len(editor.table) == 1  # the prompt's key only
+    plain = make_editor("llama")
+    plain.edit("Who founded Acme?", "Jane Roe")
+    assert not torch.equal(editor.layers[0].lora_B[0], plain.layers[0].lora_B[0])  # trained on more rows
+    with pytest.raises(ConfigError, match="prefix_contexts=9 must be between 0 and 8"):
+        make_editor("llama", prefix_contexts=9)

@@ -14,6 +14,10 @@ PROMPT_FORMATS = ("auto", "raw", "chat")
 OPTIMIZERS = ("adam", "sgd")
 SUPERSEDE_MODES = ("auto", "never")
 FACTOR_DTYPES = ("bfloat16", "float32")
+# Unrelated sentences put before an edit's prompt to make extra training rows (`prefix_contexts`); like ROME's context
+# templates, they teach the LoRA the fact rather than the exact string. Neutral on purpose: no fact, no subject.
+PREFIX_CONTEXTS = ("Here is a fact.", "I read this somewhere.", "Let me tell you something.", "This is well known.",
+                   "Quick question.", "A note for the record.", "People often ask this.", "Think about it.")
 
 # Fixed thresholds used when `threshold` is None, per key strategy (cosine distance). Measured on SmolLM2-135M-Instruct
 # with benchmarks/routing_distances.py (300 zsRE edit prompts as keys, their rephrases and 300 NQ questions as
@@ -100,6 +104,11 @@ class EditConfig:
     supersede_threshold: float | None = None
     """For supersede="auto" between edits that do not both name a subject. None: `SUPERSEDE_THRESHOLDS[key]`."""
 
+    prefix_contexts: int = 0
+    """Also train each edit on its prompts behind this many of `PREFIX_CONTEXTS` (0: only the prompts, as the paper).
+    Rephrasings that put other words before the question (CounterFact's do) then reach the target more often, at the
+    cost of a larger training batch; the keys stay those of the prompts alone."""
+
     factor_dtype: str = "bfloat16"
     """The precision of each edit's LoRA factors: "bfloat16" (default; half the store on disk) or "float32". The
     factors are rounded to it when training ends and stored so (in memory they stay float32 tensors holding those
@@ -123,6 +132,8 @@ class EditConfig:
             raise ConfigError(f"optimizer={self.optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
         if self.supersede not in SUPERSEDE_MODES:
             raise ConfigError(f"supersede={self.supersede!r} is unknown; choose one of {', '.join(SUPERSEDE_MODES)}")
+        if not 0 <= self.prefix_contexts <= len(PREFIX_CONTEXTS):
+            raise ConfigError(f"prefix_contexts={self.prefix_contexts} must be between 0 and {len(PREFIX_CONTEXTS)}")
         if self.factor_dtype not in FACTOR_DTYPES:
             raise ConfigError(f"factor_dtype={self.factor_dtype!r} is unknown; choose one of {', '.join(FACTOR_DTYPES)}")
         if self.supersede_threshold is not None and not self.supersede_threshold > 0:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .asking import Asking
 from .architectures import default_layers, default_rank, task_of
-from .config import EditConfig
+from .config import PREFIX_CONTEXTS, EditConfig
 from .edit import Edit
 from .errors import ConfigError, InvalidEditError, ModelMismatchError, StoreError, UnknownEditError
 from .fingerprint import config_hash, describe_mismatch, weights_hash
@@ -451,6 +451,10 @@ class Editor(Asking):
         older = request["supersedes"] if request["supersedes"] is not None or request["new_fact"] \
             else self._same_fact(encoded, keys, request["subject"])
         training, targets = list(encoded), list(request["targets"])
+        for context in PREFIX_CONTEXTS[:self.config.prefix_contexts]:
+            for prompt in request["prompts"]:
+                training.append(self._encode(f"{context} {prompt}"))
+                targets.append(self.task.encode_target(f"{context} {prompt}", target))
         if older is not None:  # the wordings of the fact edited before lead here too: teach them the new answer
             for text in dict.fromkeys(p for e in self.chain(older) for p in e.prompts if p not in request["prompts"]):
                 training.append(self._encode(text))
