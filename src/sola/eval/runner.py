@@ -166,7 +166,8 @@ _TRAINING_FIELDS = ("layers", "rank", "lora_alpha", "prompt_format", "optimizer"
 
 
 def _check_reusable(manifest: dict, editor) -> None:
-    theirs, ours = manifest["config"], editor.config.to_dict()
+    # stores made before factor_dtype existed kept float32 factors
+    theirs, ours = {"factor_dtype": "float32", **manifest["config"]}, editor.config.to_dict()
     differing = [f for f in _TRAINING_FIELDS if theirs.get(f) != ours.get(f)]
     if ours.get("supersede") == "auto":
         differing.append("supersede=auto here: an update also trains on the wordings of the edit it replaces")
