@@ -54,7 +54,6 @@ def main() -> None:
     from sola.data import load_dataset
     from sola.edit import Edit
     from sola.routing import KeyTable
-    from sola.store import Store
 
     config = EditConfig(prompt_format="raw")
     questions = [r.prompt for r in load_dataset("nq", args.data).records[:8]]

@@ -14,6 +14,9 @@ PROMPT_FORMATS = ("auto", "raw", "chat")
 OPTIMIZERS = ("adam", "sgd")
 SUPERSEDE_MODES = ("auto", "never")
 FACTOR_DTYPES = ("bfloat16", "float32")
+# What a store's config means by a field it does not have: the behaviour of the versions before the field existed
+# (every edit a new fact; float32 factors).
+STORED_DEFAULTS = {"supersede": "never", "factor_dtype": "float32"}
 # Unrelated sentences put before an edit's prompt to make extra training rows (`prefix_contexts`); like ROME's context
 # templates, they teach the LoRA the fact rather than the exact string. Neutral on purpose: no fact, no subject.
 PREFIX_CONTEXTS = ("Here is a fact.", "I read this somewhere.", "Let me tell you something.", "This is well known.",

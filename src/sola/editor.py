@@ -16,7 +16,7 @@ from torch import nn
 
 from .asking import Asking
 from .architectures import default_layers, default_rank, task_of
-from .config import PREFIX_CONTEXTS, EditConfig
+from .config import PREFIX_CONTEXTS, STORED_DEFAULTS, EditConfig
 from .edit import Edit
 from .errors import ConfigError, InvalidEditError, ModelMismatchError, StoreError, UnknownEditError
 from .fingerprint import config_hash, describe_mismatch, weights_hash
@@ -57,6 +57,8 @@ class Editor(Asking):
     def __init__(self, model: nn.Module, tokenizer, config: EditConfig | None = None, *, source: str = "model",
                  store: Store | None = None, resident_edits: int | None = DEFAULT_RESIDENT_EDITS) -> None:
         config = (config or EditConfig()).validate()
+        if resident_edits is not None and resident_edits < 1:
+            raise ConfigError(f"resident_edits={resident_edits} must be at least 1 (or None: keep every edit in memory)")
         self.model, self.tokenizer, self.source = model, tokenizer, source
         model.eval().requires_grad_(False)
         modules = dict(model.named_modules())
@@ -74,8 +76,6 @@ class Editor(Asking):
         self._kept = getattr(torch, self.config.factor_dtype)
         for layer in self.layers:
             layer.kept_dtype = self._kept
-        if resident_edits is not None and resident_edits < 1:
-            raise ConfigError(f"resident_edits={resident_edits} must be at least 1 (or None: keep every edit in memory)")
         self.residency = Residency(self.layers, self.config.layers, resident_edits)
         self.keys = key_strategy(self.config.key, self.config.encoder)
         self._key_hook = None
@@ -115,9 +115,7 @@ class Editor(Asking):
         existing = store is not None and Store.exists(store)
         opened = Store.open(store) if existing else None
         if opened is not None:
-            # stores made before superseding existed kept every edit as a new fact, and before factor_dtype existed
-            # kept float32 factors; they keep doing so
-            stored = EditConfig.from_dict({"supersede": "never", "factor_dtype": "float32", **opened.manifest["config"]})
+            stored = EditConfig.from_dict({**STORED_DEFAULTS, **opened.manifest["config"]})
             given = config.to_dict() if config is not None else {}
             held = stored.to_dict()
             resolvable = (None, "auto")  # fields a config leaves for the model to decide take the store's value
@@ -195,8 +193,8 @@ class Editor(Asking):
         live = [e for e in edits if e.live]
         # read what is needed before changing anything: every live edit's keys, and the factors of the newest edits
         # that fit in memory (the others are read when an input is routed to them)
-        room = len(live) if self.residency.capacity is None else self.residency.capacity
-        resident = {e.id for e in live[len(live) - room:]} if room > 0 else set()
+        capacity = self.residency.capacity
+        resident = {e.id for e in (live if capacity is None else live[-capacity:])}
         loaded = {e.id: store.read_tensors(e.id) if e.id in resident else {"keys": store.read_keys(e.id)}
                   for e in live}
         keys, slots = [], []

@@ -22,17 +22,13 @@ Factors = dict[str, torch.Tensor]  # "{layer}.lora_A" / "{layer}.lora_B" -> tens
 
 class Residency:
     def __init__(self, layers: list[RoutedLoraLayer], names: list[str], capacity: int | None) -> None:
-        if capacity is not None and capacity < 1:
-            raise ValueError("capacity must be at least 1 (or None: every edit resident)")
+        """`capacity` (at least 1; the Editor checks it) or None: every edit resident."""
         self.layers, self.names, self.capacity = layers, names, capacity
         self._row: OrderedDict[int, int] = OrderedDict()  # slot -> row, least recently used first
         self._free: list[int] = []
         self._pinned: set[int] = set()  # slots with no durable copy: never evicted
         self.loads = 0
         self.evictions = 0
-
-    def __contains__(self, slot: int) -> bool:
-        return slot in self._row
 
     @property
     def resident(self) -> int:

@@ -159,24 +159,26 @@ class Store:
         return self.path / TENSORS / f"{edit_id}.safetensors"
 
     def read_tensors(self, edit_id: str) -> dict[str, torch.Tensor]:
-        path = self.tensor_path(edit_id)
-        if not path.is_file():
-            raise CorruptStoreError(f"{path} is missing but {self.path / JOURNAL} records edit {edit_id}")
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-            raise CorruptStoreError(f"{path} is not a readable safetensors file ({err}); the store is damaged") from None
+        return self._read(edit_id, load_file)
 
     def read_keys(self, edit_id: str) -> torch.Tensor:
         """Only the routing keys of an edit (its LoRA factors stay on disk): from the key index if it has them."""
         if edit_id in self._indexed:
             return self._indexed[edit_id]
+
+        def keys_only(path: Path) -> torch.Tensor:
+            with safe_open(path, framework="pt") as handle:
+                return handle.get_tensor("keys").clone()  # a copy: a view would keep the file mapped
+
+        return self._read(edit_id, keys_only)
+
+    def _read(self, edit_id: str, read):
+        """read(path of the edit's tensor file), with a missing or unreadable file named as store damage."""
         path = self.tensor_path(edit_id)
         if not path.is_file():
             raise CorruptStoreError(f"{path} is missing but {self.path / JOURNAL} records edit {edit_id}")
         try:
-            with safe_open(path, framework="pt") as handle:
-                return handle.get_tensor("keys").clone()  # a copy: a view would keep the file mapped
+            return read(path)
         except (SafetensorError, OSError, RuntimeError, ValueError) as err:
             raise CorruptStoreError(f"{path} is not a readable safetensors file ({err}); the store is damaged") from None
 

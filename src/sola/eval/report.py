@@ -180,8 +180,10 @@ def write_report(results: dict, out: str | Path) -> None:
     (out / "results.md").write_text(markdown({**results, "_out": str(out)}))
 
 
-def load_results(directory: str | Path) -> dict:
-    path = Path(directory) / "results.json"
+def load_results(source: str | Path) -> dict:
+    """A run's results: its directory (written by `sola bench --out DIR`) or a results JSON file (such as the
+    summaries archived in docs/runs/)."""
+    path = Path(source) if Path(source).is_file() else Path(source) / "results.json"
     if not path.is_file():
         raise DataError(f"{path} does not exist; give directories written by `sola bench --out DIR`")
     try:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..data import Dataset, Probe, Record, load_dataset
 from ..data.probes import collisions, conflicts, latest_targets, normalise, relation_groups, relation_probes, subject_probes
+from ..config import STORED_DEFAULTS
 from ..errors import ConfigError, DataError
 from . import metrics as M
 
@@ -166,8 +167,7 @@ _TRAINING_FIELDS = ("layers", "rank", "lora_alpha", "prompt_format", "optimizer"
 
 
 def _check_reusable(manifest: dict, editor) -> None:
-    # stores made before factor_dtype existed kept float32 factors
-    theirs, ours = {"factor_dtype": "float32", **manifest["config"]}, editor.config.to_dict()
+    theirs, ours = {**STORED_DEFAULTS, **manifest["config"]}, editor.config.to_dict()
     differing = [f for f in _TRAINING_FIELDS if theirs.get(f) != ours.get(f)]
     if ours.get("supersede") == "auto":
         differing.append("supersede=auto here: an update also trains on the wordings of the edit it replaces")

@@ -11,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-from ..errors import DataError
 from .report import _fmt, _get, headline_table, load_results, routing_table
 
 GOAL = ("Goal (issue 4), on both datasets: Rel ≥ 0.99, Gen ≥ 0.90, Loc ≥ 0.99 teacher-forced; Rel ≥ 0.95, Gen ≥ 0.85 "
@@ -47,15 +46,6 @@ def archive(results: dict, directory: Path) -> Path:
     compact = {k: v for k, v in results.items() if k != "rows"}
     path.write_text(json.dumps(compact, indent=1, default=str) + "\n")
     return path
-
-
-def _load(source: Path) -> dict:
-    if source.is_file():
-        try:
-            return json.loads(source.read_text())
-        except json.JSONDecodeError as err:
-            raise DataError(f"{source}, line {err.lineno}: not valid JSON ({err.msg})") from None
-    return load_results(source)
 
 
 def curves(runs: list[tuple[str, dict]], out: Path, title: str) -> bool:
@@ -127,7 +117,7 @@ def write_study(sources: list[str | Path], doc: str | Path, runs_dir: str | Path
     runs_dir = Path(runs_dir) if runs_dir else doc.parent / "runs"
     loaded = []
     for source in map(Path, sources):
-        results = _load(source)
+        results = load_results(source)
         stem = source.stem
         if source.is_dir():
             stem = archive(results, runs_dir).stem

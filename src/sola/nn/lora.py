@@ -79,12 +79,9 @@ class RoutedLoraLayer(WrappedLinear):
         assert self.train_A is not None and self.train_B is not None
         return self._kept(self.train_A[k]).detach().clone(), self._kept(self.train_B[k]).detach().clone()
 
-    def end_training(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Drop the trainable factors and return them as kept, one (A, B) per edit."""
-        assert self.train_A is not None and self.train_B is not None
-        factors = [self.trained_factors(k) for k in range(self.train_A.shape[0])]
+    def end_training(self) -> None:
+        """Drop the trainable factors (`trained_factors` copies out what is kept)."""
         self.train_A = self.train_B = None
-        return factors
 
     def _kept(self, t: torch.Tensor) -> torch.Tensor:
         """`t` rounded to the kept precision in the forward pass; the gradient passes through unchanged."""

@@ -59,16 +59,7 @@ class KeyTable:
         return vectors
 
     def add(self, keys: torch.Tensor, slot: int) -> None:
-        if self.dim is None:
-            self.dim, self._keys = keys.shape[-1], torch.zeros(0, keys.shape[-1])
-        keys = self._prepare(keys)
-        start, end = self._count, self._count + keys.shape[0]
-        self._reserve(end)
-        self._keys[start:end] = keys
-        self._slots[start:end] = slot
-        if self._half is not None:
-            self._half[start:end] = keys.half()
-        self._count = end
+        self.add_many([keys], [slot])
 
     def add_many(self, keys: list[torch.Tensor], slots: list[int]) -> None:
         """`add` of many (keys, slot) pairs at once, in order."""
