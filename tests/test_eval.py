@@ -9,7 +9,7 @@ import pytest
 
 from sola import DataError, EditConfig, Editor, InvalidEditError
 from sola.data import load_counterfact, load_dataset, load_nq, load_scotus, load_zsre
-from sola.data.probes import collisions, conflicts, relation_groups, subject_probes, template_of
+from sola.data.probes import collisions, conflicts, latest_targets, relation_groups, subject_probes, template_of
 from sola.data.records import Probe, Record
 from sola.eval import BenchSpec, compare, run
 from sola.eval import metrics as M
@@ -349,3 +349,46 @@ def test_no_locality_measures_only_the_edits(tmp_path, tiny_dir, tiny_data):
     assert summary["teacher_forced"]["rel"] == pytest.approx(0.8) and summary["teacher_forced"]["loc_unrelated"] is None
     assert results["findings"]["probe_counts"] == {"unrelated": 0, "relation": 0, "subject": 0}
     assert "Locality was not measured" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_latest_wins_reads_routes_against_the_latest_target():
+    """A rephrase of the first Acme record reaches the edit that answers "John Doe" (it superseded "Jane Roe"): wrong
+    per record, right when the latest edit of a fact wins. Routes of records without a later target are unchanged."""
+    from types import SimpleNamespace
+
+    from sola.eval.runner import _Evaluator, _Item
+
+    def record(n, subject, target):
+        return Record(id=f"r{n}", prompt=f"Who founded {subject}?", target=target,
+                      rephrases=(f"Who was the founder of {subject}?",), subject=subject)
+
+    first, other, second = record(0, "Acme", "Jane Roe"), record(1, "Globex", "Hank"), record(2, "Acme", "John Doe")
+    items = [_Item(r, {"unrelated": [], "relation": [], "subject": []}) for r in (first, other, second)]
+    method = SimpleNamespace(score=lambda prompts, targets, batch: [SimpleNamespace(accuracy=1.0) for _ in prompts])
+    evaluator = _Evaluator(method, items, BenchSpec(dataset="zsre", edits=3), "qa")
+
+    def row(rec, nearest, right):  # as the per-record reading scored them
+        return {"record": rec.id, "rel_answer": "John Doe", "gen_answers": ["John Doe"],
+                "routes": [{"nearest": nearest, "distance": 0.1, "routed": True, "right_target": right}]}
+
+    rows = [row(first, "r2", False), row(other, "r0", False), row(second, "r2", True)]
+    read = evaluator.read_latest(rows, latest_targets([first, other, second]))
+    assert [r["routes"][0]["right_target"] for r in read] == [True, False, True]
+    assert read[0]["read_against"] == "John Doe" and read[0]["gen_em"] == 1.0
+    assert rows[0]["routes"][0]["right_target"] is False  # the per-record reading is left as it was
+
+
+def test_a_resumed_run_counts_the_time_of_earlier_sessions(tmp_path, tiny_dir, tiny_data):
+    spec = _spec(tiny_dir, tiny_data, checkpoints=[])
+    first = run(spec, tmp_path / "run", progress=False)
+    progress = tmp_path / "run" / "progress.jsonl"
+    rows = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert [r["wall_s"] for r in rows] == sorted(r["wall_s"] for r in rows) and rows[-1]["wall_s"] > 0
+    again = run(spec, tmp_path / "run", progress=False)  # every edit committed: evaluates again
+    assert again["metrics"] == first["metrics"]
+    assert again["timings"]["resumed_after_edits"] == 5 and again["timings"]["total_s"] > rows[-1]["wall_s"]
+    assert "earlier_sessions_unrecorded" not in again["timings"]
+    progress.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "wall_s"}) + "\n" for r in rows))
+    old = run(spec, tmp_path / "run", progress=False)  # progress from before rows carried their time
+    assert old["timings"]["earlier_sessions_unrecorded"] is True
+    assert "Wall time >= " in (tmp_path / "run" / "results.md").read_text()

@@ -22,6 +22,14 @@ HEADLINE = [
 ]
 
 
+def wall_time(timings: dict[str, Any]) -> str:
+    """A run's wall time in minutes; a lower bound if it was resumed from progress that did not record its time."""
+    minutes = f"{timings['total_s'] / 60:.1f} min"
+    if timings.get("earlier_sessions_unrecorded"):
+        return f">= {minutes} (resumed after {timings.get('resumed_after_edits')} edits whose time was not recorded)"
+    return minutes
+
+
 def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -71,7 +79,7 @@ def markdown(results: dict) -> str:
         f"Model: `{results['model'].get('name')}`; code {results['code_version']}; threshold "
         f"{_fmt(results['threshold']['value'])} ({results['threshold']['how']}); data `{results['data']['path']}`.",
         f"Machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs, torch "
-        f"{results['machine']['torch']}. Wall time {results['timings']['total_s'] / 60:.1f} min.", "",
+        f"{results['machine']['torch']}. Wall time {wall_time(results['timings'])}.", "",
         "TF = teacher-forced token accuracy; EM/F1 = greedy generation (stop at EOS, newline or "
         f"{results['spec']['max_new_tokens']} tokens), exact match / token F1 after normalisation. Loc = unchanged "
         "from the base model: NQ = unrelated questions, rel = same relation other subject, subj = same subject other "

@@ -307,6 +307,9 @@ class _Evaluator:
                        gen_tf=M.mean(s.accuracy for s in gen),
                        gen_em=M.mean(M.exact_match(a, target) for a in row["gen_answers"]),
                        gen_f1=M.mean(M.token_f1(a, target) for a in row["gen_answers"]))
+            if "routes" in row:  # a route is right if the edit it reached answers the target this reading expects
+                row["routes"] = [{**r, "right_target": bool(r["routed"] and r["nearest"] in index and normalise(
+                    index[r["nearest"]].record.target) == normalise(target))} for r in row["routes"]]
         return out
 
     def flat_prompt(self, i: int, kind: str, j: int) -> str:
@@ -446,6 +449,13 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     if edits_made != len(done):
         raise ConfigError(f"{out}: the store holds {edits_made} edits but progress.jsonl {len(done)}; start a new --out")
     edit_of = {row["record"]: row["edit"] for row in done}
+    # wall time over sessions: a resumed run starts from the time its last committed edit was made at
+    earlier = done[-1].get("wall_s") if done else 0.0
+    if earlier is None:  # progress written before rows carried it
+        timings["earlier_sessions_unrecorded"] = True
+    earlier = earlier or 0.0
+    if done:
+        timings["resumed_after_edits"] = len(done)
     checkpoints = sorted({c for c in spec.checkpoints if 0 < c < spec.edits} | {spec.edits})
     checkpoint_file = out / "checkpoints.jsonl"
     results_at = [json.loads(line) for line in checkpoint_file.read_text().splitlines()] \
@@ -468,7 +478,8 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
             es_score = method.score([record.prompt], [record.target], 1)[0]
             es_answer = method.generate([record.prompt], spec.max_new_tokens, 1)[0]
             row = {"record": record.id, **info, "edit": info["id"], "es_tf": es_score.accuracy,
-                   "es_em": M.exact_match(es_answer, record.target), "es_answer": es_answer}
+                   "es_em": M.exact_match(es_answer, record.target), "es_answer": es_answer,
+                   "wall_s": round(earlier + time.perf_counter() - started, 3)}
             done.append(row)
             with progress_file.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -507,7 +518,7 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     t = time.perf_counter()
     cost = _cost(method, described, done, items, spec)
     timings["cost_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - started
+    timings["total_s"] = earlier + time.perf_counter() - started
     results = {
         "schema": SCHEMA, "spec": asdict(spec), "method": spec.method, "dataset": dataset.name,
         "data": {"path": dataset.path, "records": len(dataset), "kind": dataset.kind},

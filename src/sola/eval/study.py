@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .report import _fmt, _get, headline_table, load_results, routing_table
+from .report import _fmt, _get, headline_table, load_results, routing_table, wall_time
 
 GOAL = ("Goal (issue 4), on both datasets: Rel ≥ 0.99, Gen ≥ 0.90, Loc ≥ 0.99 teacher-forced; Rel ≥ 0.95, Gen ≥ 0.85 "
         "autoregressive. Published at T=1000 on LLaMA-2-7B (Rel/Gen/Loc, teacher-forced): WISE .77/.72/1.00, "
@@ -87,7 +87,7 @@ def curves(runs: list[tuple[str, dict]], out: Path, title: str) -> bool:
 
 
 def cost_table(runs: list[tuple[str, dict]]) -> str:
-    lines = ["| run | wall time (min) | s/edit median | s/edit p90 | store bytes/edit | memory bytes/edit | "
+    lines = ["| run | wall time | s/edit median | s/edit p90 | store bytes/edit | memory bytes/edit | "
              "inference overhead |", "|---|---|---|---|---|---|---|"]
     for name, r in runs:
         cost = r.get("cost", {})
@@ -95,7 +95,7 @@ def cost_table(runs: list[tuple[str, dict]]) -> str:
         reused = " (LoRAs reused)" if cost.get("adapters_reused") else ""
         memory = cost.get("memory_bytes_per_edit")
         inference = cost.get("inference", {})
-        lines.append(f"| {name} | {r['timings']['total_s'] / 60:.1f} | {_fmt(spe.get('median'))}{reused} | "
+        lines.append(f"| {name} | {wall_time(r['timings'])} | {_fmt(spe.get('median'))}{reused} | "
                      f"{_fmt(spe.get('p90'))} | {_bytes(cost.get('store_bytes_per_edit'))} | "
                      f"{_bytes(sum(memory.values()) if memory else None)} | "
                      + (f"{inference['overhead'] * 100:+.1f} %" if "overhead" in inference else "–") + " |")
