@@ -184,6 +184,14 @@ def test_journal_line_in_the_middle_that_does_not_parse_is_an_error(make_editor,
     (store / "edits.jsonl").write_text("garbage\n" + lines[1] + "\n")
     with pytest.raises(CorruptStoreError, match=r"edits.jsonl, line 1"):
         make_editor("llama", store=store)
+    # a line holding two values, and an edit without its target: found on open, not when the edit is first read
+    (store / "edits.jsonl").write_text(lines[0] + "\n" + lines[1] + ", 1\n")
+    with pytest.raises(CorruptStoreError, match=r"edits.jsonl, line 2: not valid JSON"):
+        make_editor("llama", store=store)
+    second = {k: v for k, v in json.loads(lines[1]).items() if k != "target"}
+    (store / "edits.jsonl").write_text(lines[0] + "\n" + json.dumps(second) + "\n")
+    with pytest.raises(CorruptStoreError, match=r"edits.jsonl, line 2: an edit record needs 'prompts' and 'target'"):
+        make_editor("llama", store=store)
 
 
 def test_store_keeps_its_config(make_editor, tmp_path):
@@ -314,9 +322,13 @@ def test_key_index_files_hold_the_keys_of_committed_edits(make_editor, tmp_path,
         editor.edit(prompt, target)
     assert sorted(p.name for p in (store / "index").iterdir()) == ["000001.safetensors", "000002.safetensors"]
     opened = Store.open(store)
-    assert sorted(opened._indexed) == ["e1", "e2", "e3", "e4"] and list(opened._unindexed) == ["e5"]
+    assert sorted(opened._index_pos) == ["e1", "e2", "e3", "e4"] and list(opened._unindexed) == ["e5"]
     for edit_id in ("e1", "e4"):
         assert torch.equal(opened.read_keys(edit_id), opened.read_tensors(edit_id)["keys"])
+    some = ["e5", "e3", "e1", "e4"]  # any order, indexed or not: gathered at once
+    keys, counts = opened.read_keys_many(some)
+    own = [opened.read_tensors(i)["keys"] for i in some]
+    assert torch.equal(keys, torch.cat(own)) and counts.tolist() == [len(k) for k in own]
     editor.rollback("e2")
     reopened = Editor.from_pretrained(tiny_dir("llama"), store=store, resident_edits=1)
     prompts = [p for p, _ in FIVE] + UNRELATED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,3 +55,37 @@ class Edit:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Edit))
+
+
+class EditLog(MutableMapping):
+    """Edits by id, in the order they were made. Edits read from a journal stay journal records until they are first
+    asked for: opening a store of 100,000 edits builds none of them."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Edit | dict[str, Any]] = {}
+
+    def add_records(self, records: Iterable[dict[str, Any]]) -> None:
+        """Journal records (dicts in `Edit.to_dict` form; other keys are ignored), to become `Edit`s when read."""
+        for record in records:
+            self._items[record["id"]] = record
+
+    def __getitem__(self, edit_id: str) -> Edit:
+        item = self._items[edit_id]
+        if not isinstance(item, Edit):
+            item = self._items[edit_id] = Edit.from_dict(item)
+        return item
+
+    def __setitem__(self, edit_id: str, edit: Edit) -> None:
+        self._items[edit_id] = edit
+
+    def __delitem__(self, edit_id: str) -> None:
+        del self._items[edit_id]
+
+    def __contains__(self, edit_id: object) -> bool:
+        return edit_id in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -17,7 +17,7 @@ from torch import nn
 from .asking import Asking
 from .architectures import default_layers, default_rank, task_of
 from .config import PREFIX_CONTEXTS, STORED_DEFAULTS, EditConfig
-from .edit import Edit
+from .edit import Edit, EditLog
 from .errors import ConfigError, InvalidEditError, ModelMismatchError, StoreError, UnknownEditError
 from .fingerprint import config_hash, describe_mismatch, weights_hash
 from .loading import EMBEDDED_NOTE, EMBEDDED_SOURCE, load_model
@@ -83,7 +83,7 @@ class Editor(Asking):
             self._hook_key_module(dict(model.named_modules()))
         self.table = KeyTable(self._key_dim(), self.config.resolved_distance())
         self.subjects = SubjectIndex()  # used by key="subject": which edits an input names
-        self._edits: dict[str, Edit] = {}  # every edit, live or rolled back, in creation order
+        self._edits = EditLog()  # every edit, live or rolled back, in creation order
         self._slot_of: dict[str, int] = {}  # live edits only
         self._owner: dict[int, str] = {}  # the inverse of _slot_of, for routing answers
         # Superseding: a key keeps the slot of the edit whose prompt made it; `_answer[slot]` is the slot that answers
@@ -189,34 +189,38 @@ class Editor(Asking):
                                      f"computes keys with {self.fingerprint['keys']}; use the same key encoder")
         records = store.journal()
         rolled = {r["id"]: r.get("at", "") for r in records if r["op"] == "rollback"}
-        edits = [Edit.from_dict({**r, "rolled_back": rolled.get(r["id"])}) for r in records if r["op"] == "edit"]
-        live = [e for e in edits if e.live]
+        made = [r for r in records if r["op"] == "edit"]
+        live = [r for r in made if r["id"] not in rolled]
         # read what is needed before changing anything: every live edit's keys, and the factors of the newest edits
         # that fit in memory (the others are read when an input is routed to them)
         capacity = self.residency.capacity
-        resident = {e.id for e in (live if capacity is None else live[-capacity:])}
-        loaded = {e.id: store.read_tensors(e.id) if e.id in resident else {"keys": store.read_keys(e.id)}
-                  for e in live}
-        keys, slots = [], []
-        for edit in edits:
-            self._edits[edit.id] = dataclasses.replace(edit, superseded_by=None)
-            self._counter = max(self._counter, _id_number(edit.id))
-            if edit.live:
-                tensors = loaded[edit.id]
-                slots.append(self._install(edit.id, tensors, edit.subject, durable=True, resident=edit.id in resident,
-                                           add_keys=False))
-                keys.append(tensors["keys"])
-        self.table.add_many(keys, slots)  # one matrix, not one growth per edit
-        for edit in edits:  # in creation order, as they were made
-            older = self._live_predecessor(edit)
-            if edit.live and older is not None:
-                self._link(older, edit.id)
+        resident = live if capacity is None else live[len(live) - capacity:] if capacity < len(live) else live
+        ids = [r["id"] for r in live]
+        factors = {r["id"]: store.read_tensors(r["id"]) for r in resident}
+        keys, counts = store.read_keys_many(ids)
+        assert not self._edits, "a store is attached to a new editor only"
+        # the records become Edits when asked for; superseded_by is worked out again below, from the links
+        self._edits.add_records(
+            r if r["id"] not in rolled and r.get("rolled_back") is None and r.get("superseded_by") is None
+            else {**r, "rolled_back": rolled.get(r["id"]), "superseded_by": None} for r in made)
+        self._counter = max((_id_number(r["id"]) for r in made), default=0)
+        slots = list(range(len(live)))  # a new editor: live edits take the slots 0..n-1 in creation order
+        self._slot_of, self._owner = dict(zip(ids, slots)), dict(zip(slots, ids))
+        self._answer = torch.arange(max(8, len(live)))
+        if self.keys.needs_subject:
+            for record, slot in zip(live, slots):
+                self.subjects.add(record.get("subject"), slot)
+        for slot in range(len(live) - len(resident), len(live)):
+            self.residency.put(slot, factors[ids[slot]], durable=True)
+        self.table.add_rows(keys, torch.repeat_interleave(torch.arange(len(live)), counts))
+        links = [(older, r["id"]) for r in live if (older := self._live_predecessor(r.get("supersedes"))) is not None]
+        self._link_all(links)  # in creation order, as they were made
         store.forget_index()  # the routing table holds the keys now
         self.store = store
 
-    def _live_predecessor(self, edit: Edit) -> str | None:
-        """The live edit `edit` supersedes: its recorded one, or, if that was rolled back, what that one superseded."""
-        older = edit.supersedes
+    def _live_predecessor(self, older: str | None) -> str | None:
+        """The live edit an edit that recorded `supersedes=older` supersedes: `older`, or, if that was rolled back,
+        what that one superseded."""
         while older is not None and not self._edits[older].live:
             older = self._edits[older].supersedes
         return older
@@ -237,6 +241,20 @@ class Editor(Asking):
     def _link(self, older: str, newer: str) -> None:
         """`newer` supersedes the answering edit `older`: every key that reached `older` now reaches `newer`."""
         self._answer[self._answer == self._slot_of[older]] = self._slot_of[newer]
+        self._note_link(older, newer)
+
+    def _link_all(self, links: list[tuple[str, str]]) -> None:
+        """`_link` of each (older, newer) in order, on a table where every key still answers for itself (opening a
+        store): who answers for whom is worked out first and written to `_answer` once."""
+        answered: dict[int, list[int]] = {}  # answering slot -> the slots whose keys it answers for
+        for older, newer in links:
+            into, moved = self._slot_of[newer], self._slot_of[older]
+            answered.setdefault(into, [into]).extend(answered.pop(moved, [moved]))
+            self._note_link(older, newer)
+        for slot, slots in answered.items():
+            self._answer[torch.tensor(slots)] = slot
+
+    def _note_link(self, older: str, newer: str) -> None:
         self._successor[older], self._predecessor[newer] = newer, older
         self._edits[older] = Edit.from_dict({**self._edits[older].to_dict(), "superseded_by": newer})
 

@@ -59,7 +59,11 @@ class Store:
 
     def __init__(self, path: Path, manifest: dict[str, Any], journal: list[dict[str, Any]], valid_length: int):
         self.path, self.manifest, self._journal, self._valid_length = path, manifest, journal, valid_length
-        self._indexed: dict[str, torch.Tensor] = {}  # edit id -> keys, read from the index files
+        # the key index as read at open: every indexed edit's key rows, edit after edit, in one matrix
+        self._index_keys = torch.zeros(0, 0)
+        self._index_pos: dict[str, int] = {}  # edit id -> its place among the indexed edits
+        self._index_start = torch.zeros(0, dtype=torch.long)  # place -> its first row in _index_keys
+        self._index_count = torch.zeros(0, dtype=torch.long)  # place -> how many rows it has
         self._unindexed: dict[str, torch.Tensor | None] = {}  # edits after the last index file -> keys if known
         self._index_files = 0
         self._read_index()
@@ -111,15 +115,23 @@ class Store:
             raise CorruptStoreError(f"{path} is missing; the store is incomplete")
         data = path.read_bytes()
         committed = data[: data.rfind(b"\n") + 1]  # a last line without newline is a torn, uncommitted write
-        records = []
-        for number, line in enumerate(committed.splitlines(), start=1):
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise CorruptStoreError(f"{path}, line {number}: not valid JSON; the journal is damaged") from None
+        lines = committed.splitlines()
+        try:  # one parse of the whole journal; line by line only to name a damaged line
+            records = json.loads(b"[" + b",".join(lines) + b"]")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            records = None
+        if records is None or len(records) != len(lines):
+            for number, line in enumerate(lines, start=1):
+                try:
+                    json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    raise CorruptStoreError(f"{path}, line {number}: not valid JSON; the journal is damaged") from None
+            raise CorruptStoreError(f"{path}: the journal is damaged (its lines do not parse as one record each)")
+        for number, record in enumerate(records, start=1):
             if not isinstance(record, dict) or record.get("op") not in ("edit", "rollback") or "id" not in record:
                 raise CorruptStoreError(f"{path}, line {number}: a record needs 'op' (edit|rollback) and 'id'")
-            records.append(record)
+            if record["op"] == "edit" and not ("prompts" in record and "target" in record):
+                raise CorruptStoreError(f"{path}, line {number}: an edit record needs 'prompts' and 'target'")
         return records, len(committed)
 
     def _read_index(self) -> None:
@@ -129,11 +141,17 @@ class Store:
         known = set(committed)
         directory = self.path / INDEX
         files = sorted(directory.glob("[0-9]*.safetensors")) if directory.is_dir() else []
+        keys, counts = [], []
         for path in files:
             try:
                 with safe_open(path, framework="pt") as handle:
                     ids = json.loads(handle.metadata()["ids"])
-                    keys, owner = handle.get_tensor("keys").clone(), handle.get_tensor("owner")
+                    part, owner = handle.get_tensor("keys").clone(), handle.get_tensor("owner")
+                if owner.shape != part.shape[:1] or (len(owner) and not bool((owner[1:] >= owner[:-1]).all())):
+                    raise ValueError("its owner column does not match its keys")
+                count = torch.bincount(owner, minlength=len(ids))
+                if len(count) != len(ids):
+                    raise ValueError("it names fewer edits than own its keys")
             except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
                 raise CorruptStoreError(f"{path} is not a readable key index ({err}); delete it (the keys are also "
                                         "in tensors/) and open the store again") from None
@@ -141,15 +159,21 @@ class Store:
             if unknown:
                 raise CorruptStoreError(f"{path} indexes edits the journal does not record ({unknown[:3]}); it does "
                                         "not belong to this store: delete it and open the store again")
-            counts = torch.bincount(owner, minlength=len(ids)).tolist()
-            for edit_id, part in zip(ids, keys.split(counts)):  # views of one tensor per file
-                self._indexed[edit_id] = part
+            for edit_id in ids:
+                self._index_pos[edit_id] = len(self._index_pos)
+            keys.append(part)
+            counts.append(count)
+        if keys:
+            self._index_keys = torch.cat(keys) if len(keys) > 1 else keys[0]
+            self._index_count = torch.cat(counts)
+            self._index_start = self._index_count.cumsum(0) - self._index_count
         self._index_files = len(files)
-        self._unindexed = {i: None for i in committed if i not in self._indexed}
+        self._unindexed = {i: None for i in committed if i not in self._index_pos}
 
     def forget_index(self) -> None:
         """Free the keys read from the index files (once an editor holds them); `read_keys` reads files again."""
-        self._indexed = {}
+        self._index_keys, self._index_pos = torch.zeros(0, 0), {}
+        self._index_start = self._index_count = torch.zeros(0, dtype=torch.long)
 
     # -- reading -----------------------------------------------------------------------------------------------------
     def journal(self) -> list[dict[str, Any]]:
@@ -163,14 +187,37 @@ class Store:
 
     def read_keys(self, edit_id: str) -> torch.Tensor:
         """Only the routing keys of an edit (its LoRA factors stay on disk): from the key index if it has them."""
-        if edit_id in self._indexed:
-            return self._indexed[edit_id]
+        place = self._index_pos.get(edit_id)
+        if place is not None:
+            start = int(self._index_start[place])
+            return self._index_keys[start:start + int(self._index_count[place])]
 
         def keys_only(path: Path) -> torch.Tensor:
             with safe_open(path, framework="pt") as handle:
                 return handle.get_tensor("keys").clone()  # a copy: a view would keep the file mapped
 
         return self._read(edit_id, keys_only)
+
+    def read_keys_many(self, edit_ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The routing keys of these edits stacked in the given order, and how many rows each edit has. Indexed edits
+        are gathered from the key index in one step; the others are read from their own files."""
+        places = [self._index_pos.get(i, -1) for i in edit_ids]
+        own = {n: self.read_keys(edit_ids[n]) for n, p in enumerate(places) if p < 0}
+        indexed = torch.tensor([n for n, p in enumerate(places) if p >= 0], dtype=torch.long)
+        at = torch.tensor([p for p in places if p >= 0], dtype=torch.long)
+        counts = torch.zeros(len(edit_ids), dtype=torch.long)
+        counts[indexed] = self._index_count[at]
+        for n, keys in own.items():
+            counts[n] = keys.shape[0]
+        dim = self._index_keys.shape[1] if len(at) else next(iter(own.values())).shape[1] if own else 0
+        out = torch.empty(int(counts.sum()), dim)  # every row is written below
+        starts = counts.cumsum(0) - counts
+        if len(at):
+            out[_ranges(starts[indexed], counts[indexed])] = self._index_keys[_ranges(self._index_start[at],
+                                                                                        counts[indexed])]
+        for n, keys in own.items():
+            out[int(starts[n]):int(starts[n]) + keys.shape[0]] = keys
+        return out, counts
 
     def _read(self, edit_id: str, read):
         """read(path of the edit's tensor file), with a missing or unreadable file named as store damage."""
@@ -228,3 +275,9 @@ class Store:
             raise StoreError(f"could not write {self.path / JOURNAL}: {err}") from err
         self._valid_length += len(line)
         self._journal.append(record)
+
+
+def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The row numbers of the ranges [start, start + count), one range after another."""
+    total = int(counts.sum())
+    return torch.repeat_interleave(starts - (counts.cumsum(0) - counts), counts, output_size=total) + torch.arange(total)

@@ -65,9 +65,14 @@ class KeyTable:
         """`add` of many (keys, slot) pairs at once, in order."""
         if not keys:
             return
-        owners = torch.cat([torch.full((k.reshape(-1, k.shape[-1]).shape[0],), s, dtype=torch.long)
-                            for k, s in zip(keys, slots)])
-        stacked = torch.cat([k.reshape(-1, k.shape[-1]) for k in keys])
+        rows = [k.reshape(-1, k.shape[-1]) for k in keys]
+        self.add_rows(torch.cat(rows), torch.repeat_interleave(torch.tensor(slots, dtype=torch.long),
+                                                               torch.tensor([len(r) for r in rows])))
+
+    def add_rows(self, stacked: torch.Tensor, owners: torch.Tensor) -> None:
+        """Keys (N, d) with the slot of each row (N,), appended in order."""
+        if not len(stacked):
+            return
         if self.dim is None:
             self.dim, self._keys = stacked.shape[-1], torch.zeros(0, stacked.shape[-1])
         stacked = self._prepare(stacked)
@@ -81,9 +86,9 @@ class KeyTable:
     def _reserve(self, rows: int) -> None:
         if rows > self._keys.shape[0]:
             capacity = max(rows, 2 * self._keys.shape[0], 64)
-            grown = torch.zeros(capacity, self.dim)
+            grown = torch.empty(capacity, self.dim)  # rows past _count are never read
             grown[:self._count] = self.keys
-            slots = torch.zeros(capacity, dtype=torch.long)
+            slots = torch.empty(capacity, dtype=torch.long)
             slots[:self._count] = self.slots
             self._keys, self._slots, self._half = grown, slots, None
 
