@@ -10,6 +10,7 @@ layers and rank), so no query routes to them; the queries are real NQ questions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shutil
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000", help="stored edits for store/open/memory/overhead figures")
     parser.add_argument("--lookup-sizes", default="1000,10000,100000", help="keys for the route-lookup figure")
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="alternating runs of bare and edited generation")
     parser.add_argument("--data", default=None)
     parser.add_argument("--no-generation", action="store_true", help="skip the inference-overhead figures")
     parser.add_argument("--resident-edits", type=int, default=1024, help="edits whose factors stay in memory")
@@ -76,22 +77,41 @@ def main() -> None:
         result["lookup"][n] = {"median_ms": statistics.median(times) * 1e3, "keys_bytes": table.keys.nbytes}
         print(f"lookup over {n} keys: {statistics.median(times) * 1e3:.3f} ms", flush=True)
 
-    def generation_seconds(editor) -> float:
-        runs = []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            for q in questions:
-                encoded = editor.format.encode(q)
-                ids = torch.tensor([encoded.ids])
-                with editor._routed([encoded], editor.task.batch([encoded], None)), torch.no_grad():
-                    editor.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.tokens,
-                                          min_new_tokens=args.tokens, do_sample=False,
-                                          pad_token_id=editor.tokenizer.eos_token_id)
-            runs.append(time.perf_counter() - started)
-        return statistics.median(runs)
+    from sola.loading import load_model
 
-    bare = None if args.no_generation else generation_seconds(probe)  # no edits: the routing path is skipped
-    result["bare_generation_s"] = bare
+    _, plain, _ = load_model(args.model)  # the bare model: a second copy, never wrapped by an Editor
+    plain.eval()
+
+    def generation_seconds(editor) -> float:
+        """Seconds for one greedy generation of `--tokens` tokens for each question: through the editor (routing
+        once from the prompt, as `Editor.generate` does), or on the plain model if `editor` is None."""
+        started = time.perf_counter()
+        for q in questions:
+            encoded = probe.format.encode(q)
+            ids = torch.tensor([encoded.ids])
+            routed = contextlib.nullcontext() if editor is None else \
+                editor._routed([encoded], editor.task.batch([encoded], None))
+            with routed, torch.no_grad():
+                (plain if editor is None else editor.model).generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.tokens,
+                    min_new_tokens=args.tokens, do_sample=False, pad_token_id=probe.tokenizer.eos_token_id)
+        return time.perf_counter() - started
+
+    def interleaved(bare_editor, edited_editor) -> tuple[float, float]:
+        """Median seconds of the generation loop on both editors, measured alternately, so that drift in the
+        machine's speed (±5-8 % between runs here) falls on both alike."""
+        bare_runs, edited_runs = [], []
+        for _ in range(args.repeats):
+            bare_runs.append(generation_seconds(bare_editor))
+            edited_runs.append(generation_seconds(edited_editor))
+        return statistics.median(bare_runs), statistics.median(edited_runs)
+
+    result["bare_generation_s"] = {}
+    if not args.no_generation:  # an editor without edits: its wrapped layers, no routing
+        bare, edited = interleaved(None, probe)
+        result["bare_generation_s"][0] = bare
+        result["stores"][0] = {"generation_s": edited, "overhead": edited / bare - 1}
+        print(f"0 edits: overhead {edited / bare - 1:+.2%}", flush=True)
     for n in [int(x) for x in args.sizes.split(",") if x]:
         root = Path(tempfile.mkdtemp(prefix="sola-scale-"))
         try:
@@ -104,7 +124,8 @@ def main() -> None:
                 editor._commit(record, *_split(synthetic_tensors(editor, generator, dim)))
             write_s = time.perf_counter() - started
             store_bytes = sum(p.stat().st_size for p in (root / "store").rglob("*") if p.is_file())
-            edited = None if args.no_generation else generation_seconds(editor)
+            bare, edited = (None, None) if args.no_generation else interleaved(None, editor)
+            result["bare_generation_s"][n] = bare
             memory = editor.info()["memory_bytes"]
             del editor
             before = rss_bytes()

@@ -100,6 +100,24 @@ def test_counterfact_locality_prompts_never_supersede(make_editor, tiny_dir):
     assert wrong == []
 
 
+def test_other_questions_about_an_edited_subject_never_supersede(make_editor):
+    """Same subject, other relation ("Danielle Darrieux was born in" after "The mother tongue of Danielle Darrieux
+    is"): a new fact, though the encoder routes most of these prompts to their subject's edit."""
+    from sola.data.probes import relation_groups, subject_probes
+
+    records = load_dataset("counterfact").records[:30]
+    groups = relation_groups(load_dataset("counterfact").records[:500])
+    editor = make_editor("llama", key="encoder", encoder=None, threshold=0.40, max_steps=1)
+    edited = {editor.edit(record.prompt, record.target, subject=record.subject).id for record in records}
+    others = [(p.prompt, r.subject) for r in records for p in subject_probes(r, records, groups)]
+    routed = sum(editor.route(prompt) is not None for prompt, _ in others)
+    assert len(others) >= 40 and routed / len(others) > 0.8  # the hard case: they do reach an edit
+    made = [editor.edit(prompt, "x", subject=subject) for prompt, subject in others]
+    # two probes of one subject may ask one question ("The original language of X is" / "... was"): an update;
+    # a probe never updates the record's own edit, which asks another question
+    assert [(e.prompt, editor.get(e.supersedes).prompt) for e in made if e.supersedes in edited] == []
+
+
 def test_zsre_rewordings_of_an_edited_fact_supersede_it(make_editor):
     """The zsRE split edits facts twice with different answers, mostly in other words; with subjects, the later
     record updates the earlier one."""
@@ -121,4 +139,6 @@ def test_zsre_rewordings_of_an_edited_fact_supersede_it(make_editor):
         elif edit.supersedes is not None and subject not in seen:  # a same-answer restatement may supersede
             raise AssertionError(f"{record.prompt!r} superseded {editor.get(edit.supersedes).prompt!r}")
         seen.add(subject)
-    assert updates >= 20 and superseded / updates >= 0.9, (superseded, updates)
+    # the question check (config.RELATION_THRESHOLDS) lets about 70 % of the rewordings through and almost no other
+    # question about the same subject: 22 of these 33
+    assert updates >= 20 and superseded / updates >= 0.6, (superseded, updates)

@@ -23,7 +23,7 @@ from .loading import EMBEDDED_NOTE, EMBEDDED_SOURCE, load_model
 from .nn import Decision, RoutedLoraLayer
 from .prompts import EncodedPrompt, PromptFormat, check_text
 from .routing import KeyTable, Route, key_strategy
-from .routing.subjects import SubjectIndex
+from .routing.subjects import SubjectIndex, relation_text
 from .residency import Residency
 from .store import Store
 from .tasks import TASKS, Batch
@@ -518,10 +518,23 @@ class Editor(Asking):
             return None
         found = self._edits[self._owner[slot]]
         if subject is not None and found.subject is not None:
-            same = _same_subject(subject, found.subject)
+            same = _same_subject(subject, found.subject) and self._same_question(prompts, subject, found, distance)
         else:
             same = distance < self.config.resolved_supersede_threshold()
         return self._owner[int(self._answering(slots[best:best + 1])[0])] if same else None
+
+    def _same_question(self, prompts: list[EncodedPrompt], subject: str, found: Edit, distance: float) -> bool:
+        """Whether prompts about `subject` ask what `found` (an edit of the same subject) asks: their questions with
+        the subject masked out are near in the sentence encoder's space. Keys read inside the model have no encoder:
+        only a near-identical prompt counts."""
+        bound = self.config.resolved_relation_threshold()
+        if bound is None or not hasattr(self.keys, "encode"):
+            return distance < self.config.resolved_supersede_threshold()
+        ours = [relation_text(p.text, subject) for p in prompts]
+        theirs = [relation_text(p, found.subject) for p in found.prompts]
+        vectors = torch.nn.functional.normalize(self.keys.encode(ours + theirs).float(), dim=-1)
+        nearest = 1.0 - (vectors[:len(ours)] @ vectors[len(ours):].T).max()
+        return float(nearest) < bound
 
     def import_edit(self, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
         """Add an edit trained elsewhere on the same base model, layers and rank (e.g. read from another store with
