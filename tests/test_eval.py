@@ -299,6 +299,20 @@ def test_reused_adapters_give_the_same_numbers_as_training(tmp_path, tiny_dir, t
     assert reused["cost"]["adapters_reused"] and not trained["cost"]["adapters_reused"]
 
 
+def test_unrouted_locality_probes_read_from_the_base_run_give_the_same_numbers(tmp_path, tiny_dir, tiny_data):
+    """SoLA reads a locality probe that no edit is routed to from the base run instead of running it again; the
+    numbers (and every probe's answer) must equal running all of them. The relation probes ("Who founded Initech?")
+    are other records' edit prompts, so some are routed and some not."""
+    full = run(_spec(tiny_dir, tiny_data, full_locality=True), tmp_path / "full", progress=False)
+    read = run(_spec(tiny_dir, tiny_data), tmp_path / "read", progress=False)
+    assert _metrics(read) == _metrics(full)
+    changed = lambda results: [r.get("loc_changed") for r in results["rows"]]  # noqa: E731
+    assert changed(read) == changed(full)
+    work = read["evaluation"]
+    assert work["probes_run"] > 0 and work["probes_read_from_base"] > 0  # both paths were taken
+    assert full["evaluation"]["locality"] == "every probe run"
+
+
 def test_bad_bench_input_is_one_clear_error(tmp_path, tiny_dir, tiny_data):
     with pytest.raises(Exception, match="has 5 records"):
         run(_spec(tiny_dir, tiny_data, edits=50), tmp_path / "x", progress=False)

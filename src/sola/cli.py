@@ -140,6 +140,7 @@ def _bench(args) -> None:
                      checkpoints=[int(c) for c in args.checkpoints.split(",") if c] if args.checkpoints else [],
                      seed=args.seed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                      reuse_adapters=args.reuse_adapters, locality=not args.no_locality,
+                     full_locality=args.full_locality,
                      config=_json_object(args.config, "--config"))
     results = run(spec, args.out, progress=not args.json)
     if args.json:
@@ -205,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-new-tokens", type=int, default=16, help="length cap of generated answers")
     bench.add_argument("--no-locality", action="store_true",
                        help="skip the locality probes (Rel/Gen and routing only; the report says Loc was not measured)")
+    bench.add_argument("--full-locality", action="store_true",
+                       help="run every locality probe through the edited model, also those no edit is routed to (by "
+                       "default SoLA reads those from the base run: an unrouted input computes the base model exactly)")
     bench.add_argument("--reuse-adapters", help="a finished run over the same records whose LoRAs to import instead "
                        "of training again (only the key strategy and threshold may differ)")
     bench.add_argument("--config", help="further EditConfig fields as JSON, e.g. '{\"rank\": 8}'")

@@ -64,6 +64,22 @@ def latest_targets(records: list[Record]) -> dict[str, str]:
     return latest
 
 
+def rephrase_form(record: Record) -> str | None:
+    """How the record's rephrases are made: "prefixed" if each puts other text before a clause naming the subject
+    (ROME's paraphrase prompts: a generated sentence, then the reworded prompt), else "plain". None without rephrases
+    or a subject.
+
+    The difference matters on EasyEdit's CounterFact file: most of its `rephrase_prompt`s are plain prompts of
+    ROME's generation kind, many about another relation of the subject ("Max Blecher was born in" for the edit
+    "Max Blecher speaks" -> "Spanish"), which the target cannot continue; the prefixed ones are rewordings."""
+    from ..routing.subjects import clause_naming
+
+    if not record.rephrases or not record.subject:
+        return None
+    prefixed = all(clause_naming(r, record.subject).strip() != r.strip() for r in record.rephrases)
+    return "prefixed" if prefixed else "plain"
+
+
 @dataclass(frozen=True)
 class Collision:
     """A locality prompt of one record that mentions the subject of another edit in the same run, so a correct

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data import Dataset, Probe, Record, load_dataset
-from ..data.probes import collisions, conflicts, latest_targets, normalise, relation_groups, relation_probes, subject_probes
+from ..data.probes import (collisions, conflicts, latest_targets, normalise, relation_groups, relation_probes,
+                           rephrase_form, subject_probes)
 from ..config import STORED_DEFAULTS
 from ..errors import ConfigError, DataError
 from . import metrics as M
@@ -48,6 +49,9 @@ class BenchSpec:
     subject_probes: int = 1  # same-subject other-relation probes per record
     locality: bool = True  # False: no locality probes at all (a run that measures only the edits)
     reuse_adapters: str | None = None  # a previous run's directory whose trained LoRAs are imported, not retrained
+    # False: a locality probe that no edit is routed to is read from the base run instead of being run again, for
+    # methods whose unrouted inputs compute exactly the base model (SoLA; `EditingMethod.unrouted_is_base`)
+    full_locality: bool = False
     prompt_format: str = "raw"
     config: dict[str, Any] = field(default_factory=dict)  # further EditConfig fields (e.g. {"rank": 8})
 
@@ -187,6 +191,19 @@ def _grid(count: int, batch: int) -> int:
     return min(count, math.ceil(count / batch) * batch) if count else 0
 
 
+@dataclass(frozen=True)
+class _FromBase:
+    """A locality probe's teacher-forced reading taken from the base run: what the probe reads when no edit is
+    routed to it (the fields of a `TargetScore` that locality uses)."""
+
+    predicted: list[int]
+    nll: float | None
+
+    @property
+    def tokens(self) -> list[int]:  # only their number is read; the base model's argmax has as many
+        return self.predicted
+
+
 class _Evaluator:
     def __init__(self, method, items: list[_Item], spec: BenchSpec, kind: str) -> None:
         self.method, self.items, self.spec, self.kind = method, items, spec, kind
@@ -195,6 +212,7 @@ class _Evaluator:
         self.base_tf_targets: list[str | None] = []
         self.base_tf: list[list[int] | None] = []
         self.base_nll: list[float | None] = []
+        self.locality_work: dict[str, int] = {}  # of the last evaluation: probes run, and read from the base run
 
     def _generate(self, prompts: list[str]) -> list[str]:
         return self.method.generate(prompts, self.spec.max_new_tokens, self.spec.batch_size)
@@ -256,8 +274,9 @@ class _Evaluator:
         count = sum(1 for i, _, _ in self.flat if i < upto)
         span = _grid(count, self.spec.batch_size)
         flat = self.flat[:span]
-        answers = self._generate([p.prompt for _, _, p in flat])
-        scores = self._score([p.prompt for _, _, p in flat], self.base_tf_targets[:span])
+        probe_routes = self.method.routes([p.prompt for i, _, p in flat if i < upto]) if with_routes or (
+            not self.spec.full_locality and getattr(self.method, "unrouted_is_base", False)) else None
+        answers, scores = self._locality_outputs(flat, span, probe_routes)
         collected: dict[tuple[int, str], list] = {}
         for n, ((i, kind, probe), answer, score) in enumerate(zip(flat, answers, scores)):
             if i >= upto:
@@ -284,8 +303,28 @@ class _Evaluator:
                 if changed:
                     row.setdefault("loc_changed", {})[kind] = changed
         if with_routes:
-            self._add_routes(rows, items, gen_pairs, flat, upto)
+            self._add_routes(rows, items, gen_pairs, flat, upto, probe_routes)
         return rows
+
+    def _locality_outputs(self, flat, span: int, routes) -> tuple[list[str], list]:
+        """Answers and scores of the locality probes `flat` (the first `span` of the base run's grid).
+
+        A method whose unrouted inputs run the untouched base model (`unrouted_is_base`: SoLA's contract, pinned bit
+        for bit by tests/test_contract.py) needs to run only the probes some edit is routed to: the others are read
+        from the base run, which is what running them would give. `--full-locality` runs every probe anyway."""
+        prompts, targets = [p.prompt for _, _, p in flat], self.base_tf_targets[:span]
+        if self.spec.full_locality or not getattr(self.method, "unrouted_is_base", False) or routes is None:
+            return self._generate(prompts), self._score(prompts, targets)
+        routed = [n for n, route in enumerate(routes) if route.routed]  # routes cover the probes inside `upto`
+        answers = list(self.base_answers[:span])
+        scores: list = [None if tf is None else _FromBase(tf, nll)
+                        for tf, nll in zip(self.base_tf[:span], self.base_nll[:span])]
+        for n, answer in zip(routed, self._generate([prompts[n] for n in routed])):
+            answers[n] = answer
+        for n, score in zip(routed, self._score([prompts[n] for n in routed], [targets[n] for n in routed])):
+            scores[n] = score
+        self.locality_work = {"probes_run": len(routed), "probes_read_from_base": len(routes) - len(routed)}
+        return answers, scores
 
     def read_latest(self, rows: list[dict[str, Any]], latest: dict[str, str]) -> list[dict[str, Any]]:
         """The rows as the "latest wins" reading scores them: each record of a conflicting group against the group's
@@ -315,7 +354,7 @@ class _Evaluator:
     def flat_prompt(self, i: int, kind: str, j: int) -> str:
         return self.items[i].probes[kind][j].prompt
 
-    def _add_routes(self, rows, items, gen_pairs, flat, upto) -> None:
+    def _add_routes(self, rows, items, gen_pairs, flat, upto, probe_routes) -> None:
         routes = self.method.routes([r for _, r in gen_pairs])
         if routes is None:
             return
@@ -329,7 +368,7 @@ class _Evaluator:
                 "nearest": nearest, "distance": route.distance, "routed": route.routed,
                 "own": route.routed and nearest == row["record"], "right_target": bool(right)})
         inside = [f for f in flat if f[0] < upto]
-        for (i, kind, _), route in zip(inside, self.method.routes([p.prompt for _, _, p in inside])):
+        for (i, kind, _), route in zip(inside, probe_routes):
             rows[i].setdefault("probe_routes", {}).setdefault(kind, []).append(
                 {"nearest": owner.get(route.edit_id), "distance": route.distance, "routed": route.routed})
 
@@ -407,7 +446,8 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec_file = out / "spec.json"
-    if spec_file.exists() and json.loads(spec_file.read_text()) != asdict(spec):
+    # a field added since the run started reads as its default
+    if spec_file.exists() and {**asdict(BenchSpec()), **json.loads(spec_file.read_text())} != asdict(spec):
         raise ConfigError(f"{out} holds a run with another spec ({spec_file}); use a new --out directory")
     spec_file.write_text(json.dumps(asdict(spec), indent=1))
     dataset = load_dataset(spec.dataset, spec.data)
@@ -511,6 +551,10 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     latest = latest_targets(dataset.records)
     subsets = {"all": final_rows, "conflict_free": [r for r in final_rows if r["record"] not in conflicting],
                "latest_wins": evaluator.read_latest(final_rows, latest)}
+    forms = {r.id: rephrase_form(r) for r in dataset.records}
+    if dataset.kind == "completion" and len(set(forms.values()) - {None}) > 1:  # CounterFact: each kind alone too
+        for form in ("prefixed", "plain"):
+            subsets[f"{form}_rephrases"] = [r for r in final_rows if forms[r["record"]] == form]
     metrics = {name: summarise(rows, dataset.kind) for name, rows in subsets.items()}
     if dataset.kind == "hallucination" and held_out:
         metrics["all"]["paper"]["ARR_ppl"] = _held_out_perplexity(method, held_out[:100], spec.batch_size)
@@ -536,6 +580,9 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
             "collisions": [c.to_dict() for c in collisions(dataset.records)],
             "probe_counts": {k: sum(len(it.probes[k]) for it in items) for k in PROBE_KINDS},
         },
+        "evaluation": {"locality": "every probe run" if spec.full_locality or not evaluator.locality_work else
+                       "probes routed to an edit run; the others read from the base run (unrouted inputs compute "
+                       "the base model exactly)", **evaluator.locality_work},
         "cost": cost, "timings": timings, "rows": final_rows,
     }
     write_report(results, out)

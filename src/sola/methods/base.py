@@ -22,6 +22,9 @@ class MethodRoute:
 
 class EditingMethod(Protocol):
     name: str
+    # optional: True if an input that `routes` reports as not routed computes exactly what `base()` computes, so
+    # the bench may read such locality probes from the base run instead of running them again
+    unrouted_is_base: bool
 
     def edit(self, record: Record) -> dict[str, Any]:
         """Apply one edit; return at least {"id": ..., "seconds": ..., "converged": ...}."""

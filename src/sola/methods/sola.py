@@ -17,6 +17,7 @@ class SolaMethod(EditorMethod):
     paying for training once per strategy. Edit times are then the ones measured when the adapters were trained."""
 
     name = "sola"
+    unrouted_is_base = True  # an input no edit is routed to runs the untouched base model, bit for bit
 
     def __init__(self, editor: Editor, reuse: Store | None = None) -> None:
         self.editor = editor

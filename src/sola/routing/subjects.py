@@ -25,13 +25,17 @@ def _subject_pattern(subject: str) -> re.Pattern:
     return re.compile(r"(?<!\w)" + r"\W+".join(parts) + r"(?!\w)", re.IGNORECASE)
 
 
-def relation_text(text: str, subject: str) -> str:
-    """The clause of `text` that names `subject` (the last one, if several), with the subject replaced by a neutral
-    word. Benchmarks' paraphrases often put an unrelated sentence first; it is dropped."""
+def clause_naming(text: str, subject: str) -> str:
+    """The clause of `text` that names `subject` (the last one, if several; all of `text` if none does).
+    Benchmarks' paraphrases often put an unrelated sentence first; it is not part of the clause."""
     pattern = _subject_pattern(subject)
     clauses = [c for c in re.split(r"(?<=[.!?;])\s+|\n+", text) if c.strip()]
-    clause = next((c for c in reversed(clauses) if pattern.search(c)), text)
-    return pattern.sub(PLACEHOLDER, clause, count=1)
+    return next((c for c in reversed(clauses) if pattern.search(c)), text)
+
+
+def relation_text(text: str, subject: str) -> str:
+    """The clause of `text` that names `subject`, with the subject replaced by a neutral word."""
+    return _subject_pattern(subject).sub(PLACEHOLDER, clause_naming(text, subject), count=1)
 
 
 class SubjectIndex:
