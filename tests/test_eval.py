@@ -313,6 +313,21 @@ def test_unrouted_locality_probes_read_from_the_base_run_give_the_same_numbers(t
     assert full["evaluation"]["locality"] == "every probe run"
 
 
+def test_a_run_stopped_between_an_edit_and_its_row_resumes_with_the_same_numbers(tmp_path, tiny_dir, tiny_data):
+    """Killed after the store committed an edit but before progress.jsonl got its row (while ES was measured): the
+    resumed run measures that edit's ES in the state right after it and goes on."""
+    spec = _spec(tiny_dir, tiny_data, checkpoints=[])
+    whole = run(spec, tmp_path / "whole", progress=False)
+    stopped = run(_spec(tiny_dir, tiny_data, checkpoints=[], edits=3), tmp_path / "stopped", progress=False)
+    progress = tmp_path / "stopped" / "progress.jsonl"
+    lines = progress.read_text().splitlines(keepends=True)
+    progress.write_text("".join(lines[:-1]))  # the third edit is in the store, its row is not
+    (tmp_path / "stopped" / "checkpoints.jsonl").unlink()
+    (tmp_path / "stopped" / "spec.json").unlink()  # resumed with more edits
+    resumed = run(spec, tmp_path / "stopped", progress=False)
+    assert stopped["edits"] == 3 and _metrics(resumed) == _metrics(whole)
+
+
 def test_bad_bench_input_is_one_clear_error(tmp_path, tiny_dir, tiny_data):
     with pytest.raises(Exception, match="has 5 records"):
         run(_spec(tiny_dir, tiny_data, edits=50), tmp_path / "x", progress=False)

@@ -486,6 +486,14 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     if hasattr(method, "finish") and edits_made < len(done):  # a snapshot method resumes from its last save
         done = done[:edits_made]
         progress_file.write_text("".join(json.dumps(row) + "\n" for row in done))
+    if edits_made == len(done) + 1 and hasattr(method, "last_edit"):
+        # stopped after an edit was committed but before its row was written: the model is in the state right after
+        # that edit, so its ES can be measured now
+        record = dataset.records[len(done)]
+        done.append(_edited_row(method, record, method.last_edit(), spec, round(
+            (done[-1].get("wall_s") or 0.0) if done else 0.0, 3)))
+        with progress_file.open("a") as handle:
+            handle.write(json.dumps(done[-1]) + "\n")
     if edits_made != len(done):
         raise ConfigError(f"{out}: the store holds {edits_made} edits but progress.jsonl {len(done)}; start a new --out")
     edit_of = {row["record"]: row["edit"] for row in done}
@@ -515,11 +523,8 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
             record = dataset.records[index]
             info = method.edit(record)
             edit_of[record.id] = info["id"]
-            es_score = method.score([record.prompt], [record.target], 1)[0]
-            es_answer = method.generate([record.prompt], spec.max_new_tokens, 1)[0]
-            row = {"record": record.id, **info, "edit": info["id"], "es_tf": es_score.accuracy,
-                   "es_em": M.exact_match(es_answer, record.target), "es_answer": es_answer,
-                   "wall_s": round(earlier + time.perf_counter() - started, 3)}
+            row = _edited_row(method, record, info, spec, None)
+            row["wall_s"] = round(earlier + time.perf_counter() - started, 3)
             done.append(row)
             with progress_file.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -587,6 +592,14 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     }
     write_report(results, out)
     return results
+
+
+def _edited_row(method, record: Record, info: dict[str, Any], spec: BenchSpec, wall_s: float | None) -> dict:
+    """progress.jsonl's row of an edit just made: what the method said of it, and ES on its prompt."""
+    es_score = method.score([record.prompt], [record.target], 1)[0]
+    es_answer = method.generate([record.prompt], spec.max_new_tokens, 1)[0]
+    return {"record": record.id, **info, "edit": info["id"], "es_tf": es_score.accuracy,
+            "es_em": M.exact_match(es_answer, record.target), "es_answer": es_answer, "wall_s": wall_s}
 
 
 def _held_out_perplexity(method, records: list[Record], batch_size: int) -> float:

@@ -41,8 +41,12 @@ class SolaMethod(EditorMethod):
                                  f"-> {record.target!r}; reuse a run over the same records in the same order")
             edit = self.editor.import_edit(source, self._reuse_store.read_tensors(source.id))
             reused = True
-        return {"id": edit.id, "seconds": edit.seconds, "steps": edit.steps, "converged": edit.converged,
-                "loss": edit.loss, "reused": reused, "supersedes": edit.supersedes}
+        return _info(edit, reused)
+
+    def last_edit(self) -> dict[str, Any] | None:
+        """What `edit` returned for the newest edit in the store (for a run resumed right after that edit)."""
+        made = self.editor.edits(include_rolled_back=True)
+        return _info(made[-1], self._reuse is not None) if made else None
 
     def routes(self, prompts: list[str]) -> list[MethodRoute]:
         threshold = self.editor.config.resolved_threshold()
@@ -54,6 +58,11 @@ class SolaMethod(EditorMethod):
             else:
                 found.append(MethodRoute(nearest.edit_id, nearest.distance, nearest.distance < threshold))
         return found
+
+
+def _info(edit, reused: bool) -> dict[str, Any]:
+    return {"id": edit.id, "seconds": edit.seconds, "steps": edit.steps, "converged": edit.converged,
+            "loss": edit.loss, "reused": reused, "supersedes": edit.supersedes}
 
 
 def _edits_of(store: Store):
