@@ -205,8 +205,6 @@ def test_relation_text_masks_the_subject_in_its_clause():
 
 def test_subject_keys_route_only_inputs_naming_the_subject(make_editor, tiny_dir):
     editor = make_editor("llama", key="subject", encoder=str(tiny_dir("encoder")), threshold=1e-3)
-    with pytest.raises(InvalidEditError, match="subject"):
-        editor.edit("Who founded Acme?", "Jane Roe")
     with pytest.raises(InvalidEditError, match="does not occur"):
         editor.edit("Who founded Acme?", "Jane Roe", subject="Initech")
     edit = editor.edit("Who founded Acme?", "Jane Roe", subject="Acme")
@@ -214,6 +212,35 @@ def test_subject_keys_route_only_inputs_naming_the_subject(make_editor, tiny_dir
     assert editor.route("Noise first. Who founded acme?").edit_id == edit.id  # same clause, other case
     assert editor.route("Who founded Initech?") is None  # same relation, other subject: not a candidate
     assert editor.nearest("Who founded Initech?") is None
+
+
+def test_subject_keys_reach_an_edit_without_a_subject_by_its_whole_prompt(make_editor, tiny_dir, tmp_path):
+    """key="subject" with an edit made without a subject: that edit is reached as with key="encoder" (the whole
+    input's embedding, under unnamed_threshold); edits that name a subject keep their gate; rollback and reopening
+    the store keep both kinds apart."""
+    from conftest import tiny_config
+    from test_contract import assert_bit_identical, probe_logits
+
+    config = tiny_config(tiny_dir, key="subject", threshold=1e-3, unnamed_threshold=1e-3)
+    editor = Editor.from_pretrained(tiny_dir("llama"), config=config, store=tmp_path / "store")
+    probes = ["Who founded Acme?", "Which river flows through Cairo?", "Who founded Initech?"]
+    base = probe_logits(editor, probes)
+    named = editor.edit("Who founded Acme?", "Jane Roe", subject="Acme")
+    unnamed = editor.edit("Which river flows through Cairo?", "the Danube")
+    assert unnamed.subject is None
+    found = editor.route("Which river flows through Cairo?")
+    assert found.edit_id == unnamed.id and abs(found.distance) < 1e-6
+    assert editor.route("Who founded Acme?").edit_id == named.id
+    assert editor.route("Who founded Initech?") is None  # neither names Acme nor is the unnamed prompt
+    assert editor.generate("Which river flows through Cairo?") == "the Danube"
+    edited = probe_logits(editor, probes)
+    reopened = Editor.from_pretrained(tiny_dir("llama"), store=tmp_path / "store")
+    assert reopened.route("Which river flows through Cairo?") == found
+    assert_bit_identical(probe_logits(reopened, probes), edited)
+    editor.rollback(unnamed.id)
+    assert editor.route("Which river flows through Cairo?") is None
+    editor.rollback(named.id)
+    assert_bit_identical(probe_logits(editor, probes), base)
 
 
 # -- the runner -----------------------------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ DEFAULT_THRESHOLDS: dict[str, float] = {"encoder": 0.40, "subject": 0.60, "mean_
 # rewordings of one question) lie at a median 0.087 and a p95 of 0.197, and 1 % of the edit prompts have a
 # different-subject edit prompt nearer than 0.188; 0.15 catches most rewordings and few other facts. For keys read
 # inside the model we have no such measurement, so only a near-identical prompt counts.
-SUPERSEDE_THRESHOLDS: dict[str, float] = {"encoder": 0.15, "subject": 0.60, "mean_pool": 1e-4, "last_token": 1e-4}
+# "subject": between an edit and one made without a subject the encoder's bound applies, on the subject key's scale
+# (see `EditConfig.unnamed_threshold`).
+SUPERSEDE_THRESHOLDS: dict[str, float] = {"encoder": 0.15, "mean_pool": 1e-4, "last_token": 1e-4}
 
 # Cosine distances (all-MiniLM-L6-v2) between two prompts about one subject with the subject masked out
 # (`relation_text`), under which supersede="auto" takes them for the same question. The same subject alone is not the
@@ -70,8 +72,14 @@ class EditConfig:
     """How a prompt becomes a routing key: "encoder" (a sentence encoder's embedding of the prompt text; default,
     because it routed paraphrases best in our measurements and does not depend on the prompt format), "subject"
     (the encoder's embedding of the prompt's relation with the subject masked; an input reaches only edits whose
-    subject it names; every edit needs a `subject`), "mean_pool"
+    subject it names; an edit made without a subject is reached as with "encoder", see `unnamed_threshold`), "mean_pool"
     (mean of the prompt's hidden states at the key module), or "last_token" (the SoLA paper's choice)."""
+
+    unnamed_threshold: float | None = None
+    """For key="subject", edits made without a subject: they are reached like key="encoder" edits, by the encoder's
+    embedding of the whole input, when its distance is under this. None: `DEFAULT_THRESHOLDS["encoder"]`. Routes
+    report such distances on the subject key's scale (times `threshold / unnamed_threshold`), so that one threshold
+    decides between an edit of a named subject and an edit without one."""
 
     key_module: str | None = None
     """For "mean_pool"/"last_token": the module whose input is the key. None: the first edited layer (the paper's
@@ -164,6 +172,8 @@ class EditConfig:
             raise ConfigError(f"rank={self.rank} must be a positive integer")
         if self.layers is not None and (not self.layers or not all(isinstance(n, str) for n in self.layers)):
             raise ConfigError("layers must be a non-empty list of module names, e.g. ['model.layers.15.mlp.down_proj']")
+        if self.unnamed_threshold is not None and not self.unnamed_threshold > 0:
+            raise ConfigError(f"unnamed_threshold={self.unnamed_threshold} must be positive")
         if self.threshold is not None and not self.threshold > 0:
             raise ConfigError(f"threshold={self.threshold} must be positive")
         if self.max_steps < 1 or self.learning_rate <= 0 or self.loss_bound <= 0:
@@ -193,7 +203,17 @@ class EditConfig:
     def resolved_supersede_threshold(self) -> float:
         if self.supersede_threshold is not None:
             return self.supersede_threshold
+        if self.key == "subject":  # only edits without a subject compare by this: whole prompts, rescaled
+            return SUPERSEDE_THRESHOLDS["encoder"] * self.unnamed_scale()
         return SUPERSEDE_THRESHOLDS[self.key]
+
+    def resolved_unnamed_threshold(self) -> float:
+        return self.unnamed_threshold if self.unnamed_threshold is not None else DEFAULT_THRESHOLDS["encoder"]
+
+    def unnamed_scale(self) -> float:
+        """key="subject": the factor that puts whole-prompt distances (edits without a subject) on the scale of
+        `threshold`."""
+        return self.resolved_threshold() / self.resolved_unnamed_threshold()
 
     def resolved_threshold(self) -> float:
         threshold = self.default_threshold()

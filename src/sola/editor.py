@@ -82,6 +82,7 @@ class Editor(Asking):
             self._hook_key_module(dict(model.named_modules()))
         self.table = KeyTable(self._key_dim(), self.config.resolved_distance())
         self.subjects = SubjectIndex()  # used by key="subject": which edits an input names
+        self._unnamed: set[int] = set()  # key="subject": slots of edits made without a subject (whole-prompt keys)
         self._edits = EditLog()  # every edit, live or rolled back, in creation order
         self._slot_of: dict[str, int] = {}  # live edits only
         self._owner: dict[int, str] = {}  # the inverse of _slot_of, for routing answers
@@ -208,7 +209,7 @@ class Editor(Asking):
         self._answer = torch.arange(max(8, len(live)))
         if self.keys.needs_subject:
             for record, slot in zip(live, slots):
-                self.subjects.add(record.get("subject"), slot)
+                self._add_subject(record.get("subject"), slot)
         for slot in range(len(live) - len(resident), len(live)):
             self.residency.put(slot, factors[ids[slot]], durable=True)
         self.table.add_rows(keys, torch.repeat_interleave(torch.arange(len(live)), counts))
@@ -261,7 +262,7 @@ class Editor(Asking):
                  resident: bool = True, add_keys: bool = True) -> int:
         slot = self._allocate()
         if self.keys.needs_subject:
-            self.subjects.add(subject, slot)
+            self._add_subject(subject, slot)
         if resident or not durable:
             self.residency.put(slot, tensors, durable)
         if add_keys:
@@ -269,6 +270,12 @@ class Editor(Asking):
         self._slot_of[edit_id] = slot
         self._owner[slot] = edit_id
         return slot
+
+    def _add_subject(self, subject: str | None, slot: int) -> None:
+        if subject is None:
+            self._unnamed.add(slot)
+        else:
+            self.subjects.add(subject, slot)
 
     def _tensors_of(self, edit_id: str) -> dict[str, torch.Tensor]:
         slot = self._slot_of[edit_id]
@@ -370,13 +377,20 @@ class Editor(Asking):
 
     def _nearest_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(distance (B,), slot (B,)) of each text's nearest edit, for keys computed outside the model. With
-        key="subject", only edits whose subject the text names are candidates (slot -1, distance inf if none)."""
+        key="subject", the candidates are the edits whose subject the text names (by relation) and the edits made
+        without a subject (by the whole text, the distance rescaled to the subject key's threshold); slot -1 and
+        distance inf if there are none."""
         if not self.keys.needs_subject:
             return self.table.nearest(self.keys.encode(texts))
         dists, slots = torch.full((len(texts),), float("inf")), torch.full((len(texts),), -1, dtype=torch.long)
+        unnamed = sorted(self._unnamed)
         for row, text in enumerate(texts):
-            for subject, candidates in self.subjects.find(text).items():
-                distance, slot = self.table.nearest_among(self.keys.relation([text], [subject])[0], candidates)
+            found = [self.table.nearest_among(self.keys.relation([text], [subject])[0], candidates)
+                     for subject, candidates in self.subjects.find(text).items()]
+            if unnamed:  # one text at a time, as its key was computed: a stored prompt finds itself at distance 0
+                distance, slot = self.table.nearest_among(self.keys.encode([text])[0], unnamed)
+                found.append((distance * self.config.unnamed_scale(), slot))
+            for distance, slot in found:
                 if distance < dists[row]:
                     dists[row], slots[row] = distance, slot
         return dists, slots
@@ -444,10 +458,7 @@ class Editor(Asking):
         targets = [self.task.encode_target(p, target) for p in prompts]
         for enc, tgt in zip(encoded, targets):
             self.task.check_length(enc, tgt)
-        if self.keys.needs_subject and subject is None:
-            raise InvalidEditError("key='subject' routes by the edit's subject: pass subject=... (the entity the "
-                                   "prompt is about, as it is written in the prompt), or use key='encoder'")
-        if self.keys.needs_subject:
+        if self.keys.needs_subject and subject is not None:
             for p in prompts:
                 if not _names(p, subject):
                     raise InvalidEditError(f"the subject {subject!r} does not occur in the prompt {p!r}; key='subject' "
@@ -553,16 +564,16 @@ class Editor(Asking):
                                        "only edits made on the same model with the same layers and rank")
             factors.append((A, B))
         encoded = [self._encode(check_text(p, "prompt")) for p in edit.prompts]
-        if self.keys.needs_subject and edit.subject is None:
-            raise InvalidEditError(f"edit {edit.id} has no subject, which key='subject' needs")
         keys = self._edit_keys(encoded, edit.subject)
         record = Edit.from_dict({**edit.to_dict(), "id": f"e{self._counter + 1}", "created": _now(), "rolled_back": None,
                                  "superseded_by": None, "supersedes": self._same_fact(encoded, keys, edit.subject)})
         return self._commit(record, keys, factors)
 
     def _edit_keys(self, prompts: list[EncodedPrompt], subject: str | None) -> torch.Tensor:
-        if self.keys.needs_subject:
+        if self.keys.needs_subject and subject is not None:
             return self.keys.relation([p.text for p in prompts], [subject] * len(prompts))
+        if self.keys.needs_subject:  # no subject: the whole prompt, as key="encoder"
+            return self.keys.encode([p.text for p in prompts])
         return self._queries(prompts)
 
     def _commit(self, record: Edit, keys: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> Edit:
@@ -669,6 +680,7 @@ class Editor(Asking):
         del self._slot_of[edit_id], self._owner[slot]
         self.table.remove_slot(slot)
         self.subjects.remove(slot)
+        self._unnamed.discard(slot)
         self.residency.drop(slot)
         self._free.append(slot)
         self._edits[edit_id] = rolled = Edit.from_dict({**edit.to_dict(), "rolled_back": at, "superseded_by": None})
