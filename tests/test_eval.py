@@ -243,6 +243,16 @@ def test_subject_keys_reach_an_edit_without_a_subject_by_its_whole_prompt(make_e
     assert_bit_identical(probe_logits(editor, probes), base)
 
 
+def test_subject_key_calibration_sets_the_threshold_of_edits_without_a_subject(make_editor, tiny_dir):
+    editor = make_editor("llama", key="subject", encoder=str(tiny_dir("encoder")), threshold=0.5)
+    editor.edit("Which river flows through Cairo?", "the Danube")
+    unrelated = [f"Unrelated question number {i}?" for i in range(40)]
+    found = editor.calibrate_threshold(unrelated, 0.05)
+    assert editor.config.unnamed_threshold == found and editor.config.threshold == 0.5
+    routed = sum(editor.route(q) is not None for q in unrelated)
+    assert routed <= 0.05 * len(unrelated)
+
+
 # -- the runner -----------------------------------------------------------------------------------------------------
 
 

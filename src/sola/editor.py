@@ -402,22 +402,24 @@ class Editor(Asking):
         Distances are to the nearest key of the stored edits, or, with `against`, of those prompts (e.g. the edit
         prompts about to be made); with neither, the unrelated prompts' distances to each other. The threshold is
         saved with the store.
+
+        With key="subject" this sets `unnamed_threshold`, the whole-prompt threshold of edits made without a subject:
+        an unrelated prompt names no edited subject, so those are the only edits it can reach.
         """
-        if self.keys.needs_subject:
-            raise ConfigError("key='subject' only compares inputs that name an edited subject, so unrelated prompts "
-                              "cannot calibrate it; keep the measured default threshold or pass "
-                              "EditConfig(threshold=...)")
         texts = [check_text(p, "calibration prompt") for p in prompts]
         if len(texts) < 2 or not 0 <= max_activation_rate < 1:
             raise InvalidEditError("calibration needs at least 2 prompts and 0 <= max_activation_rate < 1")
-        queries = self._queries([self._encode(t) for t in texts])
+        queries = self._queries([self._encode(t) for t in texts])  # key="subject": whole-prompt embeddings
+        stored = sorted(self._unnamed) if self.keys.needs_subject else None
         if against is not None:
             keys = self._queries([self._encode(check_text(p, "prompt")) for p in against])
             table = KeyTable(keys.shape[1], self.config.resolved_distance())
             table.add(keys, slot=0)
             dist = torch.cat([table.nearest(q.unsqueeze(0))[0] for q in queries])
-        elif len(self.table):  # one query at a time, exactly as `route` computes it (batched matmuls round otherwise)
+        elif len(self.table) and stored is None:  # one query at a time, exactly as `route` computes it
             dist = torch.cat([self.table.nearest(q.unsqueeze(0))[0] for q in queries])
+        elif stored:
+            dist = torch.tensor([self.table.nearest_among(q, stored)[0] for q in queries])
         else:
             probe = KeyTable(queries.shape[1], self.config.resolved_distance())
             probe.add(queries, slot=0)
@@ -427,7 +429,8 @@ class Editor(Asking):
         threshold = float(ordered[int(max_activation_rate * len(ordered))])  # fewer than k+1 values lie below it
         if not threshold > 0:
             raise InvalidEditError("the calibration prompts contain duplicates of stored keys; use unrelated prompts")
-        self.config = self.config.replace(threshold=threshold)
+        field = "unnamed_threshold" if self.keys.needs_subject else "threshold"
+        self.config = self.config.replace(**{field: threshold})
         if self.store is not None:
             self.store.update_manifest({"config": self.config.to_dict()})
         return threshold

@@ -471,6 +471,9 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
         threshold = method.editor.calibrate_threshold(questions, 0.01, against=[r.prompt for r in dataset.records])
         threshold_note = f"calibrated: 1 % of {len(questions)} held-out NQ questions within it of the edit prompts" \
             if threshold is not None else "not calibrated: the method keeps its own threshold, if it routes"
+        if getattr(method.editor.config, "key", None) == "subject":
+            threshold_note = (f"the subject key's own threshold is its default; unnamed_threshold (edits without a "
+                              f"subject) {threshold_note}")
     elif spec.threshold is not None:
         threshold_note = "given"
     timings["calibrate_s"] = time.perf_counter() - t
