@@ -33,13 +33,16 @@ def label(results: dict) -> str:
 
 
 def archive(results: dict, directory: Path) -> Path:
-    """Write the run's summary (no per-edit rows) as DIR/<dataset>-<method>[-<key>][-supersede]-<T>.json."""
+    """Write the run's summary (no per-edit rows) as DIR/<dataset>-<method>[-<key>][-supersede][-thr<X>]-<T>.json."""
     config = results["config"]
     parts = [results["dataset"], results["method"]]
     if results["method"] == "sola":
         parts.append(config["key"])
         if config.get("supersede") == "auto":
             parts.append("supersede")
+    given = results.get("spec", {}).get("threshold")
+    if isinstance(given, (int, float)) and not isinstance(given, bool):  # a threshold chosen by hand: its own file
+        parts.append(f"thr{given:g}")
     parts.append(str(results["edits"]))
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / ("-".join(parts) + ".json")
