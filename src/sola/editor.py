@@ -382,13 +382,17 @@ class Editor(Asking):
         distance inf if there are none."""
         if not self.keys.needs_subject:
             return self.table.nearest(self.keys.encode(texts))
+        if self._unnamed and len(self._unnamed) == len(self._slot_of):  # no edit names a subject: key="encoder"
+            dists, slots = self.table.nearest(self.keys.encode(texts))
+            return dists * self.config.unnamed_scale(), slots
         dists, slots = torch.full((len(texts),), float("inf")), torch.full((len(texts),), -1, dtype=torch.long)
         unnamed = sorted(self._unnamed)
+        whole = self.keys.encode(texts) if unnamed else None  # the queries key="encoder" would route by
         for row, text in enumerate(texts):
             found = [self.table.nearest_among(self.keys.relation([text], [subject])[0], candidates)
                      for subject, candidates in self.subjects.find(text).items()]
-            if unnamed:  # one text at a time, as its key was computed: a stored prompt finds itself at distance 0
-                distance, slot = self.table.nearest_among(self.keys.encode([text])[0], unnamed)
+            if unnamed:
+                distance, slot = self.table.nearest_among(whole[row], unnamed)
                 found.append((distance * self.config.unnamed_scale(), slot))
             for distance, slot in found:
                 if distance < dists[row]:
@@ -575,9 +579,7 @@ class Editor(Asking):
     def _edit_keys(self, prompts: list[EncodedPrompt], subject: str | None) -> torch.Tensor:
         if self.keys.needs_subject and subject is not None:
             return self.keys.relation([p.text for p in prompts], [subject] * len(prompts))
-        if self.keys.needs_subject:  # no subject: the whole prompt, as key="encoder"
-            return self.keys.encode([p.text for p in prompts])
-        return self._queries(prompts)
+        return self._queries(prompts)  # key="subject" without a subject: the whole prompt, as key="encoder"
 
     def _commit(self, record: Edit, keys: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> Edit:
         tensors = {"keys": keys.to(torch.float32)}

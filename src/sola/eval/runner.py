@@ -274,8 +274,8 @@ class _Evaluator:
         count = sum(1 for i, _, _ in self.flat if i < upto)
         span = _grid(count, self.spec.batch_size)
         flat = self.flat[:span]
-        probe_routes = self.method.routes([p.prompt for i, _, p in flat if i < upto]) if with_routes or (
-            not self.spec.full_locality and getattr(self.method, "unrouted_is_base", False)) else None
+        probe_routes = self.method.routes([p.prompt for i, _, p in flat if i < upto]) \
+            if with_routes or self._unrouted_from_base else None
         answers, scores = self._locality_outputs(flat, span, probe_routes)
         collected: dict[tuple[int, str], list] = {}
         for n, ((i, kind, probe), answer, score) in enumerate(zip(flat, answers, scores)):
@@ -306,6 +306,10 @@ class _Evaluator:
             self._add_routes(rows, items, gen_pairs, flat, upto, probe_routes)
         return rows
 
+    @property
+    def _unrouted_from_base(self) -> bool:
+        return not self.spec.full_locality and getattr(self.method, "unrouted_is_base", False)
+
     def _locality_outputs(self, flat, span: int, routes) -> tuple[list[str], list]:
         """Answers and scores of the locality probes `flat` (the first `span` of the base run's grid).
 
@@ -313,7 +317,7 @@ class _Evaluator:
         for bit by tests/test_contract.py) needs to run only the probes some edit is routed to: the others are read
         from the base run, which is what running them would give. `--full-locality` runs every probe anyway."""
         prompts, targets = [p.prompt for _, _, p in flat], self.base_tf_targets[:span]
-        if self.spec.full_locality or not getattr(self.method, "unrouted_is_base", False) or routes is None:
+        if not self._unrouted_from_base:
             return self._generate(prompts), self._score(prompts, targets)
         routed = [n for n, route in enumerate(routes) if route.routed]  # routes cover the probes inside `upto`
         answers = list(self.base_answers[:span])
@@ -492,9 +496,9 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     if edits_made == len(done) + 1 and hasattr(method, "last_edit"):
         # stopped after an edit was committed but before its row was written: the model is in the state right after
         # that edit, so its ES can be measured now
-        record = dataset.records[len(done)]
-        done.append(_edited_row(method, record, method.last_edit(), spec, round(
-            (done[-1].get("wall_s") or 0.0) if done else 0.0, 3)))
+        row = _edited_row(method, dataset.records[len(done)], method.last_edit(), spec)
+        row["wall_s"] = (done[-1].get("wall_s") or 0.0) if done else 0.0  # its own time was not recorded
+        done.append(row)
         with progress_file.open("a") as handle:
             handle.write(json.dumps(done[-1]) + "\n")
     if edits_made != len(done):
@@ -526,7 +530,7 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
             record = dataset.records[index]
             info = method.edit(record)
             edit_of[record.id] = info["id"]
-            row = _edited_row(method, record, info, spec, None)
+            row = _edited_row(method, record, info, spec)
             row["wall_s"] = round(earlier + time.perf_counter() - started, 3)
             done.append(row)
             with progress_file.open("a") as handle:
@@ -597,12 +601,13 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     return results
 
 
-def _edited_row(method, record: Record, info: dict[str, Any], spec: BenchSpec, wall_s: float | None) -> dict:
-    """progress.jsonl's row of an edit just made: what the method said of it, and ES on its prompt."""
+def _edited_row(method, record: Record, info: dict[str, Any], spec: BenchSpec) -> dict:
+    """progress.jsonl's row of an edit just made (without its wall time): what the method said of it, and ES on
+    its prompt."""
     es_score = method.score([record.prompt], [record.target], 1)[0]
     es_answer = method.generate([record.prompt], spec.max_new_tokens, 1)[0]
     return {"record": record.id, **info, "edit": info["id"], "es_tf": es_score.accuracy,
-            "es_em": M.exact_match(es_answer, record.target), "es_answer": es_answer, "wall_s": wall_s}
+            "es_em": M.exact_match(es_answer, record.target), "es_answer": es_answer}
 
 
 def _held_out_perplexity(method, records: list[Record], batch_size: int) -> float:

@@ -41,7 +41,7 @@ def archive(results: dict, directory: Path) -> Path:
         if config.get("supersede") == "auto":
             parts.append("supersede")
     given = results.get("spec", {}).get("threshold")
-    if isinstance(given, (int, float)) and not isinstance(given, bool):  # a threshold chosen by hand: its own file
+    if isinstance(given, (int, float)):  # a threshold chosen by hand: its own file
         parts.append(f"thr{given:g}")
     parts.append(str(results["edits"]))
     directory.mkdir(parents=True, exist_ok=True)
