@@ -234,6 +234,24 @@ def test_bench_runs_each_baseline_and_restarts_from_its_last_snapshot(tmp_path, 
     assert json.dumps(resumed["metrics"], sort_keys=True) == json.dumps(results["metrics"], sort_keys=True)
 
 
+@pytest.mark.parametrize("method", ["grace", "melo"])
+def test_routed_baselines_read_unrouted_locality_from_the_base_run_to_the_same_numbers(tmp_path, tiny_dir, tiny_data,
+                                                                                      method):
+    """GRACE and MELO leave an input outside every radius on the base model, so the bench reads those locality probes
+    from the base run; the numbers must equal running every probe. The relation probes are other records' edit
+    prompts (distance 0: routed), the NQ questions are not, so both paths are taken."""
+    config = {"max_steps": 30} if method == "grace" else {"learning_rate": 0.05, "max_steps": 200}
+    spec = dict(method=method, dataset="zsre", edits=5, data=str(tiny_data), model=str(tiny_dir("llama")),
+                threshold=1e-3, checkpoints=[], batch_size=2, max_new_tokens=12, config=config)
+    full = run(BenchSpec(**spec, full_locality=True), tmp_path / "full", progress=False)
+    read = run(BenchSpec(**spec), tmp_path / "read", progress=False)
+    assert json.dumps(read["metrics"], sort_keys=True) == json.dumps(full["metrics"], sort_keys=True)
+    assert [r.get("loc_changed") for r in read["rows"]] == [r.get("loc_changed") for r in full["rows"]]
+    work = read["evaluation"]
+    assert work["probes_run"] > 0 and work["probes_read_from_base"] > 0
+    assert full["evaluation"]["locality"] == "every probe run"
+
+
 def test_bench_refuses_sola_options_for_baselines(tmp_path, tiny_dir, tiny_data):
     spec = BenchSpec(method="grace", dataset="zsre", edits=2, data=str(tiny_data), model=str(tiny_dir("llama")),
                      key="encoder", checkpoints=[])

@@ -25,6 +25,8 @@ class SnapshotMethod(EditorMethod):
     def __init__(self, editor: SnapshotEditor, store: Path, save_every: int = 100) -> None:
         self.editor, self.store, self.save_every = editor, store, save_every
         self.name = editor.method
+        # the bench may read the locality probes no edit reaches from the base run (pinned by the contract tests)
+        self.unrouted_is_base = editor.unrouted_is_base
 
     def edit(self, record: Record) -> dict[str, Any]:
         edit = self.editor.edit(record.prompt, record.target, subject=record.subject)

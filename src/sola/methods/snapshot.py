@@ -84,6 +84,7 @@ class SnapshotEditor(Asking):
     method = ""
     config_class = BaselineConfig
     exact_rollback = False  # documented per method
+    unrouted_is_base = False  # True: an input `locate` reports as not routed runs the base model, bit for bit
 
     def __init__(self, model: nn.Module, tokenizer, config=None, *, source: str = "model") -> None:
         config = (config or self.config_class()).validate()
