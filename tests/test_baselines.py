@@ -12,6 +12,7 @@ import torch
 
 from sola.errors import SolaError, StoreError
 from sola.eval import BenchSpec, run
+from sola.eval.study import write_study
 from sola.methods import (ElderConfig, ElderEditor, GraceConfig, GraceEditor, LoraFTConfig, LoraFTEditor, MeloConfig, MeloEditor,
                           RollbackNotSupportedError)
 
@@ -224,6 +225,17 @@ def test_bench_runs_each_baseline_and_restarts_from_its_last_snapshot(tmp_path, 
         assert "routing" in summary
     if method == "melo":
         assert summary["teacher_forced"]["rel"] > 0.7  # the two Acme records conflict: one of them fails
+        # the semantic drift SoLA's Fig. 2 measures, followed at every checkpoint
+        states = [c["state"] for c in results["checkpoints"]]
+        assert [s["edits"] for s in states] == [2, 5]
+        assert all({"clusters", "centre_updates", "mismatches"} <= set(s) for s in states)
+        assert states[-1]["centre_updates"] >= states[0]["centre_updates"]
+        assert results["state"] == states[-1]
+        doc = tmp_path / "docs" / "results.md"
+        write_study([tmp_path / "run"], doc)
+        assert f"after 5: clusters {states[-1]['clusters']}, centre updates" in doc.read_text()
+    if method == "grace":
+        assert {"entries", "expansions", "splits"} <= set(results["checkpoints"][-1]["state"])
     # progress past the last snapshot (here: none) is dropped and made again, to the same numbers
     progress = (tmp_path / "run" / "progress.jsonl").read_text().splitlines()
     resumed_dir = tmp_path / "resumed"

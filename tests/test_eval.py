@@ -300,6 +300,7 @@ def test_tiny_end_to_end_run_writes_the_report(tmp_path, tiny_dir, tiny_data):
     assert (tmp_path / "docs" / "figures" / "zsre-curves.png").stat().st_size > 0
     text = doc.read_text()
     assert "| sola mean_pool (thr 0.001) | 5 | 0.800 |" in text and "### conflict_free (3 records)" in text
+    assert "| zsre | sola mean_pool (thr 0.001) | 0.800 |" in text  # the side-by-side table
     write_study([archived], doc)
     assert doc.read_text() == text
     assert study_label({**on_disk, "method": "grace", "threshold": {"value": 4.0}}) == "grace (radius 4)"

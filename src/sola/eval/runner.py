@@ -541,7 +541,8 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
                 rows = evaluator.evaluate(index + 1, edit_of, with_routes=index + 1 == spec.edits)
                 for r, d in zip(rows, done):
                     r.update(es_tf=d["es_tf"], es_em=d["es_em"])
-                results_at.append({"edits": index + 1, "metrics": summarise(rows, dataset.kind)})
+                results_at.append({"edits": index + 1, "metrics": summarise(rows, dataset.kind),
+                                   "state": method_state(method.describe())})
                 with checkpoint_file.open("a") as handle:
                     handle.write(json.dumps(results_at[-1]) + "\n")
                 if index + 1 == spec.edits:
@@ -583,7 +584,7 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
                       "how": threshold_note},
         "code_version": code_version, "machine": _machine(),
         "subsets": {name: len(rows) for name, rows in subsets.items()},
-        "metrics": metrics, "checkpoints": results_at,
+        "metrics": metrics, "checkpoints": results_at, "state": method_state(described),
         "findings": {
             "conflicting_records": len(conflicting),
             "read_against_a_later_target": sum("read_against" in r for r in subsets["latest_wins"]),
@@ -599,6 +600,13 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     }
     write_report(results, out)
     return results
+
+
+def method_state(described: dict[str, Any]) -> dict[str, Any]:
+    """The scalar facts a method reports of its state (`info()`: edits, codebook entries and splits, MELO's clusters,
+    centre updates and mismatches, ...), recorded at every checkpoint so they can be followed as edits arrive."""
+    info = described.get("info", {})
+    return {k: v for k, v in info.items() if isinstance(v, (int, float, bool))}
 
 
 def _edited_row(method, record: Record, info: dict[str, Any], spec: BenchSpec) -> dict:

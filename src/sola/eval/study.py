@@ -105,6 +105,47 @@ def cost_table(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+STATE_FIELDS = {"melo": ("clusters", "centre_updates", "mismatches"), "grace": ("entries", "expansions", "splits"),
+                "elder": ("codes",)}
+
+
+def state_table(runs: list[tuple[str, dict]]) -> str | None:
+    """What each method's state held at every checkpoint (MELO's clusters, centre updates and mismatches: the drift
+    SoLA's Fig. 2 counts; GRACE's codebook entries, expansions and splits; ELDER's stored codes)."""
+    lines = []
+    for name, r in runs:
+        fields = STATE_FIELDS.get(r["method"])
+        states = [c for c in r.get("checkpoints", []) if c.get("state")]
+        if not fields or not states:
+            continue
+        cells = [f"after {c['edits']}: " + ", ".join(f"{f.replace('_', ' ')} {c['state'].get(f, '–')}" for f in fields)
+                 for c in states]
+        lines.append(f"| {name} | " + "; ".join(cells) + " |")
+    return "\n".join(["| run | state at each checkpoint |", "|---|---|"] + lines) if lines else None
+
+
+SIDE_BY_SIDE = [("Rel TF", "teacher_forced", "rel"), ("Gen TF", "teacher_forced", "gen"),
+                ("Loc NQ / rel / subj TF", "teacher_forced", ("loc_unrelated", "loc_relation", "loc_subject")),
+                ("Rel EM", "autoregressive", "rel_em"), ("Gen EM", "autoregressive", "gen_em"),
+                ("Loc NQ / rel / subj AR", "autoregressive", ("loc_unrelated", "loc_relation", "loc_subject"))]
+
+
+def side_by_side(runs: list[tuple[str, dict]]) -> str:
+    """One table over every dataset and method: the headline metrics of all records, seconds and bytes per edit."""
+    lines = ["| dataset | run | " + " | ".join(n for n, _, _ in SIDE_BY_SIDE) + " | s/edit median | "
+             "store bytes/edit |", "|" + "---|" * (len(SIDE_BY_SIDE) + 4)]
+    for name, r in runs:
+        metrics = r["metrics"]["all"]
+        cells = [" / ".join(_fmt(_get(metrics, section, k)) for k in keys) if isinstance(keys, tuple)
+                 else _fmt(_get(metrics, section, keys)) for _, section, keys in SIDE_BY_SIDE]
+        cost = r.get("cost", {})
+        reused = " (LoRAs reused)" if cost.get("adapters_reused") else ""
+        lines.append(f"| {r['dataset']} | {name} | " + " | ".join(cells) + f" | "
+                     f"{_fmt(cost.get('seconds_per_edit', {}).get('median'))}{reused} | "
+                     f"{_bytes(cost.get('store_bytes_per_edit'))} |")
+    return "\n".join(lines)
+
+
 def _bytes(value) -> str:
     if value is None:
         return "–"
@@ -137,6 +178,12 @@ def write_study(sources: list[str | Path], doc: str | Path, runs_dir: str | Path
     if earlier:
         lines += ["Earlier runs kept as they were generated (their results.json is gone): "
                   + ", ".join(f"[{name}]({name})" for name in earlier) + ".", ""]
+    ordered = sorted(loaded, key=lambda sr: (sr[1]["dataset"], sr[1]["method"] != "sola", sr[1]["method"]))
+    lines += ["## All methods side by side", "",
+              "Every record (T edits, then all of them re-checked). Loc: unchanged from the base model. s/edit: the "
+              "median wall time of one edit; store bytes/edit: the method's store on disk over the edits made. "
+              "Per-dataset tables with every metric, subsets, routing and cost follow.", "",
+              side_by_side([(label(r), r) for _, r in ordered]), ""]
     for dataset in sorted({r["dataset"] for _, r in loaded}):
         chosen = [(s, r) for s, r in loaded if r["dataset"] == dataset]
         named = [(label(r), r) for _, r in chosen]
@@ -154,6 +201,9 @@ def write_study(sources: list[str | Path], doc: str | Path, runs_dir: str | Path
             if routed:
                 lines += [routing_table(routed), ""]
         lines += ["### Cost", "", cost_table(named), ""]
+        states = state_table(named)
+        if states:
+            lines += ["### Method state as edits arrive", "", states, ""]
         curve = figures / f"{dataset}-curves.png"
         if curves(named, curve, f"{dataset}: scores on the edits made so far, after 10, 100, ... edits"):
             lines += [f"![{curve.name}](figures/{curve.name})", ""]
