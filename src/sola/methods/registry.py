@@ -22,7 +22,7 @@ class SnapshotMethod(EditorMethod):
     """A baseline editor as an `EditingMethod`. Its state is saved to `store` every `save_every` edits and by
     `finish()`; a resumed benchmark continues from the last saved edit."""
 
-    def __init__(self, editor: SnapshotEditor, store: Path, save_every: int = 100) -> None:
+    def __init__(self, editor: SnapshotEditor, store: Path, save_every: int = 10) -> None:
         self.editor, self.store, self.save_every = editor, store, save_every
         self.name = editor.method
         # the bench may read the locality probes no edit reaches from the base run (pinned by the contract tests)
