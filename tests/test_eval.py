@@ -303,6 +303,8 @@ def test_tiny_end_to_end_run_writes_the_report(tmp_path, tiny_dir, tiny_data):
     assert "| zsre | sola mean_pool (thr 0.001) | 0.800 |" in text  # the side-by-side table
     write_study([archived], doc)
     assert doc.read_text() == text
+    write_study([archived, tmp_path / "run"], doc)  # the same run given twice is shown once
+    assert doc.read_text() == text
     assert study_label({**on_disk, "method": "grace", "threshold": {"value": 4.0}}) == "grace (radius 4)"
 
 
