@@ -317,7 +317,7 @@ class _Evaluator:
         for bit by tests/test_contract.py) needs to run only the probes some edit is routed to: the others are read
         from the base run, which is what running them would give. `--full-locality` runs every probe anyway."""
         prompts, targets = [p.prompt for _, _, p in flat], self.base_tf_targets[:span]
-        if not self._unrouted_from_base:
+        if not self._unrouted_from_base or routes is None:  # None: the method reported no routes (no edits yet)
             return self._generate(prompts), self._score(prompts, targets)
         routed = [n for n, route in enumerate(routes) if route.routed]  # routes cover the probes inside `upto`
         answers = list(self.base_answers[:span])

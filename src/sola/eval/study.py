@@ -95,10 +95,9 @@ def cost_table(runs: list[tuple[str, dict]]) -> str:
     for name, r in runs:
         cost = r.get("cost", {})
         spe = cost.get("seconds_per_edit", {})
-        reused = " (LoRAs reused)" if cost.get("adapters_reused") else ""
         memory = cost.get("memory_bytes_per_edit")
         inference = cost.get("inference", {})
-        lines.append(f"| {name} | {wall_time(r['timings'])} | {_fmt(spe.get('median'))}{reused} | "
+        lines.append(f"| {name} | {wall_time(r['timings'])} | {_median_seconds(cost)} | "
                      f"{_fmt(spe.get('p90'))} | {_bytes(cost.get('store_bytes_per_edit'))} | "
                      f"{_bytes(sum(memory.values()) if memory else None)} | "
                      + (f"{inference['overhead'] * 100:+.1f} %" if "overhead" in inference else "–") + " |")
@@ -139,11 +138,15 @@ def side_by_side(runs: list[tuple[str, dict]]) -> str:
         cells = [" / ".join(_fmt(_get(metrics, section, k)) for k in keys) if isinstance(keys, tuple)
                  else _fmt(_get(metrics, section, keys)) for _, section, keys in SIDE_BY_SIDE]
         cost = r.get("cost", {})
-        reused = " (LoRAs reused)" if cost.get("adapters_reused") else ""
-        lines.append(f"| {r['dataset']} | {name} | " + " | ".join(cells) + f" | "
-                     f"{_fmt(cost.get('seconds_per_edit', {}).get('median'))}{reused} | "
+        lines.append(f"| {r['dataset']} | {name} | " + " | ".join(cells) + f" | {_median_seconds(cost)} | "
                      f"{_bytes(cost.get('store_bytes_per_edit'))} |")
     return "\n".join(lines)
+
+
+def _median_seconds(cost: dict) -> str:
+    """The median seconds of one edit; a run that imported its LoRAs shows the training run's and says so."""
+    reused = " (LoRAs reused)" if cost.get("adapters_reused") else ""
+    return f"{_fmt(cost.get('seconds_per_edit', {}).get('median'))}{reused}"
 
 
 def _bytes(value) -> str:

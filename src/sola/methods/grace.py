@@ -126,7 +126,7 @@ class GraceEditor(SnapshotEditor):
     method = "grace"
     config_class = GraceConfig
     exact_rollback = True
-    unrouted_is_base = True  # rows outside every radius return the base layer\'s output untouched
+    unrouted_is_base = True  # rows outside every radius return the base layer's output untouched
 
     def _build(self) -> list[nn.Module]:
         name = self.config.layer or default_layers(self.model)[-1]

@@ -48,7 +48,7 @@ class MeloEditor(LoraBlocksEditor):
     method = "melo"
     config_class = MeloConfig
     exact_rollback = False  # exact for an edit alone in its cluster
-    unrouted_is_base = True  # rows outside every radius return the base layer\'s output untouched
+    unrouted_is_base = True  # rows outside every radius return the base layer's output untouched
 
     def _build(self):
         base = super()._build()

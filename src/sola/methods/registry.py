@@ -25,7 +25,7 @@ class SnapshotMethod(EditorMethod):
     def __init__(self, editor: SnapshotEditor, store: Path, save_every: int = 10) -> None:
         self.editor, self.store, self.save_every = editor, store, save_every
         self.name = editor.method
-        # the bench may read the locality probes no edit reaches from the base run (pinned by the contract tests)
+        # the bench may read the locality probes no edit reaches from the base run (pinned in tests/test_baselines.py)
         self.unrouted_is_base = editor.unrouted_is_base
 
     def edit(self, record: Record) -> dict[str, Any]:
