@@ -28,7 +28,7 @@ def make(method: str, tiny_dir, family: str = "llama", **changes):
             prompt_format="raw", radius=1e-3, **changes))
     if method == "elder":
         return ElderEditor.from_pretrained(str(tiny_dir(family)), config=ElderConfig(
-            **{"epsilon": 1, **TRAINING, **changes}))
+            **{"epsilon": 0, **TRAINING, **changes}))
     if method == "melo":
         return MeloEditor.from_pretrained(str(tiny_dir(family)), config=MeloConfig(
             **{"radius": 1e-3, **TRAINING, **changes}))
@@ -301,6 +301,11 @@ def test_elder_codes_are_packed_bits_and_hamming_distances_count_them(tiny_dir):
     editor.codes = {"a": codes[0]}
     distances, ids = editor._hamming(top)
     assert ids == ["a"] and distances.flatten().tolist() == [0, 2]  # one LoRA swapped: two bits differ
+    # the paper defers an input whose nearest distance exceeds epsilon: a distance equal to it still edits
+    editor.config = editor.config.replace(epsilon=2)
+    assert editor._within(top).tolist() == [True, True]
+    editor.config = editor.config.replace(epsilon=1)
+    assert editor._within(top).tolist() == [True, False]
 
 
 def test_elder_defers_unmatched_inputs_to_the_base_model_and_rollback_removes_the_code(tiny_dir):
@@ -309,7 +314,7 @@ def test_elder_defers_unmatched_inputs_to_the_base_model_and_rollback_removes_th
     base = logits(editor, [prompt] + UNRELATED)
     editor.edit(prompt, target)
     assert editor.generate(prompt, 12) == target and editor.route(prompt).edit_id == "e1"
-    for text, before in zip(UNRELATED, base[1:]):  # epsilon 1: only an identical code uses the mixture
+    for text, before in zip(UNRELATED, base[1:]):  # epsilon 0: only an identical code uses the mixture
         if editor.route(text) is None:
             assert torch.equal(editor.logits(text), before)
     rolled = editor.rollback("e1")

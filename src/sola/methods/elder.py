@@ -10,7 +10,8 @@ Hamming-distance deferral. See ../docs/methods.md for how this implementation re
   (same prompt and target) and different from every other live edit's; training minimises the target's
   cross-entropy + lambda * sum over the allocation of -log s_lj.
 - Deferral: each edit's allocation code (L x N bits, L x k set) is stored when its training ends; an input whose
-  code is `epsilon` or more (Hamming) from every stored code runs the base model, bit for bit. Codes are packed into
+  nearest stored code is more than `epsilon` away (Hamming; the paper: "exceeds a threshold") runs the base model,
+  bit for bit. Codes are packed into
   bytes and compared with XOR and a popcount table.
 - Lifelong: the LoRAs and routers are shared and keep training as edits arrive (a fresh Adam per edit).
 - Rollback is NOT exact: it removes the edit's code from the deferral table, so inputs that only matched it fall back
@@ -50,7 +51,7 @@ class ElderConfig(BaselineConfig):
     rank: int = 8
     loras: int = 4  # N per layer
     top_k: int = 2
-    epsilon: int = 12  # Hamming distance at which an input defers to the base model
+    epsilon: int = 12  # an input whose nearest code is farther (Hamming) defers to the base model
     guide_weight: float = 1e-2  # lambda
     key: str = "last_token"
     """The query vector: "last_token" (the paper: the last prompt token's hidden state at the input of the first
@@ -70,8 +71,8 @@ class ElderConfig(BaselineConfig):
         super().validate()
         if not 1 <= self.top_k <= self.loras:
             raise ConfigError(f"top_k={self.top_k} must be between 1 and loras={self.loras}")
-        if self.rank < 1 or self.epsilon < 1 or self.guide_weight < 0:
-            raise ConfigError("rank and epsilon must be positive and guide_weight non-negative")
+        if self.rank < 1 or self.epsilon < 0 or self.guide_weight < 0:
+            raise ConfigError("rank must be positive, and epsilon and guide_weight non-negative")
         if self.key not in ("last_token", "encoder"):
             raise ConfigError(f"key={self.key!r}: ELDER routes on 'last_token' (the paper) or 'encoder'")
         return self
@@ -192,7 +193,7 @@ class ElderEditor(SnapshotEditor):
         distances, ids = self._hamming(top)
         if not ids:
             return torch.zeros(top.shape[0], dtype=torch.bool)
-        return distances.min(1).values < self.config.epsilon
+        return distances.min(1).values <= self.config.epsilon
 
     def _query(self, prompt) -> torch.Tensor:
         """The query vector of one encoded prompt, on the base model (nothing before the first mixture layer is
@@ -238,7 +239,7 @@ class ElderEditor(SnapshotEditor):
         distances, ids = self._hamming(top)
         best = int(distances[0].argmin())
         distance = int(distances[0, best])
-        return ids[best], float(distance), distance < self.config.epsilon
+        return ids[best], float(distance), distance <= self.config.epsilon
 
     def allocation_code(self, prompt: str) -> torch.Tensor:
         """The input's allocation as an (L, N) boolean matrix (what deferral compares)."""
