@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 
+from sola.methods.elder import hamming_distances, pack_codes
+
 
 def random_codes(count: int, layers: int, loras: int, top_k: int, generator: torch.Generator) -> torch.Tensor:
-    """(count, layers * loras) booleans, top_k set per layer."""
+    """`count` packed codes (ELDER's own packing), top_k of `loras` chosen at random per layer."""
     picks = torch.rand(count, layers, loras, generator=generator).argsort(-1)[..., :top_k]
-    return torch.zeros(count, layers, loras, dtype=torch.bool).scatter_(-1, picks, True).view(count, -1)
+    return pack_codes(picks, loras)
 
 
 def main() -> None:
@@ -46,7 +48,7 @@ def main() -> None:
     for edits in (int(t) for t in args.edits.split(",")):
         stored = random_codes(edits, args.layers, args.loras, args.top_k, generator)
         queries = random_codes(args.queries, args.layers, args.loras, args.top_k, generator)
-        nearest = (queries[:, None, :] != stored[None]).sum(-1).min(1).values
+        nearest = hamming_distances(queries, stored).min(1).values.long()
         counts = torch.bincount(nearest, minlength=bits + 1)
         row = {"mean_nearest": float(nearest.float().mean()), "max_nearest": int(nearest.max()),
                "defer_fraction": float((nearest > args.epsilon).float().mean()),

@@ -11,8 +11,7 @@ Hamming-distance deferral. See ../docs/methods.md for how this implementation re
   cross-entropy + lambda * sum over the allocation of -log s_lj.
 - Deferral: each edit's allocation code (L x N bits, L x k set) is stored when its training ends; an input whose
   nearest stored code is more than `epsilon` away (Hamming; the paper: "exceeds a threshold") runs the base model,
-  bit for bit. Codes are packed into
-  bytes and compared with XOR and a popcount table.
+  bit for bit. Codes are packed into bytes and compared with XOR and a popcount table.
 - Lifelong: the LoRAs and routers are shared and keep training as edits arrive (a fresh Adam per edit).
 - Rollback is NOT exact: it removes the edit's code from the deferral table, so inputs that only matched it fall back
   to the base model; what its training changed in the shared LoRAs and routers stays. `Edit.note` says so.
@@ -40,6 +39,22 @@ from .snapshot import BaselineConfig, SnapshotEditor
 ROLLBACK_NOTE = ("rolled back by removing its allocation code from the deferral table; the shared LoRAs and routers "
                  "keep what its training changed (ELDER cannot undo that)")
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int16)
+
+
+def pack_codes(top: torch.Tensor, loras: int) -> torch.Tensor:
+    """Top-k choices (B, L, k) -> packed allocation codes (B, bytes): bit l*N + j set when LoRA j of layer l is
+    selected (N = `loras`)."""
+    bits = torch.zeros(top.shape[0], top.shape[1], loras, dtype=torch.bool)
+    bits.scatter_(-1, top, True)
+    flat = bits.view(top.shape[0], -1)
+    pad = (-flat.shape[1]) % 8
+    flat = torch.cat([flat, flat.new_zeros(flat.shape[0], pad)], 1).view(flat.shape[0], -1, 8)
+    return (flat.to(torch.uint8) << torch.arange(8, dtype=torch.uint8)).sum(-1).to(torch.uint8)
+
+
+def hamming_distances(codes: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """Packed codes (B, bytes) and (E, bytes) -> Hamming distances (B, E): XOR, then a popcount table."""
+    return _POPCOUNT[torch.bitwise_xor(codes[:, None, :], stored[None]).long()].sum(-1).to(torch.int32)
 
 
 @dataclass
@@ -172,28 +187,24 @@ class ElderEditor(SnapshotEditor):
         return weights, top
 
     def _code(self, top: torch.Tensor) -> torch.Tensor:
-        """(B, L, k) -> packed codes (B, bytes): bit l*N + j set when LoRA j of layer l is selected."""
-        bits = torch.zeros(top.shape[0], top.shape[1], self.config.loras, dtype=torch.bool)
-        bits.scatter_(-1, top, True)
-        flat = bits.view(top.shape[0], -1)
-        pad = (-flat.shape[1]) % 8
-        flat = torch.cat([flat, flat.new_zeros(flat.shape[0], pad)], 1).view(flat.shape[0], -1, 8)
-        return (flat.to(torch.uint8) << torch.arange(8, dtype=torch.uint8)).sum(-1).to(torch.uint8)
+        return pack_codes(top, self.config.loras)
 
     def _hamming(self, top: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
         """(B, L, k) -> Hamming distances (B, E) to the stored codes of the live edits, and their ids."""
         ids = list(self.codes)
         if not ids:
             return torch.zeros(top.shape[0], 0, dtype=torch.int32), ids
-        stored = torch.stack([self.codes[i] for i in ids])  # (E, bytes)
-        xor = torch.bitwise_xor(self._code(top)[:, None, :], stored[None])
-        return _POPCOUNT[xor.long()].sum(-1).to(torch.int32), ids
+        return hamming_distances(self._code(top), torch.stack([self.codes[i] for i in ids])), ids
 
     def _within(self, top: torch.Tensor) -> torch.Tensor:
         distances, ids = self._hamming(top)
         if not ids:
             return torch.zeros(top.shape[0], dtype=torch.bool)
-        return distances.min(1).values <= self.config.epsilon
+        return self._reaches(distances.min(1).values)
+
+    def _reaches(self, nearest: torch.Tensor) -> torch.Tensor:
+        """Whether a nearest distance uses the mixture: the paper defers only a distance that exceeds epsilon."""
+        return nearest <= self.config.epsilon
 
     def _query(self, prompt) -> torch.Tensor:
         """The query vector of one encoded prompt, on the base model (nothing before the first mixture layer is
@@ -238,8 +249,8 @@ class ElderEditor(SnapshotEditor):
         top = self._weights(self._query(self._encode(prompt)).unsqueeze(0), False)[1]
         distances, ids = self._hamming(top)
         best = int(distances[0].argmin())
-        distance = int(distances[0, best])
-        return ids[best], float(distance), distance <= self.config.epsilon
+        distance = distances[0, best]
+        return ids[best], float(distance), bool(self._reaches(distance))
 
     def allocation_code(self, prompt: str) -> torch.Tensor:
         """The input's allocation as an (L, N) boolean matrix (what deferral compares)."""
