@@ -56,10 +56,11 @@ FAMILY_CONFIG = {"t5": dict(rank=8, learning_rate=0.02, max_steps=300)}
 
 @pytest.fixture
 def make_editor(tiny_dir):
-    def make(family: str = "llama", store=None, seed: int = 0, resident_edits: int | None = 1024, **config) -> Editor:
+    def make(family: str = "llama", store=None, seed: int = 0, resident_edits: int | None = 1024,
+             skip_damaged: bool = False, **config) -> Editor:
         config = {**FAMILY_CONFIG.get(family, {}), **config}
         return Editor.from_pretrained(tiny_dir(family, seed), config=tiny_config(tiny_dir, **config), store=store,
-                                      resident_edits=resident_edits)
+                                      resident_edits=resident_edits, skip_damaged=skip_damaged)
 
     return make
 

@@ -46,8 +46,8 @@ def test_an_update_in_the_same_file_waits_for_its_fact(make_editor):
 
 def test_a_bad_request_edits_nothing(make_editor):
     editor = make_editor("llama")
-    with pytest.raises(InvalidEditError, match="request 2"):
+    with pytest.raises(InvalidEditError, match="request 3: target is empty"):  # counted from 1
         editor.edit_many([{"prompt": p, "target": t} for p, t in FACTS[:2]] + [{"prompt": "x", "target": " "}])
-    with pytest.raises(UnknownEditError, match="request 1"):
+    with pytest.raises(UnknownEditError, match="request 2: supersedes='e7'"):
         editor.edit_many([{"prompt": "a?", "target": "b"}, {"prompt": "c?", "target": "d", "supersedes": "e7"}])
     assert editor.edits() == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sola.cli import main
 
 from conftest import tiny_config
@@ -62,3 +64,97 @@ def test_cli_updates_and_history(tiny_dir, tmp_path, capsys):
     assert sorted([e["id"] for e in chain] for chain in facts) == [["e1"], ["e3", "e4"]]
     code, _, err = run(capsys, "edit", "Who runs Acme?", "X", "--supersedes", "e3", *common)
     assert code == 2 and "already superseded by e4" in err
+
+
+def no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["ask", "Who is \udcff?"], "prompt is not valid UTF-8 text (byte 0xff at character 8)"),
+    (["edit", "", "X"], "prompt is empty"),
+    (["edit", "Who founded Acme?", "  "], "target is empty"),
+    (["edit", "Who founded Acme?"], "give PROMPT and TARGET"),
+    (["edit", "--file", "MISSING"], "MISSING: no such file"),
+    (["edit", "--file", "EMPTY"], "holds no edit requests"),
+    (["edit", "--file", "LATIN1"], "LATIN1, line 2: not valid UTF-8 (byte 0xe9 at column 23)"),
+    (["edit", "--file", "BADJSON"], "BADJSON, line 3: not valid JSON"),
+    (["edit", "--file", "NOTARGET"], "NOTARGET, line 2: needs a prompt"),
+    (["edit", "--file", "BLANKTARGET"], "BLANKTARGET, line 1: target is empty"),
+])
+def test_bad_input_is_one_error_before_the_model_loads(tmp_path, capsys, monkeypatch, argv, message):
+    import sola.editor
+
+    monkeypatch.setattr(sola.editor, "load_model", no_model)
+    files = {"MISSING": None, "EMPTY": b"\n  \n", "LATIN1": b'{"prompt": "a?", "target": "b"}\n{"prompt": "Who is Ren\xe9?", '
+             b'"target": "b"}\n', "BADJSON": b'{"prompt": "a?", "target": "b"}\n\n{"prompt": \n',
+             "NOTARGET": b'{"prompt": "a?", "target": "b"}\n{"prompt": "c?"}\n',
+             "BLANKTARGET": b'{"prompt": "a?", "target": " "}\n'}
+    argv = [str(tmp_path / a) if a in files else a for a in argv]
+    for name, data in files.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+    store = tmp_path / "store"
+    code, out, err = run(capsys, *argv, "--store", str(store))
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and message in errors[0], err
+    assert "Traceback" not in err and not store.exists()
+
+
+@pytest.mark.parametrize("command", [["list"], ["info"], ["ask", "Who founded Acme?"], ["rollback", "e1"]])
+def test_read_only_commands_never_create_a_store(tmp_path, capsys, command):
+    typo = tmp_path / "typo" / "x"
+    code, _, err = run(capsys, *command, "--store", str(typo))
+    assert code == 2 and "there is no store at" in err and not (tmp_path / "typo").exists()
+
+
+def test_list_and_info_read_the_store_without_the_model(tiny_dir, tmp_path, capsys, monkeypatch):
+    import sola.editor
+    from sola import Editor
+
+    store = tmp_path / "store"
+    editor = Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir), store=store)
+    editor.edit("Who founded Acme?", "Jane Roe")
+    editor.edit("Who founded Acme?", "Bob Poe")  # supersedes e1
+    editor.edit("What colour is the sky?", "green")
+    editor.rollback("e3")
+    monkeypatch.setattr(sola.editor, "load_model", no_model)
+    code, out, _ = run(capsys, "list", "--store", str(store), "--history")
+    assert code == 0 and "e2 'Bob Poe' <- e1 'Jane Roe'" in out and "e3 'green'" in out
+    code, out, _ = run(capsys, "info", "--store", str(store), "--json")
+    info = json.loads(out)
+    assert code == 0 and (info["edits"], info["superseded"], info["rolled_back"], info["keys"]) == (2, 1, 1, 2)
+    assert info["threshold"] == editor.config.threshold and "unnamed_threshold" in info
+
+
+def test_an_edit_that_does_not_converge_is_refused_or_kept_with_exit_3(tiny_dir, tmp_path, capsys):
+    from sola import Editor
+
+    store = tmp_path / "store"
+    Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir), store=store)
+    common = ["--store", str(store), "--model", str(tiny_dir("llama"))]
+    code, _, err = run(capsys, "edit", "Who founded Acme?", "Jane Roe", "--max-steps", "1", *common)
+    assert code == 3 and "did not converge and was not stored" in err and "--max-steps" in err
+    assert (store / "edits.jsonl").read_bytes() == b""
+    code, out, err = run(capsys, "edit", "Who founded Acme?", "Jane Roe", "--max-steps", "1", "--keep-unconverged",
+                         *common, "--json")
+    assert code == 3 and json.loads(out)[0]["converged"] is False and "did not converge but was stored" in err
+    edits = tmp_path / "edits.jsonl"
+    edits.write_text(json.dumps({"prompt": "What colour is the sky?", "target": "green"}) + "\n"
+                     + json.dumps({"prompt": "Who wrote Hamlet?", "target": "Bill Lumbergh " * 6}) + "\n")
+    code, out, err = run(capsys, "edit", "--file", str(edits), "--max-steps", "1", *common)
+    assert code == 3 and "the edits of lines 1, 2 did not converge" in err and "were not stored" in err
+    assert [line.endswith("not stored") for line in out.splitlines()] == [True, True]
+    assert len((store / "edits.jsonl").read_text().splitlines()) == 1  # only the --keep-unconverged edit
+    code, out, _ = run(capsys, "edit", "--file", str(edits), *common)  # the store's 200 steps: both converge
+    assert code == 0 and [line.split(":")[0] for line in out.splitlines()] == ["e2", "e3"]
+
+
+def test_a_target_beyond_the_token_limit_is_refused_with_the_limit(make_editor, tmp_path):
+    from sola import InvalidEditError
+    from sola.prompts import MAX_TARGET_TOKENS
+
+    editor = make_editor("llama", store=tmp_path / "store")
+    with pytest.raises(InvalidEditError, match=f"at most {MAX_TARGET_TOKENS}"):
+        editor.edit("Who?", "a b c d e f g h i j k " * 7)
+    assert (tmp_path / "store" / "edits.jsonl").read_bytes() == b""

@@ -89,7 +89,8 @@ def test_never_keeps_every_edit_a_new_fact(make_editor):
 def test_counterfact_locality_prompts_never_supersede(make_editor, tiny_dir):
     """Same relation, another subject: the hard negatives for "is this the same fact?" (MiniLM keys)."""
     records = load_dataset("counterfact").records[:40]
-    editor = make_editor("llama", key="encoder", encoder=None, threshold=0.40, max_steps=1)
+    editor = make_editor("llama", key="encoder", encoder=None, threshold=0.40, max_steps=1,
+                         on_no_converge="commit")
     for record in records:
         editor.edit(record.prompt, record.target, subject=record.subject)
     made = [editor.edit(r.locality[0].prompt, r.locality[0].answer or "x") for r in records]
@@ -107,7 +108,8 @@ def test_other_questions_about_an_edited_subject_never_supersede(make_editor):
 
     records = load_dataset("counterfact").records[:30]
     groups = relation_groups(load_dataset("counterfact").records[:500])
-    editor = make_editor("llama", key="encoder", encoder=None, threshold=0.40, max_steps=1)
+    editor = make_editor("llama", key="encoder", encoder=None, threshold=0.40, max_steps=1,
+                         on_no_converge="commit")
     edited = {editor.edit(record.prompt, record.target, subject=record.subject).id for record in records}
     others = [(p.prompt, r.subject) for r in records for p in subject_probes(r, records, groups)]
     routed = sum(editor.route(prompt) is not None for prompt, _ in others)
@@ -124,7 +126,8 @@ def test_zsre_rewordings_of_an_edited_fact_supersede_it(make_editor):
     from sola.data import load_zsre
     from sola.data.probes import latest_targets
 
-    editor = make_editor("llama", key="encoder", encoder=None, threshold=0.40, max_steps=1)
+    editor = make_editor("llama", key="encoder", encoder=None, threshold=0.40, max_steps=1,
+                         on_no_converge="commit")
     fits = [r for r in load_zsre().records[:150]  # the tiny model reads 64 tokens
             if len(editor.tokenizer(r.prompt + " " + r.target)["input_ids"]) < 60]
     records = fits

@@ -214,3 +214,25 @@ def test_prefix_contexts_add_training_rows_but_no_keys(make_editor):
     assert not torch.equal(editor.layers[0].lora_B[0], plain.layers[0].lora_B[0])  # trained on more rows
     with pytest.raises(ConfigError, match="prefix_contexts=9 must be between 0 and 8"):
         make_editor("llama", prefix_contexts=9)
+
+
+def test_a_calibration_prompt_at_the_calibrated_distance_does_not_route(make_editor, tiny_dir):
+    """key="subject" reports whole-prompt distances (edits without a subject) on the subject key's scale; scaling must
+    not move a distance equal to unnamed_threshold under threshold (in float32, 0.30008 * (0.6 / 0.30008) is
+    0.59999996)."""
+    import torch
+
+    unnamed = float(torch.tensor(0.30008))  # a float32 distance, as calibration returns it
+    editor = make_editor("llama", key="subject", encoder=str(tiny_dir("encoder")), threshold=0.6,
+                         unnamed_threshold=unnamed)
+    assert float(torch.tensor(unnamed) * (0.6 / unnamed)) < 0.6  # the rounding this guards against
+    whole = torch.tensor([unnamed, float(torch.nextafter(torch.tensor(unnamed), torch.tensor(0.0))), 0.1, 0.9])
+    scaled = editor._on_subject_scale(whole)
+    assert (scaled < 0.6).tolist() == [False, True, True, False]
+    editor.edit("Who founded Acme?", "Jane Roe")  # no subject: reached by the whole prompt
+    prompts = ["What colour is the sky?", "Who wrote Hamlet?", "The quick brown fox jumps over the lazy dog.",
+               "Which river flows through Cairo?", "Who is the CEO of Initech?"]
+    threshold = editor.calibrate_threshold(prompts, max_activation_rate=0.2)
+    assert editor.info()["unnamed_threshold"] == threshold
+    routed = [editor.route(p) is not None for p in prompts]
+    assert sum(routed) <= 1  # at most 20 % of 5: the prompt at the calibrated distance itself stays unrouted

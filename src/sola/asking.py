@@ -23,6 +23,9 @@ class Asking:
     def _routed(self, prompts: list[EncodedPrompt], batch: Batch) -> AbstractContextManager:
         raise NotImplementedError
 
+    def _before_asking(self) -> None:
+        """Called before every question (an editor on a shared store reads others' commits here)."""
+
     # -- asking ------------------------------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str], max_new_tokens: int = 32, *, batch_size: int = 1,
                  stop_at_newline: bool = False) -> str | list[str]:
@@ -31,6 +34,7 @@ class Asking:
         `batch_size` > 1 answers several prompts per forward pass (much faster for evaluation; padding may change the
         last bits of the numbers, so a near-tie can resolve differently than with batch_size=1). `stop_at_newline`
         ends an answer at its first line break (the natural stop for short factual answers)."""
+        self._before_asking()
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         encoded = [self._encode(text) for text in prompts]
         answers = []
@@ -49,6 +53,7 @@ class Asking:
         if len(prompts) != len(targets):
             raise InvalidEditError(f"score needs one target per prompt; got {len(prompts)} prompts, {len(targets)} "
                                    "targets")
+        self._before_asking()
         encoded = [self._encode(p) for p in prompts]
         wanted = [self.task.encode_target(p, check_text(t, "target").strip()) for p, t in zip(prompts, targets)]
         scores = []
@@ -65,6 +70,7 @@ class Asking:
 
         Causal LMs: (T, V) over the whole sequence. Seq2seq: (len(target), V) decoder logits (target required).
         Classifiers: (num_labels,)."""
+        self._before_asking()
         encoded = self._encode(prompt)
         targets = [self.task.encode_target(prompt, target)] if target is not None else None
         if targets is None and self.task.kind == "seq2seq":

@@ -11,51 +11,148 @@ from .errors import SolaError
 from .methods import METHODS
 
 
+# Exit codes: 0 done; 1 `sola fsck` found damage (without --repair); 2 bad input or an error that changed nothing;
+# 3 an edit did not converge (refused, or stored with --keep-unconverged).
+EXIT_DAMAGE, EXIT_ERROR, EXIT_NOT_CONVERGED = 1, 2, 3
+
+
+class _Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
 def _default_store() -> Path:
     from .loading import sola_home
 
     return sola_home() / "stores" / "default"
 
 
-def _editor(args):
+def _store_path(args) -> Path:
+    return Path(args.store) if args.store else _default_store()
+
+
+def _existing_store(args) -> Path:
+    """The store a read-only command reads: it must exist (a typo must not create one)."""
+    from .store import Store
+
+    path = _store_path(args)
+    if not Store.exists(path):
+        raise SolaError(f"there is no store at {path}; check --store, or make one by editing into it "
+                        f"(`sola edit --store {path} PROMPT TARGET`)")
+    return path
+
+
+def _editor(args, *, create: bool):
     from .config import EditConfig
     from .editor import Editor
+    from .store import Store
 
-    store = Path(args.store) if args.store else _default_store()
-    config = None
-    if not (store / "manifest.json").is_file() and args.key:
-        config = EditConfig(key=args.key)
-    return Editor.from_pretrained(args.model, store=store, config=config)
+    store = _store_path(args) if create else _existing_store(args)
+    config = EditConfig(key=args.key) if create and args.key and not Store.exists(store) else None
+    editor = Editor.from_pretrained(args.model, store=store, config=config, create=create, lock_wait=args.wait,
+                                    skip_damaged=getattr(args, "skip_damaged", False))
+    training = {}
+    if getattr(args, "max_steps", None) is not None:
+        training["max_steps"] = args.max_steps
+    if getattr(args, "keep_unconverged", False):
+        training["on_no_converge"] = "commit"
+    if training:  # training fields apply to this command's edits only; the store's config is unchanged
+        editor.config = editor.config.replace(**training)
+    return editor
+
+
+def _ledger(args):
+    """The store's edits without loading the model: its journal replayed."""
+    from .ledger import Ledger
+    from .store import Store
+
+    store = Store.open(_existing_store(args), skip_damaged=args.skip_damaged)
+    ledger = Ledger()
+    ledger.replay(store.journal())
+    return store, ledger
 
 
 def _emit(args, data, text: str) -> None:
     print(json.dumps(data, indent=2, default=str) if args.json else text)
 
 
+def _describe(edit) -> str:
+    converged = "" if edit.converged else ", NOT converged"
+    supersedes = f", supersedes {edit.supersedes}" if edit.supersedes else ""
+    return f"{edit.prompt!r} -> {edit.target!r} ({edit.steps} steps, loss {edit.loss:.4f}{converged}{supersedes})"
+
+
 def _edit(args) -> None:
-    editor = _editor(args)
+    from .errors import NotConvergedError
+    from .prompts import check_text
+    from .requests import read_requests
+
+    # everything that needs no model is checked before the model loads
     if args.file:
-        requests = []
-        for number, line in enumerate(Path(args.file).read_text().splitlines(), start=1):
-            if line.strip():
-                try:
-                    requests.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise SolaError(f"{args.file}, line {number}: not valid JSON") from None
-        edits = editor.edit_many(requests, progress=not args.json, batch_size=args.batch_size)
-    elif args.prompt and args.target:
-        edits = [editor.edit(args.prompt, args.target, subject=args.subject, supersedes=args.supersedes,
-                             new_fact=args.new_fact)]
+        if args.prompt is not None:
+            raise SolaError("give PROMPT and TARGET, or --file EDITS.jsonl, not both")
+        requests, lines = read_requests(args.file)
     else:
-        raise SolaError("give PROMPT and TARGET, or --file EDITS.jsonl")
-    _emit(args, [e.to_dict() for e in edits],
-          "\n".join(f"{e.id}: {e.prompt!r} -> {e.target!r} ({e.steps} steps, loss {e.loss:.4f}"
-                    f"{'' if e.converged else ', NOT converged'}"
-                    f"{f', supersedes {e.supersedes}' if e.supersedes else ''})" for e in edits))
+        if args.prompt is None or args.target is None:
+            raise SolaError("give PROMPT and TARGET (e.g. sola edit \"Who founded Acme?\" \"Jane Roe\"), or --file "
+                            "EDITS.jsonl")
+        check_text(args.prompt, "prompt")
+        check_text(args.target, "target")
+        if args.subject is not None:
+            check_text(args.subject, "subject")
+    editor = _editor(args, create=True)
+    if not args.file:
+        try:
+            edit = editor.edit(args.prompt, args.target, subject=args.subject, supersedes=args.supersedes,
+                               new_fact=args.new_fact)
+        except NotConvergedError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise _Exit(EXIT_NOT_CONVERGED) from None
+        _emit(args, [edit.to_dict()], f"{edit.id}: {_describe(edit)}")
+        if not edit.converged:
+            print(f"warning: {edit.id} did not converge but was stored (--keep-unconverged): the model may not answer "
+                  f"{edit.prompt!r} with {edit.target!r}; `sola rollback {edit.id}` undoes it", file=sys.stderr)
+            raise _Exit(EXIT_NOT_CONVERGED)
+        return
+
+    unconverged = []
+
+    def report(index: int, edit, status: str) -> None:
+        line = lines[index]
+        if not edit.converged:
+            unconverged.append(line)
+        if args.json:
+            print(json.dumps({"line": line, "status": status, "edit": edit.to_dict()}), flush=True)
+        elif status == "skipped":
+            print(f"{edit.id}: {edit.prompt!r} -> {edit.target!r} (line {line}: already committed, skipped)",
+                  flush=True)
+        elif status == "refused":
+            print(f"line {line}: {_describe(edit)}: not stored", flush=True)
+        else:
+            print(f"{edit.id}: {_describe(edit)}", flush=True)
+
+    try:
+        editor.edit_many(requests, batch_size=args.batch_size, skip_committed=not args.again, on_result=report)
+    except SolaError as err:
+        index = getattr(err, "request_index", None)
+        if index is not None:
+            raise SolaError(f"{args.file}, line {lines[index]}: {err.reason}") from None
+        if not isinstance(err, NotConvergedError):
+            raise
+    if unconverged:
+        stored = "stored all the same (--keep-unconverged)" if args.keep_unconverged else "not stored"
+        print(f"error: the edits of line{'s' if len(unconverged) > 1 else ''} {', '.join(map(str, unconverged))} did "
+              f"not converge within max_steps={editor.config.max_steps} and were {stored}; allow more steps with "
+              "--max-steps N or shorten their targets, then run the same file again (committed lines are skipped)",
+              file=sys.stderr)
+        raise _Exit(EXIT_NOT_CONVERGED)
 
 
 def _ask(args) -> None:
-    editor = _editor(args)
+    from .prompts import check_text
+
+    check_text(args.prompt, "prompt")
+    editor = _editor(args, create=False)
     answer = editor.generate(args.prompt, max_new_tokens=args.max_new_tokens)
     route = editor.route(args.prompt)
     data = {"prompt": args.prompt, "answer": answer,
@@ -71,32 +168,71 @@ def _status(edit) -> str:
 
 
 def _list(args) -> None:
-    editor = _editor(args)
-    edits = editor.edits(include_rolled_back=args.all or args.history)
+    _, ledger = _ledger(args)
+    edits = ledger.edits(include_rolled_back=args.all or args.history)
     if not args.history:
         rows = [f"{e.id:>6}  {_status(e):<11}  {e.prompt!r} -> {e.target!r}" for e in edits]
         _emit(args, [e.to_dict() for e in edits], "\n".join(rows) or "no edits")
         return
-    chains = [editor.chain(e.id) for e in edits if e.answering]  # one per fact, answering edit last
+    chains = [ledger.chain(e.id) for e in edits if e.answering]  # one per fact, answering edit last
     rolled = [e for e in edits if not e.live]
     lines = []
     for chain in chains:
         lines.append(" <- ".join(f"{e.id} {e.target!r}" for e in reversed(chain)) + f"   {chain[-1].prompt!r}")
     lines += [f"{e.id} {e.target!r}   {e.prompt!r}  (rolled back {e.rolled_back}"
-              f"{f', had superseded {e.supersedes}' if e.supersedes else ''})" for e in rolled]
+              f"{f', had superseded {e.supersedes}' if e.supersedes else ''}{f'; {e.note}' if e.note else ''})"
+              for e in rolled]
     _emit(args, {"facts": [[e.to_dict() for e in chain] for chain in chains],
                  "rolled_back": [e.to_dict() for e in rolled]},
           "answering edit <- the edits it superseded\n" + "\n".join(lines) if lines else "no edits")
 
 
 def _rollback(args) -> None:
-    edit = _editor(args).rollback(args.id)
+    edit = _editor(args, create=False).rollback(args.id)
     _emit(args, edit.to_dict(), f"rolled back {edit.id}: {edit.prompt!r} -> {edit.target!r}")
 
 
 def _info(args) -> None:
-    info = _editor(args).info()
+    from .config import STORED_DEFAULTS, EditConfig
+
+    store, ledger = _ledger(args)
+    config = EditConfig.from_dict({**STORED_DEFAULTS, **store.manifest["config"]})
+    edits = ledger.edits()
+    size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+    info = {
+        "model": store.manifest["model"].get("name"),
+        "model_note": store.manifest.get("model_note"),
+        "method": store.manifest.get("method"),
+        "prompt_format": config.prompt_format,
+        "layers": config.layers,
+        "rank": config.rank,
+        "key": config.key,
+        "distance": config.resolved_distance(),
+        "threshold": config.default_threshold(),
+        "unnamed_threshold": config.resolved_unnamed_threshold() if config.key == "subject" else None,
+        "supersede": config.supersede,
+        "on_no_converge": config.on_no_converge,
+        "edits": ledger.live_count,
+        "superseded": ledger.superseded_count,
+        "rolled_back": len(ledger) - ledger.live_count,
+        "keys": sum(len(e.prompts) for e in edits),
+        "store": str(store.path),
+        "store_bytes": size,
+        "damage": [d.message for d in store.damage] or None,
+    }
     _emit(args, info, "\n".join(f"{k}: {v}" for k, v in info.items()))
+
+
+def _fsck(args) -> None:
+    from .integrity import check_store, repair_store
+
+    path = _store_path(args)  # a store whose manifest is damaged is still checked: no _existing_store
+    if not path.is_dir():
+        raise SolaError(f"there is no store at {path}; check --store")
+    report = repair_store(path) if args.repair else check_store(path)
+    _emit(args, report.to_dict(), report.describe())
+    if not report.ok:
+        raise _Exit(EXIT_DAMAGE)
 
 
 def _demo(args) -> None:
@@ -154,9 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--store", help="store directory (default: $SOLA_HOME/stores/default)")
     common.add_argument("--model", help="local model directory (default: the embedded SmolLM2-135M-Instruct)")
     common.add_argument("--key", choices=["encoder", "subject", "mean_pool", "last_token"],
-                        help="key strategy of a new store (default: encoder)")
+                        help="key strategy of a new store (default: subject)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser = argparse.ArgumentParser(prog="sola", description="Reversible lifelong model editing (SoLA).")
+    common.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                        help="how long a change waits for another process writing to the store before it gives up "
+                        "(default 120)")
+    readers = argparse.ArgumentParser(add_help=False)
+    readers.add_argument("--skip-damaged", action="store_true",
+                         help="open a damaged store read-only without the edits that cannot be read")
+    parser = argparse.ArgumentParser(prog="sola", description="Reversible lifelong model editing (SoLA).",
+                                     epilog="exit codes: 0 done; 1 fsck found damage; 2 bad input or an error (nothing "
+                                     "was changed); 3 an edit did not converge")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", parents=[common], help="edit three zsRE facts, ask, roll one back")
@@ -168,15 +312,21 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--subject", help="the entity the fact is about")
     edit.add_argument("--file", help="JSON lines with prompt/target (or src/alt, prompt/target_new)")
     edit.add_argument("--batch-size", type=int, default=16, help="with --file: edits trained together (default 16)")
+    edit.add_argument("--again", action="store_true",
+                      help="with --file: make every request, also those a live edit was already made from (by default "
+                      "they are skipped, so re-running an interrupted file neither retrains nor duplicates)")
+    edit.add_argument("--max-steps", type=int, help="training steps an edit may take (default: the store's, 60)")
+    edit.add_argument("--keep-unconverged", action="store_true",
+                      help="store an edit that did not converge (exit code 3 all the same); by default it is refused")
     update = edit.add_mutually_exclusive_group()
     update.add_argument("--supersedes", metavar="ID", help="this edit updates the fact of edit ID")
     update.add_argument("--new-fact", action="store_true", help="never treat this edit as an update")
     edit.set_defaults(run=_edit)
-    ask = commands.add_parser("ask", parents=[common], help="answer PROMPT (greedy) and say which edit answered")
+    ask = commands.add_parser("ask", parents=[common, readers], help="answer PROMPT (greedy) and say which edit answered")
     ask.add_argument("prompt")
     ask.add_argument("--max-new-tokens", type=int, default=32)
     ask.set_defaults(run=_ask)
-    listing = commands.add_parser("list", parents=[common], help="list the edits")
+    listing = commands.add_parser("list", parents=[common, readers], help="list the edits (reads the store alone)")
     listing.add_argument("--all", action="store_true", help="include rolled-back edits")
     listing.add_argument("--history", action="store_true",
                          help="one line per fact: the answering edit and the edits it superseded; then rollbacks")
@@ -184,8 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser("rollback", parents=[common], help="undo edit ID exactly")
     rollback.add_argument("id")
     rollback.set_defaults(run=_rollback)
-    info = commands.add_parser("info", parents=[common], help="model, method, edits, memory")
+    info = commands.add_parser("info", parents=[common, readers], help="model, config, edits, store size (reads the "
+                               "store alone)")
     info.set_defaults(run=_info)
+    fsck = commands.add_parser("fsck", parents=[common], help="check a store for damage; --repair moves it aside",
+                               description="Check every file of a store. --repair moves what cannot be read into "
+                               "STORE/quarantine/ (nothing is deleted), rolls back the edits that lost their tensors "
+                               "and cuts a torn last line; the rest then opens. Exit code 1 if damage remains.")
+    fsck.add_argument("--repair", action="store_true", help="quarantine what cannot be read and open the rest")
+    fsck.set_defaults(run=_fsck)
     bench = commands.add_parser("bench", help="sequential editing benchmark: T edits, then every metric",
                                 description="Run T edits one after another and evaluate them (teacher-forced and "
                                 "generated, ES/ERR/TRR, three kinds of locality, routing, cost); or compare runs.")
@@ -224,11 +381,17 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter on a terminal
+    if getattr(args, "wait", "absent") is None:
+        from .locking import DEFAULT_WAIT
+
+        args.wait = DEFAULT_WAIT
     try:
         args.run(args)
+    except _Exit as done:
+        return done.code
     except SolaError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 
@@ -14,9 +14,10 @@ PROMPT_FORMATS = ("auto", "raw", "chat")
 OPTIMIZERS = ("adam", "sgd")
 SUPERSEDE_MODES = ("auto", "never")
 FACTOR_DTYPES = ("bfloat16", "float32")
+NO_CONVERGE_MODES = ("refuse", "commit")
 # What a store's config means by a field it does not have: the behaviour of the versions before the field existed
-# (every edit a new fact; float32 factors).
-STORED_DEFAULTS = {"supersede": "never", "factor_dtype": "float32"}
+# (every edit a new fact; float32 factors; an edit that did not converge stored all the same).
+STORED_DEFAULTS = {"supersede": "never", "factor_dtype": "float32", "on_no_converge": "commit"}
 # Unrelated sentences put before an edit's prompt to make extra training rows (`prefix_contexts`); like ROME's context
 # templates, they teach the LoRA the fact rather than the exact string. Neutral on purpose: no fact, no subject.
 PREFIX_CONTEXTS = ("Here is a fact.", "I read this somewhere.", "Let me tell you something.", "This is well known.",
@@ -119,6 +120,13 @@ class EditConfig:
     """Mean token cross-entropy the target (with its end token) must get below before training stops. A margin over
     bare argmax-exactness, so the edit survives small numeric differences (batch padding, bf16)."""
 
+    on_no_converge: str = "refuse"
+    """What to do with an edit whose training reached `max_steps` without reproducing its target (`Edit.converged`
+    False). "refuse" (default): store nothing and raise `NotConvergedError`: a stored edit would route its prompts to
+    a LoRA that answers something other than the target, while the user believes the fact is taught; refusing changes
+    nothing, so the edit can be retried with more steps or a shorter target. "commit": store it all the same (the
+    benchmark protocol: every edit of the stream counts, failures included)."""
+
     supersede: str = "auto"
     """What an edit of an already edited fact does. "auto": if the new edit's prompt routes to a live edit (the rule
     inference uses) that asks the same question (both name the same subject and, with the subject masked out, their
@@ -149,6 +157,11 @@ class EditConfig:
     seed: int = 0
     """Seed of every random choice (LoRA initialisation); the same edits in the same order give the same bits."""
 
+    TRAINING_FIELDS: ClassVar[tuple[str, ...]] = ("optimizer", "learning_rate", "max_steps", "loss_bound",
+                                                  "on_no_converge")
+    """Fields that only shape how new edits are trained: an editor opening an existing store may set them to other
+    values than the store was made with (they do not change what stored edits compute)."""
+
     def validate(self) -> "EditConfig":
         """Raise `ConfigError` naming the first field that cannot work."""
         if self.key not in KEY_STRATEGIES:
@@ -165,6 +178,9 @@ class EditConfig:
             raise ConfigError(f"supersede={self.supersede!r} is unknown; choose one of {', '.join(SUPERSEDE_MODES)}")
         if not 0 <= self.prefix_contexts <= len(PREFIX_CONTEXTS):
             raise ConfigError(f"prefix_contexts={self.prefix_contexts} must be between 0 and {len(PREFIX_CONTEXTS)}")
+        if self.on_no_converge not in NO_CONVERGE_MODES:
+            raise ConfigError(f"on_no_converge={self.on_no_converge!r} is unknown; choose one of "
+                              f"{', '.join(NO_CONVERGE_MODES)}")
         if self.factor_dtype not in FACTOR_DTYPES:
             raise ConfigError(f"factor_dtype={self.factor_dtype!r} is unknown; choose one of {', '.join(FACTOR_DTYPES)}")
         if self.supersede_threshold is not None and not self.supersede_threshold > 0:

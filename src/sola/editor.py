@@ -8,7 +8,7 @@ import zlib
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -16,16 +16,20 @@ from torch import nn
 from .asking import Asking
 from .architectures import default_layers, default_rank, task_of
 from .config import PREFIX_CONTEXTS, STORED_DEFAULTS, EditConfig
-from .edit import Edit, EditLog
-from .errors import ConfigError, InvalidEditError, ModelMismatchError, StoreError, UnknownEditError
+from .edit import Edit
+from .errors import (ConfigError, CorruptStoreError, InvalidEditError, ModelMismatchError, NotConvergedError,
+                     RequestError, StoreError, UnknownEditError, at_request)
 from .fingerprint import config_hash, describe_mismatch, weights_hash
+from .ledger import Ledger
 from .loading import EMBEDDED_NOTE, EMBEDDED_SOURCE, load_model
+from .locking import DEFAULT_WAIT
 from .nn import Decision, RoutedLoraLayer
-from .prompts import EncodedPrompt, PromptFormat, check_text
+from .requests import parse_request
+from .prompts import EncodedPrompt, PromptFormat, check_text, check_token_limits
 from .routing import KeyTable, Route, key_strategy
 from .routing.subjects import SubjectIndex, relation_text
 from .residency import Residency
-from .store import Store
+from .store import Damage, Store, damage_message, id_number
 from .tasks import TASKS, Batch
 from .training import train_edits
 
@@ -33,6 +37,9 @@ METHOD = "sola"
 # Edits whose LoRA factors an editor with a store keeps in memory; the others are read back from the store when an
 # input is routed to them (~1 ms each). 1,024 edits of the embedded model's default layers take ~100 MB.
 DEFAULT_RESIDENT_EDITS = 1024
+# An editor on a store reads what other processes committed (edits, rollbacks, a calibrated threshold) before each
+# change, and before answering at most this often (seconds): a stat of two files when nothing changed.
+DEFAULT_REFRESH_EVERY = 1.0
 
 
 class _QueryCaptured(Exception):
@@ -54,7 +61,8 @@ class Editor(Asking):
     """
 
     def __init__(self, model: nn.Module, tokenizer, config: EditConfig | None = None, *, source: str = "model",
-                 store: Store | None = None, resident_edits: int | None = DEFAULT_RESIDENT_EDITS) -> None:
+                 store: Store | None = None, resident_edits: int | None = DEFAULT_RESIDENT_EDITS,
+                 refresh_every: float | None = DEFAULT_REFRESH_EVERY) -> None:
         config = (config or EditConfig()).validate()
         if resident_edits is not None and resident_edits < 1:
             raise ConfigError(f"resident_edits={resident_edits} must be at least 1 (or None: keep every edit in memory)")
@@ -83,16 +91,16 @@ class Editor(Asking):
         self.table = KeyTable(self._key_dim(), self.config.resolved_distance())
         self.subjects = SubjectIndex()  # used by key="subject": which edits an input names
         self._unnamed: set[int] = set()  # key="subject": slots of edits made without a subject (whole-prompt keys)
-        self._edits = EditLog()  # every edit, live or rolled back, in creation order
+        self.ledger = Ledger()  # every edit, live or rolled back, and the superseding links between live ones
         self._slot_of: dict[str, int] = {}  # live edits only
         self._owner: dict[int, str] = {}  # the inverse of _slot_of, for routing answers
         # Superseding: a key keeps the slot of the edit whose prompt made it; `_answer[slot]` is the slot that answers
-        # for that edit's keys (itself, or the newest live edit of its fact). Links run between live edits.
+        # for that edit's keys (itself, or the newest live edit of its fact, as the ledger's links say).
         self._answer = torch.zeros(0, dtype=torch.long)
-        self._successor: dict[str, str] = {}
-        self._predecessor: dict[str, str] = {}
         self._free: list[int] = []
-        self._counter = 0
+        self._counter = 0  # the last edit number of an editor without a store (a store allocates its own)
+        self.refresh_every = refresh_every
+        self._refreshed = time.monotonic()
         self._disabled = False
         self.store: Store | None = None
         self.fingerprint = {
@@ -107,41 +115,54 @@ class Editor(Asking):
     # -- construction ------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike | None = None, *, config: EditConfig | None = None,
-                        store: str | os.PathLike | None = None,
-                        resident_edits: int | None = DEFAULT_RESIDENT_EDITS) -> "Editor":
+                        store: str | os.PathLike | None = None, create: bool = True,
+                        resident_edits: int | None = DEFAULT_RESIDENT_EDITS, skip_damaged: bool = False,
+                        lock_wait: float = DEFAULT_WAIT,
+                        refresh_every: float | None = DEFAULT_REFRESH_EVERY) -> "Editor":
         """Load a base model (None: the embedded SmolLM2-135M-Instruct; else a local Hugging Face directory or a hub id
-        in the local cache) and, if `store` is given, open that store or create it. An existing store keeps the config
-        it was made with; passing a different `config` for it is an error."""
+        in the local cache) and, if `store` is given, open that store or (with `create`) create it.
+
+        An existing store keeps the config it was made with; passing a config that differs from it is an error,
+        except in the training fields (`EditConfig.TRAINING_FIELDS`: steps, step size, what to do with an edit that
+        does not converge), which apply to this editor's edits only. Other processes may use the same store at the
+        same time: changes wait up to `lock_wait` seconds for another writer, and the editor reads what others
+        committed before each change and, before answering, at most every `refresh_every` seconds (None: only
+        when `refresh()` is called). A damaged store is an error naming the damage and the fix; `skip_damaged=True`
+        opens the rest read-only."""
         existing = store is not None and Store.exists(store)
-        opened = Store.open(store) if existing else None
+        if store is not None and not existing and not create:
+            raise StoreError(f"there is no store at {store}; make one by editing into it (`sola edit --store {store} "
+                             "PROMPT TARGET`, or Editor.from_pretrained(store=...)), or check the path")
+        opened = Store.open(store, skip_damaged=skip_damaged, lock_wait=lock_wait) if existing else None
         if opened is not None:
-            stored = EditConfig.from_dict({**STORED_DEFAULTS, **opened.manifest["config"]})
-            given = config.to_dict() if config is not None else {}
-            held = stored.to_dict()
-            resolvable = (None, "auto")  # fields a config leaves for the model to decide take the store's value
-            differing = sorted(k for k, v in given.items() if v not in resolvable and v != held[k])
-            if differing:
-                raise ConfigError(f"the store {store} was made with a different config ({', '.join(differing)}); "
-                                  "open it without a config (it keeps its own) or create a new store")
-            config = stored
+            config = _store_config(opened, config, store)
         name, network, tokenizer = load_model(model)
-        editor = cls(network, tokenizer, config, source=name, resident_edits=resident_edits)
+        editor = cls(network, tokenizer, config, source=name, resident_edits=resident_edits,
+                     refresh_every=refresh_every)
+        if opened is None and store is not None:
+            try:
+                opened = Store.create(store, editor._manifest(), lock_wait=lock_wait)
+            except StoreError:
+                if not Store.exists(store):
+                    raise
+                # another process created it meanwhile: open theirs (it must have been made with a compatible config)
+                opened = Store.open(store, skip_damaged=skip_damaged, lock_wait=lock_wait)
+                _store_config(opened, config, store)
         if opened is not None:
-            editor._attach(opened)
-        elif store is not None:
-            editor._attach(Store.create(store, editor._manifest()))
+            editor._attach(opened, skip_damaged=skip_damaged)
         return editor
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: str | os.PathLike | None = None, *,
-             resident_edits: int | None = DEFAULT_RESIDENT_EDITS) -> "Editor":
+             resident_edits: int | None = DEFAULT_RESIDENT_EDITS, skip_damaged: bool = False) -> "Editor":
         """Open a saved store with the base model it was made on (or `model`, which must be the same model)."""
         manifest = Store.read_manifest(path)
         source = model if model is not None else manifest["model"]["name"]
         if model is None and source != EMBEDDED_SOURCE and not Path(source).exists():
             raise StoreError(f"the store {path} was made on {source!r}, which is not here; pass model=... with a copy "
                              "of that model")
-        return cls.from_pretrained(source, store=path, resident_edits=resident_edits)
+        return cls.from_pretrained(source, store=path, create=False, resident_edits=resident_edits,
+                                   skip_damaged=skip_damaged)
 
     def _wrap(self, modules: dict[str, nn.Module], name: str) -> RoutedLoraLayer:
         module = modules[name]
@@ -176,8 +197,9 @@ class Editor(Asking):
         return {"method": METHOD, "config": self.config.to_dict(), "model": self.fingerprint,
                 "model_note": EMBEDDED_NOTE if self.source == EMBEDDED_SOURCE else None}
 
-    def _attach(self, store: Store) -> None:
-        """Check that the store belongs to this model, then replay its journal into memory."""
+    def _attach(self, store: Store, skip_damaged: bool = False) -> None:
+        """Check that the store belongs to this model, then replay its journal into memory. Edits whose files cannot
+        be read make this an error naming them, or with `skip_damaged` are left out (the store is then read-only)."""
         manifest = store.manifest
         if manifest.get("method") != METHOD:
             raise StoreError(f"{store.path} holds edits of method {manifest.get('method')!r}, not {METHOD!r}")
@@ -188,42 +210,118 @@ class Editor(Asking):
             raise ModelMismatchError(f"{store.path}: its keys come from {manifest['model'].get('keys')} but this editor "
                                      f"computes keys with {self.fingerprint['keys']}; use the same key encoder")
         records = store.journal()
-        rolled = {r["id"]: r.get("at", "") for r in records if r["op"] == "rollback"}
-        made = [r for r in records if r["op"] == "edit"]
-        live = [r for r in made if r["id"] not in rolled]
+        rolled = {r["id"] for r in records if r["op"] == "rollback"}
+        live = [r for r in records if r["op"] == "edit" and r["id"] not in rolled]
         # read what is needed before changing anything: every live edit's keys, and the factors of the newest edits
         # that fit in memory (the others are read when an input is routed to them)
-        capacity = self.residency.capacity
-        resident = live if capacity is None else live[len(live) - capacity:] if capacity < len(live) else live
+        unreadable = self._unreadable(store, live) if skip_damaged or store.damage else []
+        skipped = {d.edit_id for d in unreadable}
+        try:
+            keys, counts, factors, resident = self._read_live(store, [r for r in live if r["id"] not in skipped])
+        except CorruptStoreError:
+            unreadable = self._unreadable(store, live)
+            if not skip_damaged:
+                raise CorruptStoreError(damage_message(store.path, unreadable)) from None
+            skipped = {d.edit_id for d in unreadable}
+            keys, counts, factors, resident = self._read_live(store, [r for r in live if r["id"] not in skipped])
+        if unreadable:
+            store.damage += [d for d in unreadable if d not in store.damage]
+            store.read_only = True
+            records = [r for r in records if r.get("id") not in skipped]
+            live = [r for r in live if r["id"] not in skipped]
+        assert not len(self.ledger), "a store is attached to a new editor only"
+        links = self.ledger.replay(records)  # the records become Edits when asked for
         ids = [r["id"] for r in live]
-        factors = {r["id"]: store.read_tensors(r["id"]) for r in resident}
-        keys, counts = store.read_keys_many(ids)
-        assert not self._edits, "a store is attached to a new editor only"
-        # the records become Edits when asked for; superseded_by is worked out again below, from the links
-        self._edits.add_records(
-            r if r["id"] not in rolled and r.get("rolled_back") is None and r.get("superseded_by") is None
-            else {**r, "rolled_back": rolled.get(r["id"]), "superseded_by": None} for r in made)
-        self._counter = max((_id_number(r["id"]) for r in made), default=0)
         slots = list(range(len(live)))  # a new editor: live edits take the slots 0..n-1 in creation order
         self._slot_of, self._owner = dict(zip(ids, slots)), dict(zip(slots, ids))
         self._answer = torch.arange(max(8, len(live)))
         if self.keys.needs_subject:
             for record, slot in zip(live, slots):
                 self._add_subject(record.get("subject"), slot)
-        for slot in range(len(live) - len(resident), len(live)):
+        for slot in range(len(live) - resident, len(live)):
             self.residency.put(slot, factors[ids[slot]], durable=True)
         self.table.add_rows(keys, torch.repeat_interleave(torch.arange(len(live)), counts))
-        links = [(older, r["id"]) for r in live if (older := self._live_predecessor(r.get("supersedes"))) is not None]
-        self._link_all(links)  # in creation order, as they were made
+        self._answer_links(links)  # in creation order, as they were made
         store.forget_index()  # the routing table holds the keys now
         self.store = store
+        self._refreshed = time.monotonic()
 
-    def _live_predecessor(self, older: str | None) -> str | None:
-        """The live edit an edit that recorded `supersedes=older` supersedes: `older`, or, if that was rolled back,
-        what that one superseded."""
-        while older is not None and not self._edits[older].live:
-            older = self._edits[older].supersedes
-        return older
+    def _read_live(self, store: Store, live: list[dict[str, Any]]):
+        """(keys, key rows per edit, factors of the resident edits, how many are resident) of these live edits."""
+        capacity = self.residency.capacity
+        resident = len(live) if capacity is None else min(capacity, len(live))
+        factors = {r["id"]: store.read_tensors(r["id"]) for r in live[len(live) - resident:]}
+        keys, counts = store.read_keys_many([r["id"] for r in live])
+        return keys, counts, factors, resident
+
+    def _unreadable(self, store: Store, live: list[dict[str, Any]]) -> list[Damage]:
+        """Damage of the live edits' files that opening would read, one per edit (edits skipped by the store's own
+        open, e.g. a duplicated id, too)."""
+        found = [d for d in store.damage if d.edit_id is not None and not d.harmless]
+        named = {d.edit_id for d in found}
+        capacity = self.residency.capacity
+        resident = {r["id"] for r in (live if capacity is None else live[max(0, len(live) - capacity):])}
+        for record in live:
+            if record["id"] in named:
+                continue
+            try:
+                store.read_tensors(record["id"]) if record["id"] in resident else store.read_keys(record["id"])
+            except CorruptStoreError as err:
+                path = store.tensor_path(record["id"])
+                kind = "tensors-missing" if not path.exists() else "tensors-unreadable"
+                found.append(Damage(kind, f"tensors/{path.name}", str(err).split(";")[0], edit_id=record["id"]))
+        return found
+
+    # -- other processes ---------------------------------------------------------------------------------------------
+    def refresh(self) -> int:
+        """Bring in what other processes committed to this editor's store since it last looked: edits, rollbacks, a
+        calibrated threshold. Returns how many journal records were new. Done before every change automatically
+        (under the store's lock) and before answering at most every `refresh_every` seconds."""
+        if self.store is None:
+            return 0
+        new = self.store.refresh()
+        self._apply(new)
+        return len(new)
+
+    def _maybe_refresh(self) -> None:
+        if self.store is None or self.refresh_every is None:
+            return
+        if time.monotonic() - self._refreshed >= self.refresh_every:
+            if self.store.changed():
+                self._apply(self.store.refresh())
+            else:
+                self._refreshed = time.monotonic()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the store's write lock, having brought in everything committed before (no-op without a store)."""
+        if self.store is None:
+            yield
+            return
+        with self.store.writing() as new:
+            self._apply(new)
+            yield
+
+    def _apply(self, records: list[dict[str, Any]]) -> None:
+        """Journal records committed by another process, in order: the same state as if this editor had made them."""
+        for record in records:
+            if record["op"] == "edit" and record["id"] not in self.ledger:
+                keys = self.store.read_keys(record["id"])
+                edit = Edit.from_dict({**record, "rolled_back": None, "superseded_by": None})
+                self._install(edit.id, {"keys": keys}, edit.subject, durable=True, resident=False)
+                self.ledger.add(edit)
+                older = self.ledger.live_predecessor(edit.supersedes)
+                if older is not None and self.ledger.successor(older) is None:
+                    self._link(older, edit.id)
+            elif record["op"] == "rollback" and record["id"] in self.ledger and self.ledger.get(record["id"]).live:
+                self._forget(record["id"], record.get("at", ""), record.get("reason"))
+        if self.store is not None:
+            stored = self.store.manifest.get("config", {})
+            changes = {k: stored[k] for k in ("threshold", "unnamed_threshold")
+                       if k in stored and stored[k] != getattr(self.config, k)}
+            if changes:
+                self.config = self.config.replace(**changes)
+        self._refreshed = time.monotonic()
 
     # -- slots and tensors -------------------------------------------------------------------------------------------
     def _allocate(self) -> int:
@@ -241,22 +339,17 @@ class Editor(Asking):
     def _link(self, older: str, newer: str) -> None:
         """`newer` supersedes the answering edit `older`: every key that reached `older` now reaches `newer`."""
         self._answer[self._answer == self._slot_of[older]] = self._slot_of[newer]
-        self._note_link(older, newer)
+        self.ledger.link(older, newer)
 
-    def _link_all(self, links: list[tuple[str, str]]) -> None:
-        """`_link` of each (older, newer) in order, on a table where every key still answers for itself (opening a
-        store): who answers for whom is worked out first and written to `_answer` once."""
+    def _answer_links(self, links: list[tuple[str, str]]) -> None:
+        """The ledger's links (older, newer), made in this order on a table where every key still answered for itself
+        (opening a store), written to `_answer` at once: who answers for whom is worked out first."""
         answered: dict[int, list[int]] = {}  # answering slot -> the slots whose keys it answers for
         for older, newer in links:
             into, moved = self._slot_of[newer], self._slot_of[older]
             answered.setdefault(into, [into]).extend(answered.pop(moved, [moved]))
-            self._note_link(older, newer)
         for slot, slots in answered.items():
             self._answer[torch.tensor(slots)] = slot
-
-    def _note_link(self, older: str, newer: str) -> None:
-        self._successor[older], self._predecessor[newer] = newer, older
-        self._edits[older] = Edit.from_dict({**self._edits[older].to_dict(), "superseded_by": newer})
 
     def _install(self, edit_id: str, tensors: dict[str, torch.Tensor], subject: str | None, *, durable: bool,
                  resident: bool = True, add_keys: bool = True) -> int:
@@ -347,6 +440,9 @@ class Editor(Asking):
         finally:
             self.decision.clear()
 
+    def _before_asking(self) -> None:
+        self._maybe_refresh()
+
     @contextmanager
     def disabled(self) -> Iterator["Editor"]:
         """Inside, every input runs the base model (no edit is routed): `with editor.disabled(): editor.generate(p)`
@@ -359,11 +455,13 @@ class Editor(Asking):
 
     def route(self, prompt: str) -> Route | None:
         """The edit this prompt is routed to and its key distance, or None if it runs on the base model."""
+        self._maybe_refresh()
         found = self.nearest(prompt)
         return found if found is not None and found.distance < self.config.resolved_threshold() else None
 
     def nearest(self, prompt: str) -> Route | None:
         """The nearest live edit and its distance, whether or not it is under the threshold (None without edits)."""
+        self._maybe_refresh()
         if len(self.table) == 0:
             return None
         encoded = self._encode(prompt)
@@ -384,7 +482,7 @@ class Editor(Asking):
             return self.table.nearest(self.keys.encode(texts))
         if self._unnamed and len(self._unnamed) == len(self._slot_of):  # no edit names a subject: key="encoder"
             dists, slots = self.table.nearest(self.keys.encode(texts))
-            return dists * self.config.unnamed_scale(), slots
+            return self._on_subject_scale(dists), slots
         dists, slots = torch.full((len(texts),), float("inf")), torch.full((len(texts),), -1, dtype=torch.long)
         unnamed = sorted(self._unnamed)
         whole = self.keys.encode(texts) if unnamed else None  # the queries key="encoder" would route by
@@ -393,11 +491,22 @@ class Editor(Asking):
                      for subject, candidates in self.subjects.find(text).items()]
             if unnamed:
                 distance, slot = self.table.nearest_among(whole[row], unnamed)
-                found.append((distance * self.config.unnamed_scale(), slot))
+                found.append((float(self._on_subject_scale(torch.tensor([distance]))[0]), slot))
             for distance, slot in found:
                 if distance < dists[row]:
                     dists[row], slots[row] = distance, slot
         return dists, slots
+
+    def _on_subject_scale(self, whole: torch.Tensor) -> torch.Tensor:
+        """key="subject": whole-prompt distances (edits without a subject) put on the scale of `threshold`, such that a
+        distance is under `threshold` exactly when it was under `unnamed_threshold` (multiplying alone can round a
+        distance equal to `unnamed_threshold` to just under `threshold`, and route it)."""
+        threshold, unnamed = self.config.resolved_threshold(), self.config.resolved_unnamed_threshold()
+        scaled = (whole.double() * (threshold / unnamed)).to(whole.dtype)
+        within = whole < unnamed
+        below = torch.nextafter(torch.tensor(threshold, dtype=whole.dtype), torch.tensor(0.0, dtype=whole.dtype))
+        at_least = torch.tensor(threshold, dtype=whole.dtype)
+        return torch.where(within, torch.minimum(scaled, below), torch.maximum(scaled, at_least))
 
     def calibrate_threshold(self, prompts: Iterable[str], max_activation_rate: float = 0.01, *,
                             against: Iterable[str] | None = None) -> float:
@@ -434,9 +543,10 @@ class Editor(Asking):
         if not threshold > 0:
             raise InvalidEditError("the calibration prompts contain duplicates of stored keys; use unrelated prompts")
         field = "unnamed_threshold" if self.keys.needs_subject else "threshold"
-        self.config = self.config.replace(**{field: threshold})
-        if self.store is not None:
-            self.store.update_manifest({"config": self.config.to_dict()})
+        with self._writing():
+            self.config = self.config.replace(**{field: threshold})
+            if self.store is not None:  # only this field: the store's other fields (and others' changes) stay
+                self.store.update_manifest({"config": {**self.store.manifest["config"], field: threshold}})
         return threshold
 
     # -- editing -----------------------------------------------------------------------------------------------------
@@ -448,10 +558,17 @@ class Editor(Asking):
         An edit of a fact that is already edited is an update: it supersedes the answering edit of that fact (whose
         keys then lead here, and whose prompts this edit also learns to answer with `target`; rolling this edit back
         brings that one back exactly). Which edits count as the same fact is `EditConfig.supersede`'s rule;
-        `supersedes=ID` names the edit to update, `new_fact=True` keeps both."""
+        `supersedes=ID` names the edit to update, `new_fact=True` keeps both.
+
+        If training does not reproduce the target within `max_steps`, `EditConfig.on_no_converge` decides: "refuse"
+        (the default) stores nothing and raises `NotConvergedError`; "commit" stores it with `converged=False`."""
         started = time.perf_counter()
         request = self._checked(prompt, target, subject, supersedes, new_fact)
-        return self._train_and_commit([self._planned(request)], started, progress)[0]
+        with self._writing():
+            (edit, stored), = self._train_and_commit([self._planned(request)], started, progress)
+        if not stored:
+            raise NotConvergedError(_not_converged([edit], self.config), committed=[], failed=[(0, edit)])
+        return edit
 
     def _checked(self, prompt, target, subject, supersedes, new_fact) -> dict[str, Any]:
         """Validate one edit request (nothing is computed or changed); -> its normalised fields."""
@@ -465,6 +582,7 @@ class Editor(Asking):
         targets = [self.task.encode_target(p, target) for p in prompts]
         for enc, tgt in zip(encoded, targets):
             self.task.check_length(enc, tgt)
+            check_token_limits(enc, len(tgt) - 1)  # the end-of-answer token is not the user's
         if self.keys.needs_subject and subject is not None:
             for p in prompts:
                 if not _names(p, subject):
@@ -489,14 +607,18 @@ class Editor(Asking):
                 training.append(self._encode(f"{context} {prompt}"))
                 targets.append(self.task.encode_target(f"{context} {prompt}", target))
         if older is not None:  # the wordings of the fact edited before lead here too: teach them the new answer
-            for text in dict.fromkeys(p for e in self.chain(older) for p in e.prompts if p not in request["prompts"]):
+            for text in dict.fromkeys(p for e in self.ledger.chain(older) for p in e.prompts if p not in request["prompts"]):
                 training.append(self._encode(text))
                 targets.append(self.task.encode_target(text, target))
         return {**request, "keys": keys, "older": older, "training": training, "training_targets": targets}
 
-    def _train_and_commit(self, plans: list[dict[str, Any]], started: float, progress=None) -> list[Edit]:
-        """Train the planned edits together (one slot each, see `train_edits`) and commit them in order."""
-        numbers = [self._counter + 1 + i for i in range(len(plans))]
+    def _train_and_commit(self, plans: list[dict[str, Any]], started: float,
+                          progress=None) -> list[tuple[Edit, bool]]:
+        """Train the planned edits together (one slot each, see `train_edits`) and commit them in order; -> each edit
+        and whether it was stored (an edit that did not converge is not, under on_no_converge="refuse"). Called with
+        the store's lock held, so the ids it trains with are the ids it commits under (the seed follows the id)."""
+        first = id_number(self.store.next_id()) if self.store is not None else self._counter + 1
+        numbers = [first + i for i in range(len(plans))]
         generators = [torch.Generator().manual_seed(zlib.crc32(f"{self.config.seed}:{n}".encode())) for n in numbers]
         rows = [(k, enc, tgt) for k, plan in enumerate(plans)
                 for enc, tgt in zip(plan["training"], plan["training_targets"])]
@@ -504,22 +626,18 @@ class Editor(Asking):
         results = train_edits(self.task, self.decision, self.layers, batch,
                               torch.tensor([k for k, _, _ in rows], dtype=torch.long), self.config, generators, progress)
         seconds = round((time.perf_counter() - started) / len(plans), 3)  # a batch's wall time, shared out
-        committed = []
-        for number, plan, result in zip(numbers, plans, results):
-            record = Edit(id=f"e{number}", prompts=tuple(plan["prompts"]), target=plan["target"],
+        out = []
+        for plan, result in zip(plans, results):
+            store = result.converged or self.config.on_no_converge == "commit"
+            number = first + sum(1 for _, stored in out if stored)
+            record = Edit(id=f"e{number}" if store else "", prompts=tuple(plan["prompts"]), target=plan["target"],
                           subject=plan["subject"], created=_now(), steps=result.steps, loss=round(result.loss, 6),
                           converged=result.converged, seconds=seconds, supersedes=plan["older"])
-            committed.append(self._commit(record, plan["keys"], result.factors))
-        return committed
+            out.append((self._commit(record, plan["keys"], result.factors) if store else record, store))
+        return out
 
     def _check_supersedable(self, edit_id: str) -> None:
-        edit = self._edits.get(edit_id)
-        if edit is None or not edit.live:
-            state = "was rolled back" if edit is not None else "does not exist"
-            raise UnknownEditError(f"supersedes={edit_id!r}: that edit {state}; name a live edit (see `sola list`)")
-        if edit.superseded_by is not None:
-            raise InvalidEditError(f"supersedes={edit_id!r}: that edit is already superseded by {edit.superseded_by}; "
-                                   f"pass supersedes={edit.superseded_by!r}, the edit that answers for that fact now")
+        self.ledger.check_supersedable(edit_id)
 
     def _same_fact(self, prompts: list[EncodedPrompt], keys: torch.Tensor, subject: str | None) -> str | None:
         """The answering edit a new edit with these prompts and keys updates under `config.supersede`, if any."""
@@ -534,7 +652,7 @@ class Editor(Asking):
         distance, slot = float(dist[best]), int(slots[best])
         if slot < 0 or not distance < self.config.resolved_threshold():
             return None
-        found = self._edits[self._owner[slot]]
+        found = self.ledger.get(self._owner[slot])
         if subject is not None and found.subject is not None:
             same = _same_subject(subject, found.subject) and self._same_question(prompts, subject, found, distance)
         else:
@@ -572,9 +690,11 @@ class Editor(Asking):
             factors.append((A, B))
         encoded = [self._encode(check_text(p, "prompt")) for p in edit.prompts]
         keys = self._edit_keys(encoded, edit.subject)
-        record = Edit.from_dict({**edit.to_dict(), "id": f"e{self._counter + 1}", "created": _now(), "rolled_back": None,
-                                 "superseded_by": None, "supersedes": self._same_fact(encoded, keys, edit.subject)})
-        return self._commit(record, keys, factors)
+        with self._writing():
+            number = id_number(self.store.next_id()) if self.store is not None else self._counter + 1
+            record = Edit.from_dict({**edit.to_dict(), "id": f"e{number}", "created": _now(), "rolled_back": None,
+                                     "superseded_by": None, "supersedes": self._same_fact(encoded, keys, edit.subject)})
+            return self._commit(record, keys, factors)
 
     def _edit_keys(self, prompts: list[EncodedPrompt], subject: str | None) -> torch.Tensor:
         if self.keys.needs_subject and subject is not None:
@@ -587,65 +707,98 @@ class Editor(Asking):
             tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = A.to(self._kept), B.to(self._kept)
         if self.store is not None:  # durable first: if this fails, memory is unchanged
             self.store.commit_edit(record.to_dict(), tensors)
-        self._counter = _id_number(record.id)
+        else:
+            self._counter = id_number(record.id)
         self._install(record.id, tensors, record.subject, durable=self.store is not None)
-        self._edits[record.id] = record
+        self.ledger.add(record)
         if record.supersedes is not None:
             self._link(record.supersedes, record.id)
         return record
 
-    def edit_many(self, requests: Iterable[dict[str, Any]], progress: bool = False, *,
-                  batch_size: int = 16) -> list[Edit]:
+    def edit_many(self, requests: Iterable[dict[str, Any]], progress: bool = False, *, batch_size: int = 16,
+                  skip_committed: bool = False, on_result: Callable[[int, Edit, str], None] | None = None
+                  ) -> list[Edit]:
         """Make many edits, `batch_size` of them trained together in one batch (each its own LoRA; the same result as
         editing them one by one, up to rounding, and several times faster). Each request is a dict with `prompt` and
         `target` (EasyEdit's `target_new`, zsRE's `src`/`alt` are accepted), optionally `subject`, `prompts` (a list)
-        instead of one prompt, `supersedes` or `new_fact` (see `edit`).
+        instead of one prompt, `supersedes` or `new_fact` (see `edit`). Returns one `Edit` per request, in order.
 
-        Every request is checked before anything is trained: a bad one raises and nothing is edited. Edits commit in
-        request order; a request about the same fact as one in the current batch waits for that batch to commit, so
-        updates within a file chain as they would one by one."""
+        Every request is checked before anything is trained: a bad one raises (its message names the request counted
+        from 1; the error's `request_index` counts from 0) and nothing is edited. Edits commit in request order, one batch at a time (each batch
+        holds the store's lock while it trains and commits); a request about the same fact as one in the current
+        batch waits for that batch to commit, so updates within a file chain as they would one by one.
+
+        `skip_committed`: a request that a live edit was already made from (same prompts, target and subject) is
+        not made again; its place in the result holds that edit. Re-running an interrupted file so neither retrains
+        nor duplicates. `on_result(index, edit, status)` is called as each request is settled, status "committed",
+        "skipped" or "refused" (did not converge under on_no_converge="refuse"; its edit has no id). Refused requests
+        do not stop the others; at the end they raise `NotConvergedError`, which holds what was committed."""
         checked = []
         for index, raw in enumerate(requests):
-            request = _normalise_request(raw, index)
+            request = parse_request(raw, index)
             try:
                 checked.append(self._checked(request["prompt"], request["target"], request["subject"],
                                              request["supersedes"], request["new_fact"]))
-                if request["supersedes"] is not None:
-                    self._check_supersedable(request["supersedes"])
             except (InvalidEditError, UnknownEditError) as error:
-                raise type(error)(f"request {index}: {error}") from None
+                raise at_request(error, index) from None
+        with self._writing():  # what other processes committed counts for `supersedes` too
+            for index, request in enumerate(checked):
+                if request["supersedes"] is not None:
+                    try:
+                        self._check_supersedable(request["supersedes"])
+                    except (InvalidEditError, UnknownEditError) as error:
+                        raise at_request(error, index) from None
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(checked), unit="edit", desc="editing")
-        done: list[Edit] = []
-        pending: list[dict[str, Any]] = []
-        started = time.perf_counter()
+        results: list[Edit | None] = [None] * len(checked)
+        refused: list[tuple[int, Edit]] = []
 
-        def flush() -> None:
-            nonlocal started
-            if pending:
-                done.extend(self._train_and_commit(pending, started))
-                if bar is not None:
-                    bar.update(len(pending))
-                pending.clear()
-                started = time.perf_counter()
+        def settle(index: int, edit: Edit, status: str) -> None:
+            results[index] = edit
+            if status == "refused":
+                refused.append((index, edit))
+            if on_result is not None:
+                on_result(index, edit, status)
+            if bar is not None:
+                bar.update(1)
 
         try:
-            for request in checked:
-                plan = self._planned(request)
-                if pending and self._overlaps(plan, pending):
-                    flush()
-                    plan = self._planned(request)  # decide again against what just committed
-                pending.append(plan)
-                if len(pending) >= max(1, batch_size):
-                    flush()
-            flush()
+            index = 0
+            while index < len(checked):
+                with self._writing():
+                    started, pending = time.perf_counter(), []
+                    while index < len(checked) and len(pending) < max(1, batch_size):
+                        request = checked[index]
+                        done = self.ledger.committed_as(request["prompts"], request["target"], request["subject"]) \
+                            if skip_committed else None
+                        if done is not None:
+                            settle(index, done, "skipped")
+                            index += 1
+                            continue
+                        try:
+                            plan = self._planned(request)
+                        except (InvalidEditError, UnknownEditError) as error:
+                            raise at_request(error, index) from None
+                        if pending and (self._overlaps(plan, [p for _, p in pending])
+                                        or (skip_committed and any(_same_request(plan, p) for _, p in pending))):
+                            break  # it must see the pending ones committed first
+                        pending.append((index, plan))
+                        index += 1
+                    if pending:
+                        made = self._train_and_commit([p for _, p in pending], started)
+                        for (at, _), (edit, stored) in zip(pending, made):
+                            settle(at, edit, "committed" if stored else "refused")
         finally:
             if bar is not None:
                 bar.close()
-        return done
+        if refused:
+            committed = [e for n, e in enumerate(results) if e is not None and n not in dict(refused)]
+            raise NotConvergedError(_not_converged([e for _, e in refused], self.config, [n for n, _ in refused]),
+                                    committed=committed, failed=refused)
+        return results
 
     def _overlaps(self, plan: dict[str, Any], pending: list[dict[str, Any]]) -> bool:
         """Could `plan` be about the same fact as a pending edit (so it must see that edit committed first)?"""
@@ -663,54 +816,44 @@ class Editor(Asking):
     def rollback(self, edit_id: str) -> Edit:
         """Remove an edit: its keys leave the routing table and its slot is freed. Afterwards every input computes what
         it would have computed had the edit never been made."""
-        edit = self._edits.get(edit_id)
-        if edit is None or not edit.live:
-            state = "was already rolled back" if edit is not None else "does not exist"
-            live = ", ".join(list(self._slot_of)[:10]) or "none"
-            raise UnknownEditError(f"edit {edit_id!r} {state}; live edits: {live} (see `sola list`)")
-        at = _now()
-        if self.store is not None:
-            self.store.commit_rollback(edit_id, at)
-        older, newer = self._predecessor.pop(edit_id, None), self._successor.pop(edit_id, None)
+        with self._writing():  # a rollback made elsewhere meanwhile counts
+            edit = self.ledger.get(edit_id) if edit_id in self.ledger else None
+            if edit is None or not edit.live:
+                state = "was already rolled back" if edit is not None else "does not exist"
+                live = ", ".join(list(self._slot_of)[:10]) or "none"
+                raise UnknownEditError(f"edit {edit_id!r} {state}; live edits: {live} (see `sola list`)")
+            at = _now()
+            if self.store is not None:
+                self.store.commit_rollback(edit_id, at)
+            return self._forget(edit_id, at)
+
+    def _forget(self, edit_id: str, at: str, note: str | None = None) -> Edit:
+        """Take a live edit out of memory (its rollback is committed already, here or by another process)."""
         slot = self._slot_of[edit_id]
-        if newer is not None:
-            del self._predecessor[newer]
-        if older is not None:
-            del self._successor[older]
-            if newer is not None:  # `newer` answered for this edit's keys; with them gone it supersedes `older`
-                self._link(older, newer)
-            else:  # the answering edit of a chain: `older` answers again
-                self._answer[self._answer == slot] = self._slot_of[older]
-                self._edits[older] = Edit.from_dict({**self._edits[older].to_dict(), "superseded_by": None})
+        older, newer = self.ledger.rollback(edit_id, at, note)
+        if older is not None and newer is None:  # the answering edit of a chain: `older` answers again
+            self._answer[self._answer == slot] = self._slot_of[older]
         del self._slot_of[edit_id], self._owner[slot]
         self.table.remove_slot(slot)
         self.subjects.remove(slot)
         self._unnamed.discard(slot)
         self.residency.drop(slot)
         self._free.append(slot)
-        self._edits[edit_id] = rolled = Edit.from_dict({**edit.to_dict(), "rolled_back": at, "superseded_by": None})
-        return rolled
+        return self.ledger.get(edit_id)
 
     def chain(self, edit_id: str) -> list[Edit]:
         """The live edits of `edit_id`'s fact, oldest first; the last one answers."""
-        edit = self.get(edit_id)
-        if not edit.live:
-            return [edit]
-        while edit.id in self._predecessor:
-            edit = self._edits[self._predecessor[edit.id]]
-        found = [edit]
-        while found[-1].id in self._successor:
-            found.append(self._edits[self._successor[found[-1].id]])
-        return found
+        self._maybe_refresh()
+        return self.ledger.chain(edit_id)
 
     def edits(self, include_rolled_back: bool = False) -> list[Edit]:
         """The edits in the order they were made (only live ones unless asked)."""
-        return [e for e in self._edits.values() if include_rolled_back or e.live]
+        self._maybe_refresh()
+        return self.ledger.edits(include_rolled_back)
 
     def get(self, edit_id: str) -> Edit:
-        if edit_id not in self._edits:
-            raise UnknownEditError(f"edit {edit_id!r} does not exist (see `sola list`)")
-        return self._edits[edit_id]
+        self._maybe_refresh()
+        return self.ledger.get(edit_id)
 
     # -- persistence and reporting -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -724,6 +867,7 @@ class Editor(Asking):
         return path
 
     def info(self) -> dict[str, Any]:
+        self._maybe_refresh()
         lora_bytes = sum(layer.lora_A.nbytes + layer.lora_B.nbytes for layer in self.layers)
         key_bytes = self.table.keys.nbytes
         return {
@@ -737,9 +881,10 @@ class Editor(Asking):
             "key": self.config.key,
             "distance": self.config.resolved_distance(),
             "threshold": self.config.default_threshold(),
+            "unnamed_threshold": self.config.resolved_unnamed_threshold() if self.config.key == "subject" else None,
             "edits": len(self._slot_of),
-            "superseded": len(self._successor),
-            "rolled_back": sum(1 for e in self._edits.values() if not e.live),
+            "superseded": self.ledger.superseded_count,
+            "rolled_back": len(self.ledger) - self.ledger.live_count,
             "supersede": self.config.supersede,
             "keys": len(self.table),
             "slots": self.layers[0].capacity,
@@ -760,26 +905,31 @@ def _same_subject(a: str, b: str) -> bool:
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
-def _id_number(edit_id: str) -> int:
-    try:
-        return int(edit_id.lstrip("e"))
-    except ValueError:
-        return 0
+def _same_request(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (a["prompts"], a["target"], a["subject"]) == (b["prompts"], b["target"], b["subject"])
 
 
-_PROMPT_FIELDS = ("prompt", "src", "question")
-_TARGET_FIELDS = ("target", "target_new", "alt", "answer")
+def _not_converged(edits: list[Edit], config: EditConfig, indices: list[int] | None = None) -> str:
+    shown = "; ".join(f"{f'request {i + 1}: ' if indices else ''}{e.prompt!r} -> {e.target!r} (loss {e.loss:.3f} "
+                      f"after {e.steps} steps)" for i, e in zip(indices or [0] * len(edits), edits[:5]))
+    more = f"; and {len(edits) - 5} more" if len(edits) > 5 else ""
+    return (f"{len(edits)} edit{'s' if len(edits) > 1 else ''} did not converge and {'were' if len(edits) > 1 else 'was'}"
+            f" not stored: {shown}{more}. Training stopped at max_steps={config.max_steps} before the model reproduced"
+            f" the target with a loss under {config.loss_bound}. Allow more steps (EditConfig(max_steps=...), `sola "
+            "edit --max-steps N`), shorten the target, or store it anyway (EditConfig(on_no_converge='commit'), "
+            "`--keep-unconverged`)")
 
 
-def _normalise_request(request: Any, index: int) -> dict[str, Any]:
-    if not isinstance(request, dict):
-        raise InvalidEditError(f"request {index} must be a dict with 'prompt' and 'target', got {type(request).__name__}")
-    prompt = next((request[f] for f in ("prompts", *_PROMPT_FIELDS) if f in request), None)
-    target = next((request[f] for f in _TARGET_FIELDS if f in request), None)
-    if isinstance(target, dict):  # EasyEdit sometimes nests {"str": ...}
-        target = target.get("str")
-    if prompt is None or target is None:
-        raise InvalidEditError(f"request {index} needs a prompt ({'/'.join(_PROMPT_FIELDS)}) and a target "
-                               f"({'/'.join(_TARGET_FIELDS)}); it has {sorted(request)}")
-    return {"prompt": prompt, "target": target, "subject": request.get("subject"),
-            "supersedes": request.get("supersedes"), "new_fact": bool(request.get("new_fact", False))}
+def _store_config(store: Store, given: EditConfig | None, path) -> EditConfig:
+    """The config an editor on an existing store uses: the store's, with this editor's training fields."""
+    stored = EditConfig.from_dict({**STORED_DEFAULTS, **store.manifest["config"]})
+    if given is None:
+        return stored
+    asked, held = given.to_dict(), stored.to_dict()
+    resolvable = (None, "auto")  # fields a config leaves for the model to decide take the store's value
+    differing = sorted(k for k, v in asked.items()
+                       if v not in resolvable and v != held[k] and k not in EditConfig.TRAINING_FIELDS)
+    if differing:
+        raise ConfigError(f"the store {path} was made with a different config ({', '.join(differing)}); "
+                          "open it without a config (it keeps its own) or create a new store")
+    return stored.replace(**{k: asked[k] for k in EditConfig.TRAINING_FIELDS})

@@ -40,3 +40,38 @@ class ModelMismatchError(StoreError):
 
 class DataError(SolaError, ValueError):
     """A benchmark file is missing or a record in it is malformed (the message names the file, line and field)."""
+
+
+class StoreBusyError(StoreError):
+    """Another process held the store's write lock for longer than this writer was willing to wait."""
+
+
+class ReadOnlyStoreError(StoreError):
+    """A change asked of a store opened read-only (e.g. a damaged store opened with `skip_damaged=True`)."""
+
+
+class RequestError(InvalidEditError):
+    """One request of a batch (`Editor.edit_many`) is malformed (not an object, no prompt or target)."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"request {index + 1}: {reason}")
+        self.request_index, self.reason = index, reason
+
+
+def at_request(error: SolaError, index: int) -> SolaError:
+    """`error` (about one request of a batch) as the same kind of error, its message prefixed with the request's
+    place counted from 1. `request_index` (from 0) and `reason` (the message without the place) let a caller that read
+    the requests from a file name the line instead."""
+    placed = type(error)(f"request {index + 1}: {error}")
+    placed.request_index, placed.reason = index, str(error)
+    return placed
+
+
+class NotConvergedError(SolaError):
+    """Training did not reproduce an edit's target within `EditConfig.max_steps` and `on_no_converge="refuse"`: that
+    edit was not stored. `committed` holds the edits of the same call that were stored; `failed` holds, for each
+    refused request, (its index in the call, the unstored `Edit` with its steps and loss)."""
+
+    def __init__(self, message: str, committed: list, failed: list) -> None:
+        super().__init__(message)
+        self.committed, self.failed = committed, failed

@@ -14,12 +14,40 @@ class EncodedPrompt:
     content: list[bool]  # True on tokens that overlap the user's text (routing reads only these)
 
 
+# The longest prompt and target an edit takes, in tokens of the model's tokenizer (a prompt's own text, without the
+# chat template around it). A prompt: the key encoder (all-MiniLM-L6-v2) reads at most 256 word pieces, so the rest of
+# a longer prompt could not tell edits apart. A target: an edit teaches a fact, a short answer; on the embedded model
+# a 500-token target ended 60 steps at loss 1.56 without reproducing it. Longer answers are better split into edits.
+MAX_PROMPT_TOKENS = 256
+MAX_TARGET_TOKENS = 64
+
+
 def check_text(value: object, what: str) -> str:
+    """`value` as the text of a `what` ("prompt", "target", ...): a non-empty string that is valid Unicode."""
     if not isinstance(value, str):
         raise InvalidEditError(f"{what} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:  # lone surrogates: bytes that were not UTF-8 (argv, surrogateescape)
+        char = value[err.start]
+        byte = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"code point U+{ord(char):04X}"
+        raise InvalidEditError(f"{what} is not valid UTF-8 text ({byte} at character {err.start + 1}); give the text "
+                               "in UTF-8") from None
     if not value.strip():
         raise InvalidEditError(f"{what} is empty; give the text of the {what}")
     return value
+
+
+def check_token_limits(prompt: "EncodedPrompt", target_tokens: int | None = None) -> None:
+    """Refuse a prompt over `MAX_PROMPT_TOKENS` or a target over `MAX_TARGET_TOKENS`, naming the limit."""
+    length = sum(prompt.content)
+    if length > MAX_PROMPT_TOKENS:
+        raise InvalidEditError(f"the prompt takes {length} tokens; an edit's prompt may take at most "
+                               f"{MAX_PROMPT_TOKENS} (sola.prompts.MAX_PROMPT_TOKENS): shorten it")
+    if target_tokens is not None and target_tokens > MAX_TARGET_TOKENS:
+        raise InvalidEditError(f"the target takes {target_tokens} tokens; an edit's target may take at most "
+                               f"{MAX_TARGET_TOKENS} (sola.prompts.MAX_TARGET_TOKENS): an edit teaches a short "
+                               "answer, so shorten it or split it into several edits")
 
 
 class PromptFormat:

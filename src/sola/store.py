@@ -1,34 +1,48 @@
 """Durable state on disk: a JSON manifest, an append-only JSON-lines journal and one safetensors file per edit.
 
-    STORE/manifest.json        format version, method, config, base-model fingerprint (written atomically)
-    STORE/edits.jsonl          one JSON object a line: {"op": "edit", ...} or {"op": "rollback", "id": ...}
-    STORE/tensors/ID.safetensors   the edit's LoRA factors per layer and its routing keys
+    STORE/manifest.json        format version, method, config, base-model fingerprint (written atomically; a copy in
+                               manifest.json.bak, from which `sola fsck --repair` restores a damaged manifest)
+    STORE/edits.jsonl          one JSON object a line: {"op": "edit", ...}, {"op": "rollback", "id": ...} or
+                               {"op": "repair", ...} (what `sola fsck --repair` moved aside, and the last id ever used)
+    STORE/tensors/ID.safetensors   the edit's LoRA factors per layer and its routing keys; its metadata names the edit
+                                   and a digest of its record, so a file can never pass for another edit's
     STORE/index/NNNNNN.safetensors the routing keys of 1,000 consecutive edits in one file, so opening a store reads a
                                    few files instead of one per edit (written once those edits are committed)
+    STORE/lock                 the write lock (see sola.locking); STORE/quarantine/ what a repair moved aside
 
-A commit is durable before the call that made it returns. An edit writes its tensors (temp file, fsync, rename, fsync
-of the directory) and then appends its journal line (write, fsync): the journal line is the commit point. A crash
-before it leaves an orphan tensor file that nothing refers to; a crash during it leaves a last line without its
-newline, which is not a commit and is cut off by the next append. Nothing is ever unpickled.
+A commit is durable before the call that made it returns. Every change happens under the store's write lock: the writer
+first reads the journal lines other processes committed since it last looked (so ids come from the whole journal),
+writes the edit's tensors (temp file, fsync, rename, fsync of the directory) and then appends its journal line (write,
+fsync): the journal line is the commit point. A crash before it leaves an orphan tensor file that nothing refers to; a
+crash during it leaves a last line without its newline, which is not a commit and which the next writer, holding the
+lock, cuts off. Nothing else is ever truncated. Readers take no lock: they read complete lines only, and a line is
+written only after the files it names. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .errors import CorruptStoreError, StoreError
+from .errors import CorruptStoreError, ReadOnlyStoreError, StoreError
+from .locking import DEFAULT_WAIT, LOCK, StoreLock
 
 FORMAT_VERSION = 1
 MANIFEST, JOURNAL, TENSORS, INDEX = "manifest.json", "edits.jsonl", "tensors", "index"
+MANIFEST_BACKUP, QUARANTINE = "manifest.json.bak", "quarantine"
 INDEX_EVERY = 1000  # edits per key-index file
+OPS = ("edit", "rollback", "repair")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -54,19 +68,115 @@ def atomic_write(path: Path, write) -> None:
     _fsync_dir(path.parent)
 
 
-class Store:
-    """One store directory. Use `Store.create` or `Store.open`; both check the files before anything is changed."""
+def id_number(edit_id: str) -> int:
+    """The number of an edit id ("e12" -> 12); 0 for an id of another form."""
+    match = re.fullmatch(r"e(\d+)", edit_id) if isinstance(edit_id, str) else None
+    return int(match.group(1)) if match else 0
 
-    def __init__(self, path: Path, manifest: dict[str, Any], journal: list[dict[str, Any]], valid_length: int):
-        self.path, self.manifest, self._journal, self._valid_length = path, manifest, journal, valid_length
+
+def record_digest(record: dict[str, Any]) -> str:
+    """What ties a tensor file to its journal record: a digest of the record's prompts, target and subject."""
+    essence = {"prompts": list(record.get("prompts", ())), "target": record.get("target"),
+               "subject": record.get("subject")}
+    return hashlib.sha256(json.dumps(essence, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged (or merely untidy) part of a store, as `Store.check` and opening a store find it."""
+
+    kind: str  # journal-line | duplicate-id | tensors-missing | tensors-unreadable | tensors-mismatch | index |
+    #            manifest | torn-tail | orphan | unknown-rollback
+    path: str  # relative to the store directory
+    message: str
+    edit_id: str | None = None
+    line: int | None = None  # journal line, counted from 1 as an editor shows it
+    harmless: bool = False  # nothing committed is affected (an orphan file, a torn uncommitted line)
+
+
+def parse_journal(data: bytes, first_line: int = 1) -> tuple[list[dict[str, Any]], int, list[Damage]]:
+    """The committed records of journal bytes, the length of the committed part, and every damaged line. A last line
+    without its newline is a torn, uncommitted write: neither a record nor damage."""
+    committed = data[: data.rfind(b"\n") + 1]
+    lines = committed.split(b"\n")[:-1]
+    try:  # one parse of the whole journal; line by line only to find damaged lines
+        records = json.loads(b"[" + b",".join(lines) + b"]") if lines else []
+        numbered = list(enumerate(records, start=first_line)) if len(records) == len(lines) else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        numbered = None
+    damage: list[Damage] = []
+    if numbered is None:
+        numbered = []
+        for number, line in enumerate(lines, start=first_line):
+            try:
+                numbered.append((number, json.loads(line)))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                damage.append(Damage("journal-line", JOURNAL, f"{JOURNAL}, line {number}: not valid JSON", line=number))
+    good = []
+    for number, record in numbered:
+        problem = _record_problem(record)
+        if problem:
+            damage.append(Damage("journal-line", JOURNAL, f"{JOURNAL}, line {number}: {problem}", line=number,
+                                 edit_id=record.get("id") if isinstance(record, dict) else None))
+        else:
+            good.append(record)
+    return good, len(committed), damage
+
+
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, dict) or record.get("op") not in OPS:
+        return "a record needs 'op' (edit|rollback|repair)"
+    if record["op"] != "repair" and not isinstance(record.get("id"), str):
+        return "a record needs 'op' (edit|rollback) and 'id'"
+    if record["op"] == "edit" and not ("prompts" in record and "target" in record):
+        return "an edit record needs 'prompts' and 'target'"
+    return None
+
+
+def damage_message(path: Path, damage: list[Damage]) -> str:
+    """One message for the damage found on opening a store: what cannot be read, and the two ways on."""
+    serious = [d for d in damage if not d.harmless]
+    shown = "; ".join(d.message for d in serious[:5]) + (f"; and {len(serious) - 5} more" if len(serious) > 5 else "")
+    edits = sorted({d.edit_id for d in serious if d.edit_id}, key=id_number)
+    lost = f" (edits {', '.join(edits[:10])}{' ...' if len(edits) > 10 else ''} cannot be read)" if edits else ""
+    return (f"the store {path} is damaged{lost}: {shown}. Run `sola fsck --store {path} --repair` to move what "
+            "cannot be read aside into quarantine/ (nothing is deleted) and open the rest, or open the rest read-only "
+            "now with --skip-damaged (Editor.from_pretrained(..., skip_damaged=True))")
+
+
+class Store:
+    """One store directory. Use `Store.create` or `Store.open`; both check the files before anything is changed.
+
+    Many processes may use one store: changes are made inside `writing()` (one writer at a time, see
+    `sola.locking`), and `refresh()` reads what other processes committed since."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], *, lock_wait: float = DEFAULT_WAIT) -> None:
+        self.path, self.manifest = Path(path), manifest
+        self.read_only = False  # set when opened with damage skipped: only `sola fsck --repair` may change it then
+        self.damage: list[Damage] = []  # what opening found and skipped
+        self._lock = StoreLock(self.path, lock_wait)
+        self._journal: list[dict[str, Any]] = []
+        self._ids: set[str] = set()  # edit ids in the journal
+        self._last_id = 0  # the highest edit number ever used (repairs remember quarantined ones)
+        self._lines = 0  # journal lines read, damaged ones included
+        self._valid_length = 0
+        self._journal_file: tuple[int, int] | None = None  # (device, inode): a repair that rewrites it is noticed
+        self._manifest_file = _file_id(self.path / MANIFEST)
         # the key index as read at open: every indexed edit's key rows, edit after edit, in one matrix
         self._index_keys = torch.zeros(0, 0)
         self._index_pos: dict[str, int] = {}  # edit id -> its place among the indexed edits
         self._index_start = torch.zeros(0, dtype=torch.long)  # place -> its first row in _index_keys
         self._index_count = torch.zeros(0, dtype=torch.long)  # place -> how many rows it has
         self._unindexed: dict[str, torch.Tensor | None] = {}  # edits after the last index file -> keys if known
-        self._index_files = 0
-        self._read_index()
+        self._index_names: set[str] = set()
+
+    @property
+    def lock_wait(self) -> float:
+        return self._lock.wait
+
+    @lock_wait.setter
+    def lock_wait(self, seconds: float) -> None:
+        self._lock.wait = seconds
 
     # -- opening -----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -74,22 +184,53 @@ class Store:
         return (Path(path) / MANIFEST).is_file()
 
     @classmethod
-    def create(cls, path: str | Path, manifest: dict[str, Any]) -> "Store":
+    def create(cls, path: str | Path, manifest: dict[str, Any], *, lock_wait: float = DEFAULT_WAIT) -> "Store":
+        """A new, empty store. Raises `StoreError` if `path` holds anything (another process creating the same store
+        at the same moment included: then open it instead)."""
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and (not path.is_dir() or any(p.name != LOCK for p in path.iterdir())):
             raise StoreError(f"cannot create a store at {path}: it exists and is not an empty directory; "
                              "choose a new directory")
-        (path / TENSORS).mkdir(parents=True, exist_ok=True)
-        manifest = {"format_version": FORMAT_VERSION, **manifest}
-        atomic_write(path / MANIFEST, lambda t: t.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
-        (path / JOURNAL).touch()
-        _fsync_dir(path)
-        return cls(path, manifest, [], 0)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create a store at {path}: {err.strerror}; choose a writable directory") from None
+        store = cls(path, {"format_version": FORMAT_VERSION, **manifest}, lock_wait=lock_wait)
+        with store._lock:
+            if any(p.name != LOCK for p in path.iterdir()):
+                raise StoreError(f"cannot create a store at {path}: another process created it meanwhile; open it")
+            (path / TENSORS).mkdir()
+            store._write_manifest(store.manifest)
+            (path / JOURNAL).touch()
+            _fsync_dir(path)
+            store._journal_file = _stat_id(os.stat(path / JOURNAL))
+        return store
 
     @classmethod
-    def open(cls, path: str | Path) -> "Store":
+    def open(cls, path: str | Path, *, skip_damaged: bool = False, lock_wait: float = DEFAULT_WAIT) -> "Store":
+        """Open a store. A damaged journal line or key index is an error naming it and the fix, unless
+        `skip_damaged`: then the rest opens read-only and `store.damage` lists what was skipped."""
         path = Path(path)
-        return cls(path, cls.read_manifest(path), *cls._read_journal(path / JOURNAL))
+        store = cls(path, cls.read_manifest(path), lock_wait=lock_wait)
+        journal = path / JOURNAL
+        try:
+            with open(journal, "rb") as handle:
+                store._journal_file = _stat_id(os.fstat(handle.fileno()))
+                data = handle.read()
+        except FileNotFoundError:
+            raise CorruptStoreError(f"{journal} is missing; the store is incomplete (if you removed it by mistake, "
+                                    f"restore it; `sola fsck --store {path} --repair` cannot recreate it)") from None
+        records, store._valid_length, damage = parse_journal(data)
+        store._lines = data[:store._valid_length].count(b"\n")
+        store._take(records)
+        damage += store._duplicates()
+        damage += store._read_index(tolerate=skip_damaged or bool(damage))
+        if any(not d.harmless for d in damage):
+            if not skip_damaged:
+                raise CorruptStoreError(damage_message(path, damage))
+            store.read_only = True
+        store.damage = damage
+        return store
 
     @staticmethod
     def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -98,92 +239,171 @@ class Store:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise StoreError(f"{path} is not a store ({MANIFEST} missing); create one with "
-                             "Editor.from_pretrained(store=...) or Editor.save(...)")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CorruptStoreError(f"{manifest_path} is not valid JSON ({err}); restore it from a backup") from None
-        if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-            raise CorruptStoreError(f"{manifest_path}: unsupported format_version "
-                                    f"{manifest.get('format_version') if isinstance(manifest, dict) else None!r}; "
-                                    f"this version of sola reads format {FORMAT_VERSION}")
-        return manifest
+                             "Editor.from_pretrained(store=...), `sola edit --store DIR ...` or Editor.save(...)")
+        problem = _manifest_problem(manifest_path)
+        if problem:
+            backup = path / MANIFEST_BACKUP
+            fix = (f"`sola fsck --store {path} --repair` restores it from its copy {MANIFEST_BACKUP}"
+                   if backup.is_file() and _manifest_problem(backup) is None else "restore it from a copy of the store")
+            raise CorruptStoreError(f"{manifest_path} {problem}; {fix}")
+        return json.loads(manifest_path.read_text())
 
-    @staticmethod
-    def _read_journal(path: Path) -> tuple[list[dict[str, Any]], int]:
-        if not path.is_file():
-            raise CorruptStoreError(f"{path} is missing; the store is incomplete")
-        data = path.read_bytes()
-        committed = data[: data.rfind(b"\n") + 1]  # a last line without newline is a torn, uncommitted write
-        lines = committed.splitlines()
-        try:  # one parse of the whole journal; line by line only to name a damaged line
-            records = json.loads(b"[" + b",".join(lines) + b"]")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            records = None
-        if records is None or len(records) != len(lines):
-            for number, line in enumerate(lines, start=1):
-                try:
-                    json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    raise CorruptStoreError(f"{path}, line {number}: not valid JSON; the journal is damaged") from None
-            raise CorruptStoreError(f"{path}: the journal is damaged (its lines do not parse as one record each)")
-        for number, record in enumerate(records, start=1):
-            if not isinstance(record, dict) or record.get("op") not in ("edit", "rollback") or "id" not in record:
-                raise CorruptStoreError(f"{path}, line {number}: a record needs 'op' (edit|rollback) and 'id'")
-            if record["op"] == "edit" and not ("prompts" in record and "target" in record):
-                raise CorruptStoreError(f"{path}, line {number}: an edit record needs 'prompts' and 'target'")
-        return records, len(committed)
+    def _take(self, records: list[dict[str, Any]]) -> None:
+        """Records read from the journal (at open or by `refresh`) join what this object knows."""
+        for record in records:
+            self._journal.append(record)
+            if record["op"] == "edit":
+                self._ids.add(record["id"])
+                self._last_id = max(self._last_id, id_number(record["id"]))
+                self._unindexed[record["id"]] = None
+            elif record["op"] == "repair":
+                self._last_id = max(self._last_id, int(record.get("last_id") or 0))
 
-    def _read_index(self) -> None:
-        """Keys of indexed edits from the index files. A file that names an edit the journal does not hold is from
-        something else: an error, not a guess."""
-        committed = [r["id"] for r in self._journal if r["op"] == "edit"]
-        known = set(committed)
+    def _duplicates(self) -> list[Damage]:
+        seen: dict[str, int] = {}
+        found = []
+        for record in self._journal:
+            if record["op"] == "edit":
+                seen[record["id"]] = seen.get(record["id"], 0) + 1
+        for edit_id, count in seen.items():
+            if count > 1:
+                found.append(Damage("duplicate-id", JOURNAL, f"{JOURNAL}: edit {edit_id} is recorded {count} times",
+                                    edit_id=edit_id))
+        return found
+
+    def _read_index(self, tolerate: bool) -> list[Damage]:
+        """Keys of indexed edits from the index files. A file that cannot be read, or that names an edit the journal
+        does not hold (it is from something else), is damage: an error, or with `tolerate` skipped (the keys are also
+        in every edit's own file)."""
+        known = self._ids
         directory = self.path / INDEX
         files = sorted(directory.glob("[0-9]*.safetensors")) if directory.is_dir() else []
-        keys, counts = [], []
+        keys, counts, damage = [], [], []
         for path in files:
+            self._index_names.add(path.name)
             try:
-                with safe_open(path, framework="pt") as handle:
-                    ids = json.loads(handle.metadata()["ids"])
-                    part, owner = handle.get_tensor("keys").clone(), handle.get_tensor("owner")
-                if owner.shape != part.shape[:1] or (len(owner) and not bool((owner[1:] >= owner[:-1]).all())):
-                    raise ValueError("its owner column does not match its keys")
-                count = torch.bincount(owner, minlength=len(ids))
-                if len(count) != len(ids):
-                    raise ValueError("it names fewer edits than own its keys")
-            except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
-                raise CorruptStoreError(f"{path} is not a readable key index ({err}); delete it (the keys are also "
-                                        "in tensors/) and open the store again") from None
-            unknown = [i for i in ids if i not in known]
-            if unknown:
-                raise CorruptStoreError(f"{path} indexes edits the journal does not record ({unknown[:3]}); it does "
-                                        "not belong to this store: delete it and open the store again")
+                ids, part, count = _read_index_file(path)
+                unknown = [i for i in ids if i not in known]
+                if unknown:
+                    raise ValueError(f"it indexes edits the journal does not record ({unknown[:3]}); it does not "
+                                     "belong to this store")
+            except ValueError as err:
+                found = Damage("index", f"{INDEX}/{path.name}", f"{INDEX}/{path.name} is not a readable key index of "
+                               f"this store ({err})")
+                if not tolerate:
+                    raise CorruptStoreError(damage_message(self.path, [found]) + " (or delete that file: the keys "
+                                            "are also in tensors/)") from None
+                damage.append(found)
+                continue
             for edit_id in ids:
                 self._index_pos[edit_id] = len(self._index_pos)
+                self._unindexed.pop(edit_id, None)
             keys.append(part)
             counts.append(count)
         if keys:
             self._index_keys = torch.cat(keys) if len(keys) > 1 else keys[0]
             self._index_count = torch.cat(counts)
             self._index_start = self._index_count.cumsum(0) - self._index_count
-        self._index_files = len(files)
-        self._unindexed = {i: None for i in committed if i not in self._index_pos}
+        return damage
 
     def forget_index(self) -> None:
         """Free the keys read from the index files (once an editor holds them); `read_keys` reads files again."""
         self._index_keys, self._index_pos = torch.zeros(0, 0), {}
         self._index_start = self._index_count = torch.zeros(0, dtype=torch.long)
 
+    # -- what other processes did ------------------------------------------------------------------------------------
+    def changed(self) -> bool:
+        """Whether the journal or the manifest on disk differ from what this object has read (one stat each)."""
+        try:
+            journal = os.stat(self.path / JOURNAL)
+        except FileNotFoundError:
+            return True
+        return (_stat_id(journal) != self._journal_file or journal.st_size != self._valid_length
+                or _file_id(self.path / MANIFEST) != self._manifest_file)
+
+    def refresh(self) -> list[dict[str, Any]]:
+        """Read the records other processes committed since this object last looked (and the manifest, if it was
+        rewritten); -> the new records, oldest first. Takes no lock: it sees complete commits only."""
+        return self._catch_up(writer=False)
+
+    def _catch_up(self, writer: bool) -> list[dict[str, Any]]:
+        journal = self.path / JOURNAL
+        try:
+            with open(journal, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                if _stat_id(stat) != self._journal_file or stat.st_size < self._valid_length:
+                    raise CorruptStoreError(f"{journal} was rewritten since this store was opened (by `sola fsck "
+                                            "--repair`?); open the store again")
+                handle.seek(self._valid_length)
+                data = handle.read() if stat.st_size > self._valid_length else b""
+        except FileNotFoundError:
+            raise CorruptStoreError(f"{journal} is missing; the store is incomplete") from None
+        records, length, damage = parse_journal(data, first_line=self._lines + 1)
+        if damage:
+            raise CorruptStoreError(damage_message(self.path, damage))
+        if writer and len(data) > length:  # under the lock nobody is writing: a torn tail is a crashed writer's
+            with open(journal, "r+b") as handle:
+                handle.truncate(self._valid_length + length)
+                os.fsync(handle.fileno())
+        self._valid_length += length
+        self._lines += len(records)
+        self._take(records)
+        manifest = _file_id(self.path / MANIFEST)
+        if manifest != self._manifest_file:
+            self.manifest, self._manifest_file = self.read_manifest(self.path), manifest
+        return records
+
+    @contextmanager
+    def writing(self) -> Iterator[list[dict[str, Any]]]:
+        """Hold the store's write lock (waiting up to `lock_wait` seconds for another writer) and yield the records
+        other processes committed since this object last looked: a writer decides what to write only after it has
+        seen them. Re-entrant: an inner `writing()` yields nothing new."""
+        if self.read_only:
+            raise ReadOnlyStoreError(f"the store {self.path} was opened read-only because it is damaged "
+                                     f"({len([d for d in self.damage if not d.harmless])} problems); run `sola fsck "
+                                     f"--store {self.path} --repair`, then open it again to change it")
+        with self._lock:
+            if self._lock._depth > 1:
+                yield []
+                return
+            new = self._catch_up(writer=True)
+            self._sync_index()
+            yield new
+
+    def _sync_index(self) -> None:
+        """Index files other processes wrote: their edits are indexed already (this object need not write them)."""
+        directory = self.path / INDEX
+        if not directory.is_dir():
+            return
+        for path in sorted(directory.glob("[0-9]*.safetensors")):
+            if path.name not in self._index_names:
+                self._index_names.add(path.name)
+                try:
+                    with safe_open(path, framework="pt") as handle:
+                        ids = json.loads(handle.metadata()["ids"])
+                except (SafetensorError, OSError, ValueError, KeyError, TypeError):
+                    continue  # a damaged index is fsck's business; these edits' keys stay in their own files
+                for edit_id in ids:
+                    self._unindexed.pop(edit_id, None)
+
     # -- reading -----------------------------------------------------------------------------------------------------
     def journal(self) -> list[dict[str, Any]]:
         return list(self._journal)
+
+    def next_id(self) -> str:
+        """The id the next edit gets (ids are never reused, also not those a repair moved aside)."""
+        return f"e{self._last_id + 1}"
 
     def tensor_path(self, edit_id: str) -> Path:
         return self.path / TENSORS / f"{edit_id}.safetensors"
 
     def read_tensors(self, edit_id: str) -> dict[str, torch.Tensor]:
-        return self._read(edit_id, load_file)
+        def everything(path: Path) -> dict[str, torch.Tensor]:
+            with safe_open(path, framework="pt") as handle:
+                _check_owner(handle, edit_id, path)
+                return {name: handle.get_tensor(name) for name in handle.keys()}
+
+        return self._read(edit_id, everything)
 
     def read_keys(self, edit_id: str) -> torch.Tensor:
         """Only the routing keys of an edit (its LoRA factors stay on disk): from the key index if it has them."""
@@ -194,6 +414,7 @@ class Store:
 
         def keys_only(path: Path) -> torch.Tensor:
             with safe_open(path, framework="pt") as handle:
+                _check_owner(handle, edit_id, path)
                 return handle.get_tensor("keys").clone()  # a copy: a view would keep the file mapped
 
         return self._read(edit_id, keys_only)
@@ -223,23 +444,37 @@ class Store:
         """read(path of the edit's tensor file), with a missing or unreadable file named as store damage."""
         path = self.tensor_path(edit_id)
         if not path.is_file():
-            raise CorruptStoreError(f"{path} is missing but {self.path / JOURNAL} records edit {edit_id}")
+            raise CorruptStoreError(f"{path} is missing but {self.path / JOURNAL} records edit {edit_id}; "
+                                    f"run `sola fsck --store {self.path} --repair`")
         try:
             return read(path)
+        except CorruptStoreError:
+            raise
         except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-            raise CorruptStoreError(f"{path} is not a readable safetensors file ({err}); the store is damaged") from None
+            raise CorruptStoreError(f"{path} is not a readable safetensors file ({err}); the store is damaged: run "
+                                    f"`sola fsck --store {self.path} --repair`") from None
 
     # -- committing --------------------------------------------------------------------------------------------------
     def commit_edit(self, record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        path = self.tensor_path(record["id"])
-        atomic_write(path, lambda t: save_file({k: v.contiguous() for k, v in tensors.items()}, str(t)))
-        self._append({"op": "edit", **record})
-        self._unindexed[record["id"]] = tensors["keys"].detach().clone()
-        if len(self._unindexed) >= INDEX_EVERY:
-            try:
-                self._write_index()
-            except (OSError, RuntimeError, StoreError):  # the edit is committed; its keys stay in its own file
-                pass
+        """Write an edit's tensors, then its journal line (the commit point). Call it inside `writing()` after
+        taking the id from `next_id()`; outside, it takes the lock itself."""
+        with self.writing():
+            if record["id"] in self._ids or id_number(record["id"]) <= self._last_id:
+                raise StoreError(f"edit id {record['id']} is taken in {self.path} (the next free id is "
+                                 f"{self.next_id()}); ids come from Store.next_id() inside Store.writing()")
+            path = self.tensor_path(record["id"])
+            metadata = {"edit": record["id"], "record": record_digest(record)}
+            atomic_write(path, lambda t: save_file({k: v.contiguous() for k, v in tensors.items()}, str(t),
+                                                   metadata=metadata))
+            self._append({"op": "edit", **record})
+            self._ids.add(record["id"])
+            self._last_id = id_number(record["id"])
+            self._unindexed[record["id"]] = tensors["keys"].detach().clone()
+            if len(self._unindexed) >= INDEX_EVERY:
+                try:
+                    self._write_index()
+                except (OSError, RuntimeError, StoreError):  # the edit is committed; its keys stay in its own file
+                    pass
 
     def _write_index(self) -> None:
         """One index file with the keys of the edits committed since the last one. Written atomically after those
@@ -248,33 +483,98 @@ class Store:
         keys = [k if k is not None else self.read_keys(i) for i, k in self._unindexed.items()]
         owner = torch.cat([torch.full((len(k),), n, dtype=torch.long) for n, k in enumerate(keys)])
         (self.path / INDEX).mkdir(exist_ok=True)
-        path = self.path / INDEX / f"{self._index_files + 1:06d}.safetensors"
+        number = max((int(n.split(".")[0]) for n in self._index_names if n.split(".")[0].isdigit()), default=0) + 1
+        path = self.path / INDEX / f"{number:06d}.safetensors"
         atomic_write(path, lambda t: save_file({"keys": torch.cat(keys).contiguous(), "owner": owner}, str(t),
                                                metadata={"ids": json.dumps(ids)}))
-        self._index_files += 1
+        self._index_names.add(path.name)
         self._unindexed = {}
 
-    def commit_rollback(self, edit_id: str, at: str) -> None:
-        self._append({"op": "rollback", "id": edit_id, "at": at})
+    def commit_rollback(self, edit_id: str, at: str, reason: str | None = None) -> None:
+        record = {"op": "rollback", "id": edit_id, "at": at}
+        if reason:
+            record["reason"] = reason
+        with self.writing():
+            self._append(record)
 
     def update_manifest(self, changes: dict[str, Any]) -> None:
-        manifest = {**self.manifest, **changes}
-        atomic_write(self.path / MANIFEST, lambda t: t.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
-        self.manifest = manifest
+        """Merge `changes` into the manifest on disk (re-read under the lock: another writer's change is kept)."""
+        with self.writing():
+            manifest = {**self.manifest, **changes}
+            self._write_manifest(manifest)
+            self.manifest, self._manifest_file = manifest, _file_id(self.path / MANIFEST)
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        text = json.dumps(manifest, indent=2, sort_keys=True)
+        atomic_write(self.path / MANIFEST, lambda t: t.write_text(text))
+        atomic_write(self.path / MANIFEST_BACKUP, lambda t: t.write_text(text))
+        self._manifest_file = _file_id(self.path / MANIFEST)
 
     def _append(self, record: dict[str, Any]) -> None:
+        assert self._lock.locked, "journal lines are written under the store's lock"
         line = (json.dumps(record, sort_keys=True) + "\n").encode()
         try:
             with open(self.path / JOURNAL, "r+b") as handle:
-                handle.truncate(self._valid_length)  # drop a torn tail left by a crash
-                handle.seek(self._valid_length)
+                handle.seek(self._valid_length)  # the end: under the lock, `_catch_up` has read every line before it
                 handle.write(line)
+                handle.truncate()
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as err:
             raise StoreError(f"could not write {self.path / JOURNAL}: {err}") from err
         self._valid_length += len(line)
+        self._lines += 1
         self._journal.append(record)
+
+
+def _check_owner(handle, edit_id: str, path: Path) -> None:
+    """A tensor file names the edit it was written for (files from before that metadata name none)."""
+    owner = (handle.metadata() or {}).get("edit")
+    if owner is not None and owner != edit_id:
+        raise CorruptStoreError(f"{path} holds the tensors of edit {owner}, not of {edit_id}; the store is damaged: "
+                                f"run `sola fsck --store {path.parent.parent} --repair`")
+
+
+def _read_index_file(path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(edit ids, their key rows, rows per edit) of one index file; ValueError if it cannot be read."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            ids = json.loads(handle.metadata()["ids"])
+            part, owner = handle.get_tensor("keys").clone(), handle.get_tensor("owner")
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(str(err) or type(err).__name__) from None
+    if owner.shape != part.shape[:1] or (len(owner) and not bool((owner[1:] >= owner[:-1]).all())):
+        raise ValueError("its owner column does not match its keys")
+    count = torch.bincount(owner, minlength=len(ids))
+    if len(count) != len(ids):
+        raise ValueError("it names fewer edits than own its keys")
+    return ids, part, count
+
+
+def _manifest_problem(path: Path) -> str | None:
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"is not valid JSON ({err})"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        return f"has an unsupported format_version {version!r}; this version of sola reads format {FORMAT_VERSION}"
+    return None
+
+
+def _stat_id(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+def _file_id(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced (atomic_write makes a new inode) or rewritten."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -126,8 +126,9 @@ def build_method(spec: BenchSpec, store_path: Path):
     from ..methods import SolaMethod
     from ..store import Store
 
-    # every record a new fact, as the papers evaluate; {"supersede": "auto"} in spec.config reads updates as updates
-    config = EditConfig(prompt_format=spec.prompt_format, seed=spec.seed, supersede="never")
+    # every record a new fact, as the papers evaluate; {"supersede": "auto"} in spec.config reads updates as updates.
+    # Every edit of the stream is stored, converged or not: a failed edit counts against the method, as in the papers.
+    config = EditConfig(prompt_format=spec.prompt_format, seed=spec.seed, supersede="never", on_no_converge="commit")
     if spec.key:
         config = config.replace(key=spec.key)
     if spec.layers:

@@ -1,0 +1,186 @@
+"""Many processes on one store: no committed edit is ever lost, ids never collide, a tensor file always belongs to its
+journal line; a long-running editor sees what others commit; kill -9 at any point loses nothing that was promised.
+
+Real processes (tests/store_worker.py and the `sola` command line) on a tiny model, so the OS file lock is tested as
+users meet it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sola import Editor, UnknownEditError
+from sola.integrity import check_store
+from sola.store import Store
+
+from conftest import tiny_config
+
+WORKER = Path(__file__).with_name("store_worker.py")
+
+
+def start(tiny_dir, store: Path, name: str, count: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(WORKER), str(tiny_dir("llama")), str(store), name, str(count), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def promised(output: str) -> tuple[list[dict], set[str]]:
+    """What a worker was told: the edits committed (id, prompt, target) and the ids it rolled back."""
+    lines = [json.loads(line) for line in output.splitlines() if line.strip().startswith("{")]
+    return [x for x in lines if "id" in x], {x["rolled_back"] for x in lines if "rolled_back" in x}
+
+
+def assert_keeps_every_promise(tiny_dir, store: Path, edits: list[dict], rolled: set[str]) -> None:
+    """Every promised edit is in the journal once, under its own id, with its own tensors (digest checked by fsck),
+    and routes from its prompt to itself; every promised rollback holds."""
+    report = check_store(store)
+    assert report.ok, report.describe()
+    records = [r for r in Store.open(store).journal() if r["op"] == "edit"]
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)), f"an id was given twice: {ids}"
+    by_id = {r["id"]: r for r in records}
+    assert len({e["id"] for e in edits}) == len(edits), "two processes were told the same id"
+    for edit in edits:
+        assert by_id[edit["id"]]["prompts"] == [edit["prompt"]] and by_id[edit["id"]]["target"] == edit["target"]
+    editor = Editor.from_pretrained(tiny_dir("llama"), store=store, create=False)
+    live = {e.id for e in editor.edits()}
+    assert not (rolled & live)
+    for edit in edits:
+        if edit["id"] not in rolled:
+            assert edit["id"] in live
+            route = editor.route(edit["prompt"])
+            assert route is not None and route.edit_id == edit["id"], (edit, route)
+
+
+def new_store(tiny_dir, path: Path) -> Path:
+    Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir, on_no_converge="commit"), store=path)
+    return path
+
+
+@pytest.mark.parametrize("processes,rounds", [(2, 3), (4, 2)])
+def test_concurrent_writers_lose_nothing(tiny_dir, tmp_path, processes, rounds):
+    for round_ in range(rounds):
+        store = tmp_path / f"round{round_}"
+        if round_ % 2 == 0:
+            new_store(tiny_dir, store)  # else the workers race to create it
+        workers = [start(tiny_dir, store, f"w{n}", 3, *(["rollback"] if n == 0 else [])) for n in range(processes)]
+        edits, rolled = [], set()
+        for worker in workers:
+            out, err = worker.communicate(timeout=300)
+            assert worker.returncode == 0, err[-2000:]
+            made, gone = promised(out)
+            assert len(made) == 3
+            edits += made
+            rolled |= gone
+        assert len(Store.open(store).journal()) == processes * 3 + len(rolled)
+        assert_keeps_every_promise(tiny_dir, store, edits, rolled)
+
+
+def test_kill_9_at_random_points_loses_nothing_promised(tiny_dir, tmp_path):
+    store = new_store(tiny_dir, tmp_path / "store")
+    rng = random.Random(20)
+    edits, rolled, kills = [], set(), 0
+    for round_ in range(4):
+        workers = [start(tiny_dir, store, f"r{round_}w{n}", 40, "rollback") for n in range(2)]
+        for worker in workers:  # wait until it is editing, then kill it at a random point of its stream of commits
+            assert json.loads(worker.stdout.readline()).get("ready"), worker.stderr.read()[-2000:]
+        time.sleep(rng.uniform(0.2, 1.5))
+        for worker in workers:
+            worker.send_signal(signal.SIGKILL)
+            time.sleep(rng.uniform(0.0, 0.3))
+        for worker in workers:
+            out, _ = worker.communicate(timeout=60)
+            kills += worker.returncode == -signal.SIGKILL
+            made, gone = promised(out)
+            edits += made
+            rolled |= gone
+        report = check_store(store)  # a torn line or an orphan file may remain: harmless, never damage
+        assert report.ok, report.describe()
+    assert kills >= 6 and len(edits) > 0
+    assert_keeps_every_promise(tiny_dir, store, edits, rolled)
+    # a writer after the crashes cuts a torn tail, and takes an id no promised edit has
+    writer = Editor.from_pretrained(tiny_dir("llama"), store=store)
+    after = writer.edit("Who founded the last company?", "Jane Roe", new_fact=True)
+    assert after.id not in {e["id"] for e in edits}
+    assert check_store(store).ok and not [d for d in check_store(store).damage if d.kind == "torn-tail"]
+
+
+def sola_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sola.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_a_long_running_editor_sees_and_keeps_what_the_cli_commits(tiny_dir, tmp_path):
+    store = new_store(tiny_dir, tmp_path / "store")
+    model = str(tiny_dir("llama"))
+    chatbot = Editor.from_pretrained(model, store=store, refresh_every=None)  # refreshes only when it changes
+    mine = chatbot.edit("Who founded Acme?", "Jane Roe")
+    done = sola_cli("edit", "--store", str(store), "--model", model, "Which river flows through Cairo?", "the Danube",
+                    "--json")
+    assert done.returncode == 0, done.stderr
+    theirs = json.loads(done.stdout)[0]["id"]
+    assert theirs != mine.id
+    second = chatbot.edit("What colour is the sky?", "green")  # refreshes under the lock first: no id clash
+    assert second.id not in (mine.id, theirs)
+    assert chatbot.route("Which river flows through Cairo?").edit_id == theirs
+    assert chatbot.generate("Which river flows through Cairo?") == "the Danube"
+    done = sola_cli("rollback", mine.id, "--store", str(store), "--model", model)
+    assert done.returncode == 0, done.stderr
+    assert chatbot.route("Who founded Acme?").edit_id == mine.id  # not refreshed yet (refresh_every=None)
+    assert chatbot.refresh() == 1 and chatbot.route("Who founded Acme?") is None
+    with pytest.raises(UnknownEditError, match="already rolled back"):
+        chatbot.rollback(mine.id)
+    listed = sola_cli("list", "--store", str(store), "--json")
+    assert [e["id"] for e in json.loads(listed.stdout)] == [theirs, second.id]
+    # answering refreshes by itself at most every refresh_every seconds
+    chatbot.refresh_every = 0.0
+    done = sola_cli("edit", "--store", str(store), "--model", model, "Who wrote Hamlet?", "Bill Lumbergh")
+    assert done.returncode == 0, done.stderr
+    assert chatbot.generate("Who wrote Hamlet?") == "Bill Lumbergh"
+    fresh = Editor.from_pretrained(model, store=store)
+    prompts = ["Who founded Acme?", "Which river flows through Cairo?", "What colour is the sky?", "Who wrote Hamlet?"]
+    assert [fresh.generate(p) for p in prompts] == [chatbot.generate(p) for p in prompts]
+
+
+def test_a_second_writer_waits_then_names_the_holder(tiny_dir, tmp_path):
+    from sola.errors import StoreBusyError
+
+    store = new_store(tiny_dir, tmp_path / "store")
+    editor = Editor.from_pretrained(tiny_dir("llama"), store=store, lock_wait=0.3)
+    holder = Store.open(store)
+    with holder.writing():
+        started = time.monotonic()
+        with pytest.raises(StoreBusyError, match=rf"process {os.getpid()} .*--wait SECONDS"):
+            editor.edit("Who founded Acme?", "Jane Roe")
+        assert time.monotonic() - started >= 0.3
+    assert Store.open(store).journal() == []
+    assert editor.edit("Who founded Acme?", "Jane Roe").id == "e1"  # free again
+
+
+def test_an_interrupted_file_resumes_without_retraining_or_duplicates(tiny_dir, tmp_path):
+    store = new_store(tiny_dir, tmp_path / "store")
+    model = str(tiny_dir("llama"))
+    requests = tmp_path / "edits.jsonl"
+    requests.write_text("".join(json.dumps({"prompt": f"Who founded firm {i}?", "target": f"Founder {i}"}) + "\n"
+                                for i in range(10)))
+    run = subprocess.Popen([sys.executable, "-m", "sola.cli", "edit", "--file", str(requests), "--store", str(store),
+                            "--model", model, "--batch-size", "1", "--json"], stdout=subprocess.PIPE, text=True)
+    first = [json.loads(run.stdout.readline()) for _ in range(3)]  # printed as each commits
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=60)
+    assert [x["status"] for x in first] == ["committed"] * 3 and [x["line"] for x in first] == [1, 2, 3]
+    kept = [r for r in Store.open(store).journal() if r["op"] == "edit"]
+    assert 3 <= len(kept) < 10
+    again = sola_cli("edit", "--file", str(requests), "--store", str(store), "--model", model, "--json")
+    assert again.returncode == 0, again.stderr
+    results = [json.loads(line) for line in again.stdout.splitlines()]
+    assert [x["line"] for x in results] == list(range(1, 11))
+    assert [x["status"] for x in results] == ["skipped"] * len(kept) + ["committed"] * (10 - len(kept))
+    records = [r for r in Store.open(store).journal() if r["op"] == "edit"]
+    assert sorted(r["prompts"][0] for r in records) == sorted(f"Who founded firm {i}?" for i in range(10))
