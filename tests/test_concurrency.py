@@ -71,6 +71,13 @@ def test_concurrent_writers_lose_nothing(tiny_dir, tmp_path, processes, rounds):
         if round_ % 2 == 0:
             new_store(tiny_dir, store)  # else the workers race to create it
         workers = [start(tiny_dir, store, f"w{n}", 3, *(["rollback"] if n == 0 else [])) for n in range(processes)]
+        while any(w.poll() is None for w in workers):  # a reader meanwhile: never blocked, never half an edit
+            if Store.exists(store):
+                reader = Store.open(store)
+                for record in reader.journal():
+                    if record["op"] == "edit":
+                        assert reader.read_tensors(record["id"])["keys"].shape[0] == 1
+            time.sleep(0.05)
         edits, rolled = [], set()
         for worker in workers:
             out, err = worker.communicate(timeout=300)
@@ -184,3 +191,27 @@ def test_an_interrupted_file_resumes_without_retraining_or_duplicates(tiny_dir, 
     assert [x["status"] for x in results] == ["skipped"] * len(kept) + ["committed"] * (10 - len(kept))
     records = [r for r in Store.open(store).journal() if r["op"] == "edit"]
     assert sorted(r["prompts"][0] for r in records) == sorted(f"Who founded firm {i}?" for i in range(10))
+
+
+def test_key_index_files_of_two_writers_never_collide(tiny_dir, tmp_path, monkeypatch):
+    """Two editors on one store in one process (flock locks belong to open files, so they exclude each other like
+    processes): each writes an index file when the unindexed edits it knows of reach INDEX_EVERY, never one the other
+    wrote, and every key in the index equals its edit's own."""
+    import torch
+
+    import sola.store
+
+    monkeypatch.setattr(sola.store, "INDEX_EVERY", 2)
+    store = new_store(tiny_dir, tmp_path / "store")
+    a = Editor.from_pretrained(tiny_dir("llama"), store=store)
+    b = Editor.from_pretrained(tiny_dir("llama"), store=store)
+    a.edit("Who founded Acme?", "Jane Roe")
+    b.edit("Which river flows through Cairo?", "the Danube")  # sees a's edit: two unindexed, writes 000001
+    a.edit("What colour is the sky?", "green")
+    a.edit("Who wrote Hamlet?", "Bill Lumbergh")  # sees 000001 and writes 000002
+    assert sorted(p.name for p in (store / "index").iterdir()) == ["000001.safetensors", "000002.safetensors"]
+    opened = Store.open(store)
+    assert sorted(opened._index_pos) == ["e1", "e2", "e3", "e4"]
+    for edit_id in opened._index_pos:
+        assert torch.equal(opened.read_keys(edit_id), opened.read_tensors(edit_id)["keys"])
+    assert check_store(store).ok

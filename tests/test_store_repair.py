@@ -12,7 +12,6 @@ from sola import CorruptStoreError, Editor, StoreError
 from sola.cli import main
 from sola.errors import ReadOnlyStoreError
 from sola.integrity import check_store, repair_store
-from sola.store import INDEX_EVERY
 
 from conftest import UNRELATED
 from test_contract import assert_bit_identical, probe_logits

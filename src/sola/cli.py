@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from .errors import SolaError
-from .methods import METHODS
 
 
 # Exit codes: 0 done; 1 `sola fsck` found damage (without --repair); 2 bad input or an error that changed nothing;
@@ -33,10 +32,10 @@ def _store_path(args) -> Path:
 
 def _existing_store(args) -> Path:
     """The store a read-only command reads: it must exist (a typo must not create one)."""
-    from .store import Store
+    from .journal import MANIFEST
 
     path = _store_path(args)
-    if not Store.exists(path):
+    if not (path / MANIFEST).is_file():
         raise SolaError(f"there is no store at {path}; check --store, or make one by editing into it "
                         f"(`sola edit --store {path} PROMPT TARGET`)")
     return path
@@ -62,14 +61,14 @@ def _editor(args, *, create: bool):
 
 
 def _ledger(args):
-    """The store's edits without loading the model: its journal replayed."""
+    """(manifest, ledger, damage) of the store, without torch or the model: its journal replayed."""
+    from .journal import read_journal
     from .ledger import Ledger
-    from .store import Store
 
-    store = Store.open(_existing_store(args), skip_damaged=args.skip_damaged)
+    manifest, records, damage = read_journal(_existing_store(args), skip_damaged=args.skip_damaged)
     ledger = Ledger()
-    ledger.replay(store.journal())
-    return store, ledger
+    ledger.replay(records)
+    return manifest, ledger, damage
 
 
 def _emit(args, data, text: str) -> None:
@@ -168,7 +167,7 @@ def _status(edit) -> str:
 
 
 def _list(args) -> None:
-    _, ledger = _ledger(args)
+    _, ledger, _ = _ledger(args)
     edits = ledger.edits(include_rolled_back=args.all or args.history)
     if not args.history:
         rows = [f"{e.id:>6}  {_status(e):<11}  {e.prompt!r} -> {e.target!r}" for e in edits]
@@ -195,14 +194,15 @@ def _rollback(args) -> None:
 def _info(args) -> None:
     from .config import STORED_DEFAULTS, EditConfig
 
-    store, ledger = _ledger(args)
-    config = EditConfig.from_dict({**STORED_DEFAULTS, **store.manifest["config"]})
+    manifest, ledger, damage = _ledger(args)
+    path = _existing_store(args)
+    config = EditConfig.from_dict({**STORED_DEFAULTS, **manifest["config"]})
     edits = ledger.edits()
-    size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     info = {
-        "model": store.manifest["model"].get("name"),
-        "model_note": store.manifest.get("model_note"),
-        "method": store.manifest.get("method"),
+        "model": manifest["model"].get("name"),
+        "model_note": manifest.get("model_note"),
+        "method": manifest.get("method"),
         "prompt_format": config.prompt_format,
         "layers": config.layers,
         "rank": config.rank,
@@ -216,9 +216,9 @@ def _info(args) -> None:
         "superseded": ledger.superseded_count,
         "rolled_back": len(ledger) - ledger.live_count,
         "keys": sum(len(e.prompts) for e in edits),
-        "store": str(store.path),
+        "store": str(path),
         "store_bytes": size,
-        "damage": [d.message for d in store.damage] or None,
+        "damage": [d.message for d in damage] or None,
     }
     _emit(args, info, "\n".join(f"{k}: {v}" for k, v in info.items()))
 
@@ -346,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="sequential editing benchmark: T edits, then every metric",
                                 description="Run T edits one after another and evaluate them (teacher-forced and "
                                 "generated, ES/ERR/TRR, three kinds of locality, routing, cost); or compare runs.")
-    bench.add_argument("--method", default="sola", choices=list(METHODS),
-                       help="sola, or a baseline in the same harness: grace, melo, lora-ft")
+    bench.add_argument("--method", default="sola",
+                       help="sola, or a method in the same harness: elder, grace, melo, lora-ft")
     bench.add_argument("--dataset", default="zsre", help="zsre, counterfact, hallucination, wikibio, scotus")
     bench.add_argument("--edits", type=int, default=1000, help="T, the number of sequential edits (default 1000)")
     bench.add_argument("--out", help="directory for results.json, results.md and plots (re-run to resume)")
@@ -378,9 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    if args.command not in ("list", "info", "fsck"):  # those read files only: no transformers, no torch
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter on a terminal
+        hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter on a terminal
     if getattr(args, "wait", "absent") is None:
         from .locking import DEFAULT_WAIT
 

@@ -29,8 +29,9 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from .errors import CorruptStoreError, StoreError
-from .store import (INDEX, JOURNAL, MANIFEST, MANIFEST_BACKUP, QUARANTINE, TENSORS, Damage, Store, _manifest_problem,
-                    _read_index_file, atomic_write, id_number, parse_journal, record_digest)
+from .journal import (INDEX, JOURNAL, MANIFEST, MANIFEST_BACKUP, QUARANTINE, TENSORS, Damage, id_number,
+                      manifest_problem, parse_journal, record_digest)
+from .store import Store, _read_index_file, atomic_write
 
 _EDIT_FILE = re.compile(r"(e\d+)\.safetensors")
 
@@ -83,9 +84,9 @@ def check_store(path: str | os.PathLike, *, deep: bool = True) -> StoreReport:
     if not (path / MANIFEST).is_file() and not (path / JOURNAL).is_file():
         raise StoreError(f"there is no store at {path} (no {MANIFEST}, no {JOURNAL}); check the path")
     manifest = None
-    problem = _manifest_problem(path / MANIFEST) if (path / MANIFEST).is_file() else "is missing"
+    problem = manifest_problem(path / MANIFEST) if (path / MANIFEST).is_file() else "is missing"
     if problem:
-        backup_ok = (path / MANIFEST_BACKUP).is_file() and _manifest_problem(path / MANIFEST_BACKUP) is None
+        backup_ok = (path / MANIFEST_BACKUP).is_file() and manifest_problem(path / MANIFEST_BACKUP) is None
         report.damage.append(Damage("manifest", MANIFEST, f"{MANIFEST} {problem}"
                                     + (f" (its copy {MANIFEST_BACKUP} is readable)" if backup_ok else "")))
         if backup_ok:
@@ -185,7 +186,7 @@ def repair_store(path: str | os.PathLike) -> StoreReport:
     manifest_damage = [d for d in found.damage if d.kind == "manifest"]
     if manifest_damage:
         backup = path / MANIFEST_BACKUP
-        if not backup.is_file() or _manifest_problem(backup) is not None:
+        if not backup.is_file() or manifest_problem(backup) is not None:
             raise CorruptStoreError(f"{manifest_damage[0].message} and it has no readable copy ({MANIFEST_BACKUP}); "
                                     "restore it from a copy of the store")
         atomic_write(path / MANIFEST, lambda t: t.write_bytes(backup.read_bytes()))
