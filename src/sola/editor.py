@@ -18,7 +18,7 @@ from .architectures import default_layers, default_rank, task_of
 from .config import PREFIX_CONTEXTS, STORED_DEFAULTS, EditConfig
 from .edit import Edit
 from .errors import (ConfigError, CorruptStoreError, InvalidEditError, ModelMismatchError, NotConvergedError,
-                     RequestError, StoreError, UnknownEditError, at_request)
+                     StoreError, StoreExistsError, UnknownEditError, at_request)
 from .fingerprint import config_hash, describe_mismatch, weights_hash
 from .ledger import Ledger
 from .loading import EMBEDDED_NOTE, EMBEDDED_SOURCE, load_model
@@ -142,10 +142,7 @@ class Editor(Asking):
         if opened is None and store is not None:
             try:
                 opened = Store.create(store, editor._manifest(), lock_wait=lock_wait)
-            except StoreError:
-                if not Store.exists(store):
-                    raise
-                # another process created it meanwhile: open theirs (it must have been made with a compatible config)
+            except StoreExistsError:  # another process created it meanwhile: open theirs (with a compatible config)
                 opened = Store.open(store, skip_damaged=skip_damaged, lock_wait=lock_wait)
                 _store_config(opened, config, store)
         if opened is not None:
