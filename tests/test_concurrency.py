@@ -96,16 +96,21 @@ def test_kill_9_at_random_points_loses_nothing_promised(tiny_dir, tmp_path):
     edits, rolled, kills = [], set(), 0
     for round_ in range(4):
         workers = [start(tiny_dir, store, f"r{round_}w{n}", 40, "rollback") for n in range(2)]
-        for worker in workers:  # wait until it is editing, then kill it at a random point of its stream of commits
-            assert json.loads(worker.stdout.readline()).get("ready"), worker.stderr.read()[-2000:]
-        time.sleep(rng.uniform(0.2, 1.5))
+        seen = []
+        for worker in workers:  # wait until it has committed, then kill it at a random point of its stream of commits
+            lines = [worker.stdout.readline()]
+            while '"id"' not in lines[-1]:
+                assert lines[-1], worker.stderr.read()[-2000:]
+                lines.append(worker.stdout.readline())
+            seen.append("".join(lines))
+        time.sleep(rng.uniform(0.0, 1.0))
         for worker in workers:
             worker.send_signal(signal.SIGKILL)
             time.sleep(rng.uniform(0.0, 0.3))
-        for worker in workers:
+        for worker, before in zip(workers, seen):
             out, _ = worker.communicate(timeout=60)
             kills += worker.returncode == -signal.SIGKILL
-            made, gone = promised(out)
+            made, gone = promised(before + out)
             edits += made
             rolled |= gone
         report = check_store(store)  # a torn line or an orphan file may remain: harmless, never damage

@@ -42,6 +42,10 @@ class DataError(SolaError, ValueError):
     """A benchmark file is missing or a record in it is malformed (the message names the file, line and field)."""
 
 
+class StoreExistsError(StoreError):
+    """A store was to be created where another process has just created one (open it instead)."""
+
+
 class StoreBusyError(StoreError):
     """Another process held the store's write lock for longer than this writer was willing to wait."""
 

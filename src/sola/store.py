@@ -25,7 +25,6 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,8 +32,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import CorruptStoreError, ReadOnlyStoreError, StoreError
-from .journal import (FORMAT_VERSION, INDEX, JOURNAL, MANIFEST, MANIFEST_BACKUP, QUARANTINE, TENSORS, Damage,
+from .errors import CorruptStoreError, ReadOnlyStoreError, StoreError, StoreExistsError
+from .journal import (FORMAT_VERSION, INDEX, JOURNAL, MANIFEST, MANIFEST_BACKUP, TENSORS, Damage,
                       damage_message, id_number, parse_journal, read_manifest, record_digest)
 from .locking import DEFAULT_WAIT, LOCK, StoreLock
 
@@ -105,25 +104,28 @@ class Store:
 
     @classmethod
     def create(cls, path: str | Path, manifest: dict[str, Any], *, lock_wait: float = DEFAULT_WAIT) -> "Store":
-        """A new, empty store. Raises `StoreError` if `path` holds anything (another process creating the same store
-        at the same moment included: then open it instead)."""
+        """A new, empty store. Raises `StoreExistsError` if another process created the store at `path` first (open it
+        instead) and `StoreError` if `path` holds anything else. Made under the lock, journal first: the manifest is
+        what makes a directory a store, so a reader never finds a store without its journal."""
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(p.name != LOCK for p in path.iterdir())):
-            raise StoreError(f"cannot create a store at {path}: it exists and is not an empty directory; "
-                             "choose a new directory")
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"cannot create a store at {path}: it is a file; choose a new directory")
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StoreError(f"cannot create a store at {path}: {err.strerror}; choose a writable directory") from None
         store = cls(path, {"format_version": FORMAT_VERSION, **manifest}, lock_wait=lock_wait)
         with store._lock:
+            if (path / MANIFEST).is_file():
+                raise StoreExistsError(f"cannot create a store at {path}: another process created one there; open it")
             if any(p.name != LOCK for p in path.iterdir()):
-                raise StoreError(f"cannot create a store at {path}: another process created it meanwhile; open it")
+                raise StoreError(f"cannot create a store at {path}: it exists and is not an empty directory; "
+                                 "choose a new directory")
             (path / TENSORS).mkdir()
-            store._write_manifest(store.manifest)
             (path / JOURNAL).touch()
-            _fsync_dir(path)
             store._journal_file = _stat_id(os.stat(path / JOURNAL))
+            store._write_manifest(store.manifest)
+            _fsync_dir(path)
         return store
 
     @classmethod
