@@ -48,13 +48,13 @@ def main() -> None:
         started = time.perf_counter()
         singles = [editor.edit(r["prompt"], r["target"], subject=r["subject"]) for r in requests]
         one_by_one.append(time.perf_counter() - started)
-        single_factors = [layer.read_slot(editor._slot_of[e.id]) for e in singles for layer in editor.layers]
+        single_factors = [layer.read_slot(editor.slots.of(e.id)) for e in singles for layer in editor.layers]
         single_answers = editor.generate([r["prompt"] for r in requests], batch_size=16, stop_at_newline=True)
         editor = fresh()
         started = time.perf_counter()
         many = editor.edit_many(requests, batch_size=args.edits)
         batched.append(time.perf_counter() - started)
-        many_factors = [layer.read_slot(editor._slot_of[e.id]) for e in many for layer in editor.layers]
+        many_factors = [layer.read_slot(editor.slots.of(e.id)) for e in many for layer in editor.layers]
         many_answers = editor.generate([r["prompt"] for r in requests], batch_size=16, stop_at_newline=True)
     difference = max(float((a - b).abs().max()) for (a, _), (b, _) in zip(single_factors, many_factors))
     difference_b = max(float((a - b).abs().max()) for (_, a), (_, b) in zip(single_factors, many_factors))

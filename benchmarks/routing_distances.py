@@ -40,7 +40,7 @@ def main() -> None:
     for spec in args.strategies.split(","):
         key, distance = spec.split(":")
         editor = Editor.from_pretrained(config=EditConfig(key=key, distance=distance, prompt_format="raw"))
-        encode = lambda texts: editor._queries([editor.format.encode(t) for t in texts])  # noqa: E731
+        encode = lambda texts: editor.router.queries([editor.format.encode(t) for t in texts])  # noqa: E731
         keys, rephrases, questions = encode([r.prompt for r in records]), encode([r.rephrases[0] for r in records]), \
             encode(nq)
         table = KeyTable(keys.shape[1], distance)

@@ -136,7 +136,7 @@ def main() -> None:
             reopened_memory = reopened.info()["memory_bytes"]
             # one query routed to an edit whose factors are not in memory: read back from the store
             evicted = reopened.edits()[0]
-            slot = reopened._slot_of[evicted.id]
+            slot = reopened.slots.of(evicted.id)
             started = time.perf_counter()
             reopened._rows(torch.tensor([slot]))
             load_ms = (time.perf_counter() - started) * 1e3

@@ -251,7 +251,7 @@ def test_factors_are_stored_in_bfloat16_and_loaded_as_the_same_values(make_edito
     edit = editor.edit("Who founded Acme?", "Jane Roe")
     assert edit.converged and editor.generate("Who founded Acme?") == "Jane Roe"  # with the rounded factors
     stored = Store.open(store).read_tensors(edit.id)
-    slot = editor._slot_of[edit.id]
+    slot = editor.slots.of(edit.id)
     for name, layer in zip(editor.config.layers, editor.layers):
         A, B = stored[f"{name}.lora_A"], stored[f"{name}.lora_B"]
         assert A.dtype == B.dtype == torch.bfloat16

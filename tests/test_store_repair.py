@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sola import CorruptStoreError, Editor, StoreError
+from sola import CorruptStoreError, StoreError
 from sola.cli import main
 from sola.errors import ReadOnlyStoreError
 from sola.integrity import check_store, repair_store

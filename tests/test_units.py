@@ -76,8 +76,8 @@ def test_route_is_decided_once_per_input_and_held_for_every_generated_token(make
     prompt, target = edits_for(editor)[0]
     editor.edit(prompt, target)
     calls, forwards = [], []
-    original = editor._router
-    monkeypatch.setattr(editor, "_router", lambda h, m: calls.append(h.shape) or original(h, m))
+    original = editor.router.route_hidden
+    monkeypatch.setattr(editor.router, "route_hidden", lambda h, m: calls.append(h.shape) or original(h, m))
     editor.model.register_forward_hook(lambda *_: forwards.append(editor.decision.slots.tolist()))
     assert editor.generate(prompt, max_new_tokens=10) == target
     assert len(calls) == 1 and calls[0][1] == len(editor.format.encode(prompt).ids)  # from the prompt alone
@@ -203,8 +203,8 @@ def test_keys_that_tie_within_rounding_go_to_the_oldest(distance):
 
 def test_prefix_contexts_add_training_rows_but_no_keys(make_editor):
     editor = make_editor("llama", prefix_contexts=2)
-    plan = editor._planned(editor._checked("Who founded Acme?", "Jane Roe", None, None, False))
-    assert [p.text for p in plan["training"]] == ["Who founded Acme?", "Here is a fact. Who founded Acme?",
+    plan = editor.planner.plan(editor.planner.check("Who founded Acme?", "Jane Roe"))
+    assert [p.text for p in plan.training] == ["Who founded Acme?", "Here is a fact. Who founded Acme?",
                                                   "I read this somewhere. Who founded Acme?"]
     edit = editor.edit("Who founded Acme?", "Jane Roe")
     assert edit.converged and editor.generate("Who founded Acme?") == "Jane Roe"
@@ -227,7 +227,7 @@ def test_a_calibration_prompt_at_the_calibrated_distance_does_not_route(make_edi
                          unnamed_threshold=unnamed)
     assert float(torch.tensor(unnamed) * (0.6 / unnamed)) < 0.6  # the rounding this guards against
     whole = torch.tensor([unnamed, float(torch.nextafter(torch.tensor(unnamed), torch.tensor(0.0))), 0.1, 0.9])
-    scaled = editor._on_subject_scale(whole)
+    scaled = editor.router.on_subject_scale(whole)
     assert (scaled < 0.6).tolist() == [False, True, True, False]
     editor.edit("Who founded Acme?", "Jane Roe")  # no subject: reached by the whole prompt
     prompts = ["What colour is the sky?", "Who wrote Hamlet?", "The quick brown fox jumps over the lazy dog.",

@@ -255,3 +255,20 @@ class EditConfig:
     def replace(self, **changes: Any) -> "EditConfig":
         return dataclasses.replace(self, **changes).validate()
 
+
+
+def config_for_store(stored: dict[str, Any], given: EditConfig | None, path) -> EditConfig:
+    """The config an editor on an existing store uses: the store's (`stored`, from its manifest), with the training
+    fields of `given`. Any other field of `given` that differs from the store's is an error: the stored edits were
+    made and are routed under the store's."""
+    held = EditConfig.from_dict({**STORED_DEFAULTS, **stored})
+    if given is None:
+        return held
+    asked, kept = given.to_dict(), held.to_dict()
+    resolvable = (None, "auto")  # fields a config leaves for the model to decide take the store's value
+    differing = sorted(k for k, v in asked.items()
+                       if v not in resolvable and v != kept[k] and k not in EditConfig.TRAINING_FIELDS)
+    if differing:
+        raise ConfigError(f"the store {path} was made with a different config ({', '.join(differing)}); "
+                          "open it without a config (it keeps its own) or create a new store")
+    return held.replace(**{k: asked[k] for k in EditConfig.TRAINING_FIELDS})

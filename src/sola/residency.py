@@ -42,7 +42,7 @@ class Residency:
         if not durable:
             self._pinned.add(slot)
 
-    def drop(self, slot: int) -> None:
+    def remove(self, slot: int) -> None:
         """Forget an edit (rolled back): its row is zeroed and reused."""
         row = self._row.pop(slot, None)
         self._pinned.discard(slot)

@@ -32,6 +32,7 @@ from ..architectures import default_layers
 from ..data.probes import normalise
 from ..errors import ConfigError
 from ..routing import key_strategy
+from ..nn.injection import capture, inject, modules
 from ..nn.wrapped import WrappedLinear
 from ..training import frozen_prefix
 from .snapshot import BaselineConfig, SnapshotEditor
@@ -137,19 +138,14 @@ class ElderEditor(SnapshotEditor):
 
     def _build(self):
         names = self.config.layers or _paper_layers(self.model)
-        modules = dict(self.model.named_modules())
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise ConfigError(f"layers {missing} are not modules of this model")
+        modules(self.model, names)
         self.config = self.config.replace(layers=list(names))
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.config.seed}:elder".encode()))
         self.state = _Routing()
         self.layers = []
         for index, name in enumerate(names):
-            layer = MixtureLoraLayer(modules[name], index, self.config.loras, self.config.rank, self.state, generator)
-            parent, _, child = name.rpartition(".")
-            setattr(modules[parent] if parent else self.model, child, layer)
-            self.layers.append(layer)
+            self.layers.append(inject(self.model, name, lambda base: MixtureLoraLayer(
+                base, index, self.config.loras, self.config.rank, self.state, generator)))
         self.keys = key_strategy(self.config.key, self.config.encoder)
         dim = self.keys.dim if not self.keys.inside_model else self.layers[0].lora_A.shape[2]
         if self.keys.inside_model and names != sorted(names, key=lambda n: _depth(n)):
@@ -212,22 +208,8 @@ class ElderEditor(SnapshotEditor):
         if not self.keys.inside_model:
             return self.keys.encode([prompt.text])[0]
         batch = self.task.batch([prompt], None)
-        captured = {}
-
-        def grab(_module, args):
-            hidden = args[0].detach().float()
-            captured["q"] = self.keys.pool(hidden, batch.mask)[0]
-            raise _Stop
-
-        handle = self.layers[0].base_layer.register_forward_pre_hook(grab)
-        try:
-            with torch.no_grad():
-                self.model(**batch.inputs, use_cache=False)
-        except _Stop:
-            return captured["q"]
-        finally:
-            handle.remove()
-        raise RuntimeError("the forward pass never reached the first mixture layer")
+        return capture(self.layers[0].base_layer, lambda: self.model(**batch.inputs, use_cache=False),
+                       lambda hidden: self.keys.pool(hidden.detach().float(), batch.mask)[0])
 
     @contextmanager
     def _routed(self, prompts, batch):
@@ -379,10 +361,6 @@ class ElderEditor(SnapshotEditor):
                 "top_k": self.config.top_k, "epsilon": self.config.epsilon, "threshold": self.config.epsilon,
                 "key": self.config.key, "codes": len(self.codes),
                 "memory_bytes": {"parameters": parameters * 4, "codes": sum(c.numel() for c in self.codes.values())}}
-
-
-class _Stop(Exception):
-    pass
 
 
 def _depth(name: str) -> tuple[int, ...]:

@@ -31,6 +31,7 @@ from ..architectures import default_layers
 from ..data.probes import normalise
 from ..errors import ConfigError
 from ..prompts import EncodedPrompt
+from ..nn.injection import capture, inject
 from ..nn.wrapped import WrappedLinear
 from ..training import frozen_prefix
 from .snapshot import BaselineConfig, SnapshotEditor
@@ -56,11 +57,6 @@ class GraceConfig(BaselineConfig):
         return self
 
 
-class _Captured(Exception):
-    def __init__(self, query: torch.Tensor, output: torch.Tensor) -> None:
-        self.query, self.output = query, output
-
-
 class GraceLayer(WrappedLinear):
     """A base module plus a codebook: keys (N, in), values (N, out), radii (N,)."""
 
@@ -71,7 +67,6 @@ class GraceLayer(WrappedLinear):
         self.values = torch.zeros(0, out_features)
         self.radii = torch.zeros(0)
         self.trainable: nn.Parameter | None = None  # (1, out): the value being trained, used by every routed row
-        self.capture = False
         self._starts: torch.Tensor | None = None  # (B,) the last prompt token of each row of the current input
         self._slots: torch.Tensor | None = None  # (B,) entry per row, -1: base
         self._pending = False
@@ -102,8 +97,6 @@ class GraceLayer(WrappedLinear):
         if self._starts is None:
             return out
         rows = torch.arange(x.shape[0])
-        if self.capture:
-            raise _Captured(x[rows, self._starts].detach().float(), out[rows, self._starts].detach().float())
         if self._pending:
             self._pending = False
             _, index, routed = self.lookup(x[rows, self._starts].detach())
@@ -130,12 +123,7 @@ class GraceEditor(SnapshotEditor):
 
     def _build(self) -> list[nn.Module]:
         name = self.config.layer or default_layers(self.model)[-1]
-        modules = dict(self.model.named_modules())
-        if name not in modules:
-            raise ConfigError(f"layer {name!r} is not a module of this model")
-        self.layer = GraceLayer(modules[name])
-        parent, _, child = name.rpartition(".")
-        setattr(modules[parent] if parent else self.model, child, self.layer)
+        self.layer = inject(self.model, name, GraceLayer)
         self.config = self.config.replace(layer=name)
         # per live edit: its keys (P, in), the value its training left (out,), its normalised target
         self._records: dict[str, dict[str, Any]] = {}
@@ -153,17 +141,9 @@ class GraceEditor(SnapshotEditor):
     def _capture(self, prompt: EncodedPrompt) -> tuple[torch.Tensor, torch.Tensor]:
         """(key (in,), the layer's own output (out,)) at the prompt's last token, on the base model."""
         batch = self.task.batch([prompt], None)
-        self.layer.capture = True
-        self.layer.fix(self._starts([prompt], batch), torch.full((1,), -1))
-        try:
-            with torch.no_grad():
-                self.model(**batch.inputs, use_cache=False)
-        except _Captured as captured:
-            return captured.query[0], captured.output[0]
-        finally:
-            self.layer.capture = False
-            self.layer.clear()
-        raise RuntimeError(f"the forward pass never reached {self.config.layer}")
+        start = int(self._starts([prompt], batch)[0])
+        return capture(self.layer.base_layer, lambda: self.model(**batch.inputs, use_cache=False),
+                       lambda x, out: (x[0, start].detach().float(), out[0, start].detach().float()), output=True)
 
     def _radius(self) -> float:
         if self.config.radius is None:

@@ -13,6 +13,7 @@ from torch import nn
 from ..architectures import default_layers, default_rank
 from ..errors import ConfigError
 from ..nn import Decision, RoutedLoraLayer
+from ..nn.injection import inject, modules
 from ..training import train_edits
 from .snapshot import BaselineConfig, SnapshotEditor, generators_for
 
@@ -39,18 +40,13 @@ class LoraBlocksEditor(SnapshotEditor):
 
     def _build(self) -> list[nn.Module]:
         layers = self.config.layers or default_layers(self.model)
-        modules = dict(self.model.named_modules())
-        missing = [name for name in layers if name not in modules]
-        if missing:
-            raise ConfigError(f"layers {missing} are not modules of this model")
+        modules(self.model, layers)
         self.config = self.config.replace(layers=list(layers), rank=self.config.rank or default_rank(self.model))
         self.decision = Decision()
         self.layers = []
         for name in layers:
-            layer = RoutedLoraLayer(modules[name], self.config.rank, 1.0, self.decision)
-            parent, _, child = name.rpartition(".")
-            setattr(modules[parent] if parent else self.model, child, layer)
-            self.layers.append(layer)
+            self.layers.append(inject(self.model, name, lambda base: RoutedLoraLayer(base, self.config.rank, 1.0,
+                                                                                     self.decision)))
         return [layer.base_layer for layer in self.layers]
 
     def _blocks(self) -> int:

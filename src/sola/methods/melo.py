@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
+from ..nn.injection import capture
 from ..routing.keys import HiddenStateKeys
 from .lora_blocks import LoraBlocksConfig, LoraBlocksEditor
 from .snapshot import RollbackNotSupportedError
@@ -37,11 +38,6 @@ class MeloConfig(LoraBlocksConfig):
         if self.radius is not None and not self.radius > 0:
             raise ConfigError(f"radius={self.radius} must be positive")
         return self
-
-
-class _Captured(Exception):
-    def __init__(self, keys) -> None:
-        self.keys = keys
 
 
 class MeloEditor(LoraBlocksEditor):
@@ -65,19 +61,8 @@ class MeloEditor(LoraBlocksEditor):
     # -- keys --------------------------------------------------------------------------------------------------------
     def _key(self, prompt) -> torch.Tensor:
         batch = self.task.batch([prompt], None)
-
-        def capture(hidden, mask):
-            raise _Captured(self.pooling.pool(hidden, mask))
-
-        self.decision.arm(batch.mask, capture)
-        try:
-            with torch.no_grad():
-                self.model(**batch.inputs, use_cache=False)
-        except _Captured as captured:
-            return captured.keys[0]
-        finally:
-            self.decision.clear()
-        raise RuntimeError("the forward pass never reached the first edited layer")
+        return capture(self.layers[0].base_layer, lambda: self.model(**batch.inputs, use_cache=False),
+                       lambda hidden: self.pooling.pool(hidden, batch.mask))[0]
 
     def _radius(self) -> float:
         if self.config.radius is None:

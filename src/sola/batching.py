@@ -1,0 +1,133 @@
+"""Training and committing edits: a batch of plans trained together (each its own LoRA) and committed in order, and
+`edit_many`'s loop that checks every request first, then plans, trains and commits one batch at a time under the
+store's lock."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import torch
+
+from .config import EditConfig
+from .edit import Edit
+from .errors import InvalidEditError, NotConvergedError, UnknownEditError, at_request
+from .planning import EditPlan
+from .requests import parse_request
+from .store import id_number
+from .training import train_edits
+
+
+def now() -> str:
+    """The time stamps of edit records and rollbacks: UTC, ISO 8601, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def train_and_commit(editor, plans: list[EditPlan], started: float, progress=None) -> list[tuple[Edit, bool]]:
+    """Train the planned edits together (one slot each, see `train_edits`) and commit them in order; -> each edit and
+    whether it was stored (an edit that did not converge is not, under on_no_converge="refuse"). Called with the
+    store's lock held, so the ids it trains with are the ids it commits under (the seed follows the id)."""
+    config = editor.config
+    first = id_number(editor.store.next_id()) if editor.store is not None else editor._counter + 1
+    generators = [torch.Generator().manual_seed(zlib.crc32(f"{config.seed}:{first + i}".encode()))
+                  for i in range(len(plans))]
+    rows = [(k, enc, tgt) for k, plan in enumerate(plans) for enc, tgt in zip(plan.training, plan.training_targets)]
+    batch = editor.task.batch([enc for _, enc, _ in rows], [tgt for _, _, tgt in rows])
+    results = train_edits(editor.task, editor.decision, editor.layers, batch,
+                          torch.tensor([k for k, _, _ in rows], dtype=torch.long), config, generators, progress)
+    seconds = round((time.perf_counter() - started) / len(plans), 3)  # a batch's wall time, shared out
+    out: list[tuple[Edit, bool]] = []
+    for plan, result in zip(plans, results):
+        store = result.converged or config.on_no_converge == "commit"
+        number = first + sum(1 for _, stored in out if stored)
+        request = plan.request
+        record = Edit(id=f"e{number}" if store else "", prompts=request.prompts, target=request.target,
+                      subject=request.subject, created=now(), steps=result.steps, loss=round(result.loss, 6),
+                      converged=result.converged, seconds=seconds, supersedes=plan.older)
+        out.append((editor._commit(record, plan.keys, result.factors) if store else record, store))
+    return out
+
+
+def edit_many(editor, requests: Iterable[dict[str, Any]], progress: bool, batch_size: int, skip_committed: bool,
+              on_result: Callable[[int, Edit, str], None] | None) -> list[Edit]:
+    """`Editor.edit_many` (see there)."""
+    checked = []
+    for index, raw in enumerate(requests):
+        request = parse_request(raw, index)
+        try:
+            checked.append(editor.planner.check(request["prompt"], request["target"], request["subject"],
+                                                request["supersedes"], request["new_fact"]))
+        except (InvalidEditError, UnknownEditError) as error:
+            raise at_request(error, index) from None
+    with editor._writing():  # what other processes committed counts for `supersedes` too
+        for index, request in enumerate(checked):
+            if request.supersedes is not None:
+                try:
+                    editor.ledger.check_supersedable(request.supersedes)
+                except (InvalidEditError, UnknownEditError) as error:
+                    raise at_request(error, index) from None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(checked), unit="edit", desc="editing")
+    results: list[Edit | None] = [None] * len(checked)
+    refused: list[tuple[int, Edit]] = []
+
+    def settle(index: int, edit: Edit, status: str) -> None:
+        results[index] = edit
+        if status == "refused":
+            refused.append((index, edit))
+        if on_result is not None:
+            on_result(index, edit, status)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        index = 0
+        while index < len(checked):
+            with editor._writing():
+                started, pending = time.perf_counter(), []
+                while index < len(checked) and len(pending) < max(1, batch_size):
+                    request = checked[index]
+                    done = editor.ledger.committed_as(request.prompts, request.target, request.subject) \
+                        if skip_committed else None
+                    if done is not None:
+                        settle(index, done, "skipped")
+                        index += 1
+                        continue
+                    try:
+                        plan = editor.planner.plan(request)
+                    except (InvalidEditError, UnknownEditError) as error:
+                        raise at_request(error, index) from None
+                    if pending and (editor.planner.overlaps(plan, [p for _, p in pending])
+                                    or (skip_committed and any(request.same_as(p.request) for _, p in pending))):
+                        break  # it must see the pending ones committed first
+                    pending.append((index, plan))
+                    index += 1
+                if pending:
+                    made = train_and_commit(editor, [p for _, p in pending], started)
+                    for (at, _), (edit, stored) in zip(pending, made):
+                        settle(at, edit, "committed" if stored else "refused")
+    finally:
+        if bar is not None:
+            bar.close()
+    if refused:
+        committed = [e for n, e in enumerate(results) if e is not None and n not in dict(refused)]
+        raise NotConvergedError(not_converged([e for _, e in refused], editor.config, [n for n, _ in refused]),
+                                committed=committed, failed=refused)
+    return results
+
+
+def not_converged(edits: list[Edit], config: EditConfig, indices: list[int] | None = None) -> str:
+    """The message of a `NotConvergedError` for these unstored edits (their places in the call, if several)."""
+    shown = "; ".join(f"{f'request {i + 1}: ' if indices else ''}{e.prompt!r} -> {e.target!r} (loss {e.loss:.3f} "
+                      f"after {e.steps} steps)" for i, e in zip(indices or [0] * len(edits), edits[:5]))
+    more = f"; and {len(edits) - 5} more" if len(edits) > 5 else ""
+    return (f"{len(edits)} edit{'s' if len(edits) > 1 else ''} did not converge and {'were' if len(edits) > 1 else 'was'}"
+            f" not stored: {shown}{more}. Training stopped at max_steps={config.max_steps} before the model reproduced"
+            f" the target with a loss under {config.loss_bound}. Allow more steps (EditConfig(max_steps=...), `sola "
+            "edit --max-steps N`), shorten the target, or store it anyway (EditConfig(on_no_converge='commit'), "
+            "`--keep-unconverged`)")

@@ -1,0 +1,151 @@
+"""What an edit request becomes before training: checked (`EditRequest`), then planned against the live edits
+(`EditPlan`: its keys, the edit of the same fact it supersedes, its training rows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import PREFIX_CONTEXTS
+from .edit import Edit
+from .errors import InvalidEditError
+from .prompts import EncodedPrompt, check_text, check_token_limits
+from .routing import KeyTable
+from .routing.subjects import SubjectIndex, relation_text
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit request, checked: nothing about it can fail later except training."""
+
+    prompts: tuple[str, ...]
+    encoded: tuple[EncodedPrompt, ...]
+    target: str  # stripped of surrounding whitespace (zsRE has " MAT-49"; the answer is "MAT-49")
+    targets: tuple[list[int], ...]  # the target's token ids after each prompt, with the end-of-answer token
+    subject: str | None
+    supersedes: str | None
+    new_fact: bool
+
+    def same_as(self, other: "EditRequest") -> bool:
+        return (self.prompts, self.target, self.subject) == (other.prompts, other.target, other.subject)
+
+
+@dataclass(frozen=True)
+class EditPlan:
+    """A request planned against the committed edits: what to store and what to train."""
+
+    request: EditRequest
+    keys: torch.Tensor  # (P, d) routing keys, one per prompt
+    older: str | None  # the answering edit of the same fact this edit supersedes
+    training: tuple[EncodedPrompt, ...]  # training rows: the prompts, prefixed prompts, the older edits' prompts
+    training_targets: tuple[list[int], ...]
+
+
+class Planner:
+    """Checks and plans edits for one `Editor` (reading its config, task, router, ledger and slots)."""
+
+    def __init__(self, editor) -> None:
+        self.editor = editor
+
+    def check(self, prompt, target, subject=None, supersedes=None, new_fact=False) -> EditRequest:
+        """Validate one edit request (nothing is computed or changed)."""
+        editor = self.editor
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise InvalidEditError("an edit needs at least one prompt")
+        encoded = [editor._encode(check_text(p, "prompt")) for p in prompts]
+        target = check_text(target, "target").strip()
+        if subject is not None:
+            check_text(subject, "subject")
+        targets = [editor.task.encode_target(p, target) for p in prompts]
+        for enc, tgt in zip(encoded, targets):
+            editor.task.check_length(enc, tgt)
+            check_token_limits(enc, len(tgt) - 1)  # the end-of-answer token is not the user's
+        if editor.router.keys.needs_subject and subject is not None:
+            for p in prompts:
+                if not _names(p, subject):
+                    raise InvalidEditError(f"the subject {subject!r} does not occur in the prompt {p!r}; key='subject' "
+                                           "needs it written in every prompt (as whole words)")
+        if supersedes is not None and new_fact:
+            raise InvalidEditError("pass either supersedes=ID (an update) or new_fact=True, not both")
+        return EditRequest(tuple(prompts), tuple(encoded), target, tuple(targets), subject, supersedes, new_fact)
+
+    def plan(self, request: EditRequest) -> EditPlan:
+        """Keys, the edit it supersedes (against the committed edits) and its training rows."""
+        editor = self.editor
+        if request.supersedes is not None:
+            editor.ledger.check_supersedable(request.supersedes)
+        keys = editor.router.edit_keys(list(request.encoded), request.subject)
+        older = request.supersedes if request.supersedes is not None or request.new_fact \
+            else self.same_fact(list(request.encoded), keys, request.subject)
+        training, targets = list(request.encoded), list(request.targets)
+        for context in PREFIX_CONTEXTS[:editor.config.prefix_contexts]:
+            for prompt in request.prompts:
+                training.append(editor._encode(f"{context} {prompt}"))
+                targets.append(editor.task.encode_target(f"{context} {prompt}", request.target))
+        if older is not None:  # the wordings of the fact edited before lead here too: teach them the new answer
+            earlier = (p for e in editor.ledger.chain(older) for p in e.prompts if p not in request.prompts)
+            for text in dict.fromkeys(earlier):
+                training.append(editor._encode(text))
+                targets.append(editor.task.encode_target(text, request.target))
+        return EditPlan(request, keys, older, tuple(training), tuple(targets))
+
+    def overlaps(self, plan: EditPlan, pending: list[EditPlan]) -> bool:
+        """Could `plan` be about the same fact as a pending edit (so it must see that edit committed first)?"""
+        config, request = self.editor.config, plan.request
+        if request.new_fact or (config.supersede == "never" and request.supersedes is None):
+            return False
+        if request.subject is not None and any(p.request.subject is not None
+                                               and same_subject(request.subject, p.request.subject) for p in pending):
+            return True
+        table = KeyTable(plan.keys.shape[1], config.resolved_distance())
+        for p in pending:
+            table.add(p.keys, slot=0)
+        return bool((table.nearest(plan.keys)[0] < config.resolved_threshold()).any())
+
+    def same_fact(self, prompts: list[EncodedPrompt], keys: torch.Tensor, subject: str | None) -> str | None:
+        """The answering edit a new edit with these prompts and keys updates under `config.supersede`, if any."""
+        editor = self.editor
+        config, router = editor.config, editor.router
+        if config.supersede == "never" or len(router) == 0:
+            return None
+        if router.keys.needs_subject:
+            dist, slots = router.nearest_texts([p.text for p in prompts])
+        else:  # the keys are the prompts' routing queries, each computed alone, as at inference
+            found = [router.table.nearest(k.unsqueeze(0)) for k in keys]
+            dist, slots = torch.cat([d for d, _ in found]), torch.cat([s for _, s in found])
+        best = int(dist.argmin())
+        distance, slot = float(dist[best]), int(slots[best])
+        if slot < 0 or not distance < config.resolved_threshold():
+            return None
+        found = editor.ledger.get(editor.slots.owner(slot))
+        if subject is not None and found.subject is not None:
+            same = same_subject(subject, found.subject) and self._same_question(prompts, subject, found, distance)
+        else:
+            same = distance < config.resolved_supersede_threshold()
+        return editor.slots.owner(int(router.answering(slots[best:best + 1])[0])) if same else None
+
+    def _same_question(self, prompts: list[EncodedPrompt], subject: str, found: Edit, distance: float) -> bool:
+        """Whether prompts about `subject` ask what `found` (an edit of the same subject) asks: their questions with
+        the subject masked out are near in the sentence encoder's space. Keys read inside the model have no encoder:
+        only a near-identical prompt counts."""
+        config, keys = self.editor.config, self.editor.router.keys
+        bound = config.resolved_relation_threshold()
+        if bound is None or not hasattr(keys, "encode"):
+            return distance < config.resolved_supersede_threshold()
+        ours = [relation_text(p.text, subject) for p in prompts]
+        theirs = [relation_text(p, found.subject) for p in found.prompts]
+        vectors = torch.nn.functional.normalize(keys.encode(ours + theirs).float(), dim=-1)
+        nearest = 1.0 - (vectors[:len(ours)] @ vectors[len(ours):].T).max()
+        return float(nearest) < bound
+
+
+def _names(text: str, subject: str) -> bool:
+    index = SubjectIndex()
+    index.add(subject, 0)
+    return bool(index.find(text))
+
+
+def same_subject(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())

@@ -1,0 +1,92 @@
+"""Bringing a store's journal into an `Editor`: all at once when it opens the store, and afterwards what other
+processes commit (`Editor.refresh`). Both leave the editor's parts (ledger, slots, router, residency) exactly as
+making those edits and rollbacks in this editor would have."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+from .edit import Edit
+from .errors import CorruptStoreError
+from .store import Damage, Store, damage_message
+
+
+def open_into(editor, store: Store, skip_damaged: bool = False) -> None:
+    """Replay a store's journal into a new editor, in bulk (a few microseconds per edit). Edits whose files cannot be
+    read make this an error naming them, or with `skip_damaged` are left out (the store is then read-only)."""
+    records = store.journal()
+    rolled = {r["id"] for r in records if r["op"] == "rollback"}
+    live = [r for r in records if r["op"] == "edit" and r["id"] not in rolled]
+    # read what is needed before changing anything: every live edit's keys, and the factors of the newest edits that
+    # fit in memory (the others are read when an input is routed to them)
+    capacity = editor.residency.capacity
+    unreadable = _unreadable(store, live, capacity) if skip_damaged or store.damage else []
+    skipped = {d.edit_id for d in unreadable}
+    try:
+        keys, counts, factors, resident = _read_live(store, [r for r in live if r["id"] not in skipped], capacity)
+    except CorruptStoreError:
+        unreadable = _unreadable(store, live, capacity)
+        if not skip_damaged:
+            raise CorruptStoreError(damage_message(store.path, unreadable)) from None
+        skipped = {d.edit_id for d in unreadable}
+        keys, counts, factors, resident = _read_live(store, [r for r in live if r["id"] not in skipped], capacity)
+    if unreadable:
+        store.damage += [d for d in unreadable if d not in store.damage]
+        store.read_only = True
+        records = [r for r in records if r.get("id") not in skipped]
+        live = [r for r in live if r["id"] not in skipped]
+    assert not len(editor.ledger), "a store is attached to a new editor only"
+    links = editor.ledger.replay(records)  # the records become Edits when asked for
+    ids = [r["id"] for r in live]
+    slots = editor.slots.add_many(ids)  # live edits take the slots 0..n-1 in creation order
+    editor.router.add_many(slots, keys, counts, [r.get("subject") for r in live])
+    for slot in slots[len(slots) - resident:]:
+        editor.residency.put(slot, factors[ids[slot]], durable=True)
+    editor.router.supersede_many([(editor.slots.of(older), editor.slots.of(newer)) for older, newer in links])
+    store.forget_index()  # the routing table holds the keys now
+
+
+def apply(editor, records: list[dict[str, Any]]) -> None:
+    """Journal records committed by another process, in order."""
+    for record in records:
+        if record["op"] == "edit" and record["id"] not in editor.ledger:
+            keys = editor.store.read_keys(record["id"])
+            edit = Edit.from_dict({**record, "rolled_back": None, "superseded_by": None})
+            editor._install(edit, keys, factors=None)  # factors are read when an input routes to it
+            older = editor.ledger.live_predecessor(edit.supersedes)
+            if older is not None and editor.ledger.successor(older) is None:
+                editor._link(older, edit.id)
+        elif record["op"] == "rollback" and record["id"] in editor.ledger and editor.ledger.get(record["id"]).live:
+            editor._forget(record["id"], record.get("at", ""), record.get("reason"))
+    stored = editor.store.manifest.get("config", {})
+    changes = {k: stored[k] for k in ("threshold", "unnamed_threshold")
+               if k in stored and stored[k] != getattr(editor.config, k)}
+    if changes:
+        editor.config = editor.config.replace(**changes)
+
+
+def _read_live(store: Store, live: list[dict[str, Any]], capacity: int | None):
+    """(keys, key rows per edit, factors of the resident edits, how many are resident) of these live edits."""
+    resident = len(live) if capacity is None else min(capacity, len(live))
+    factors = {r["id"]: store.read_tensors(r["id"]) for r in live[len(live) - resident:]}
+    keys, counts = store.read_keys_many([r["id"] for r in live])
+    return keys, counts, factors, resident
+
+
+def _unreadable(store: Store, live: list[dict[str, Any]], capacity: int | None) -> list[Damage]:
+    """Damage of the live edits' files that opening would read, one per edit (edits skipped by the store's own open,
+    e.g. a duplicated id, too)."""
+    found = [d for d in store.damage if d.edit_id is not None and not d.harmless]
+    named = {d.edit_id for d in found}
+    resident = {r["id"] for r in (live if capacity is None else live[max(0, len(live) - capacity):])}
+    for record in live:
+        if record["id"] in named:
+            continue
+        try:
+            store.read_tensors(record["id"]) if record["id"] in resident else store.read_keys(record["id"])
+        except CorruptStoreError as err:
+            path = store.tensor_path(record["id"])
+            kind = "tensors-missing" if not path.exists() else "tensors-unreadable"
+            found.append(Damage(kind, f"tensors/{path.name}", str(err).split(";")[0], edit_id=record["id"]))
+    return found

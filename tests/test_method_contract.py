@@ -1,0 +1,144 @@
+"""One contract over every registered editing method and every model family it supports: the edit is generated;
+inputs that reach no edit compute the base model bit for bit where the method claims it (`unrouted_is_base`); save ->
+load reproduces outputs; rollback restores the state before the edit exactly where the method claims it
+(`exact_rollback`), and otherwise refuses (`RollbackNotSupportedError`, nothing changed), is exact in the cases the
+method documents, or says what it could not undo (`Edit.note`); bad input raises the library's errors and changes nothing.
+
+A method added to `sola.methods.METHODS` fails `test_every_registered_method_has_tiny_settings` until it has an entry
+in SETTINGS below, and then gets the whole suite."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sola import Editor, InvalidEditError, UnknownEditError
+from sola.methods import (BASELINES, METHODS, ElderConfig, GraceConfig, LoraFTConfig, MeloConfig,
+                          RollbackNotSupportedError)
+
+from conftest import EDITS, FAMILY_CONFIG, UNRELATED, tiny_config
+
+TRAINING = dict(prompt_format="raw", learning_rate=0.05, max_steps=200)
+
+# How each method runs on a tiny random model: its config (radii and epsilon on that model's scale), the families it
+# supports, and how many answer tokens its edit is expected to produce there (GRACE replaces one vector at the last
+# prompt token, which on a tiny random model moves the first answer token only; tests/test_embedded.py pins its
+# whole answers on the embedded model).
+SETTINGS = {
+    "sola": dict(families=["llama", "gpt2", "t5", "bert"], answer_tokens=None, config=None),
+    "grace": dict(families=["llama", "gpt2"], answer_tokens=1, config=lambda: GraceConfig(
+        prompt_format="raw", radius=1e-3, max_steps=60)),
+    "melo": dict(families=["llama", "gpt2"], answer_tokens=None, config=lambda: MeloConfig(radius=1e-3, **TRAINING)),
+    "elder": dict(families=["llama", "gpt2"], answer_tokens=None, config=lambda: ElderConfig(epsilon=0, **TRAINING)),
+    "lora-ft": dict(families=["llama", "gpt2"], answer_tokens=None, config=lambda: LoraFTConfig(**TRAINING)),
+}
+CASES = [(method, family) for method in METHODS for family in SETTINGS.get(method, {}).get("families", [])]
+
+
+def test_every_registered_method_has_tiny_settings():
+    assert sorted(SETTINGS) == sorted(METHODS)
+
+
+def make(tiny_dir, method: str, family: str):
+    if method == "sola":
+        return Editor.from_pretrained(tiny_dir(family), config=tiny_config(tiny_dir, **FAMILY_CONFIG.get(family, {})))
+    return BASELINES[method].from_pretrained(str(tiny_dir(family)), config=SETTINGS[method]["config"]())
+
+
+def load(method: str, path, tiny_dir, family):
+    editor_class = Editor if method == "sola" else BASELINES[method]
+    return editor_class.load(path, model=tiny_dir(family))
+
+
+def logits(editor, prompts):
+    """Logits on each prompt (teacher-forced on a fixed target for seq2seq, which needs one)."""
+    target = "Paris" if editor.task.kind == "seq2seq" else None
+    return [editor.logits(p, target) for p in prompts]
+
+
+def same(left, right) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(left, right, strict=True))
+
+
+def facts(editor):
+    return EDITS["classification" if editor.task.kind == "classification" else "causal"]
+
+
+@pytest.fixture(params=CASES, ids=[f"{m}-{f}" for m, f in CASES])
+def case(request, tiny_dir):
+    method, family = request.param
+    return method, family, make(tiny_dir, method, family)
+
+
+def test_an_edit_is_generated(case):
+    method, _, editor = case
+    prompt, target = facts(editor)[0]
+    edit = editor.edit(prompt, target)
+    tokens = SETTINGS[method]["answer_tokens"]
+    if tokens is None:
+        assert edit.converged and editor.generate(prompt, max_new_tokens=12) == target
+    else:
+        answer = editor.score([prompt], [target])[0]
+        assert answer.predicted[:tokens] == answer.tokens[:tokens]
+
+
+def test_inputs_that_reach_no_edit_are_the_base_model(case):
+    method, _, editor = case
+    if not editor.unrouted_is_base:
+        pytest.skip(f"{method} does not claim it (documented in docs/methods.md)")
+    base = logits(editor, UNRELATED)
+    for prompt, target in facts(editor):
+        editor.edit(prompt, target)
+    assert all(editor.route(p) is None for p in UNRELATED)
+    assert same(logits(editor, UNRELATED), base)
+    with editor.disabled():
+        assert same(logits(editor, UNRELATED), base)
+
+
+def test_save_then_load_reproduces_outputs(case, tiny_dir, tmp_path):
+    method, family, editor = case
+    for prompt, target in facts(editor):
+        editor.edit(prompt, target)
+    probes = [p for p, _ in facts(editor)] + UNRELATED
+    expected = logits(editor, probes)
+    editor.save(tmp_path / "saved")
+    loaded = load(method, tmp_path / "saved", tiny_dir, family)
+    assert same(logits(loaded, probes), expected)
+    assert [e.id for e in loaded.edits()] == [e.id for e in editor.edits()]
+
+
+def test_rollback_is_exact_where_claimed_and_otherwise_refused_or_noted(case):
+    method, _, editor = case
+    (first, first_target), (second, second_target) = facts(editor)
+    probes = [first, second] + UNRELATED
+    editor.edit(first, first_target)
+    before = logits(editor, probes)
+    made = editor.edit(second, second_target)
+    after = logits(editor, probes)
+    try:
+        rolled = editor.rollback(made.id)
+    except RollbackNotSupportedError:
+        assert not editor.exact_rollback
+        assert same(logits(editor, probes), after) and editor.get(made.id).live  # refused: nothing changed
+        return
+    assert not rolled.live and made.id not in [e.id for e in editor.edits()]
+    if editor.exact_rollback:
+        assert same(logits(editor, probes), before)
+    else:  # exact in the cases the method documents (MELO: an edit alone in its cluster), or it says what is left
+        assert same(logits(editor, probes), before) or rolled.note
+
+
+def test_bad_input_raises_and_changes_nothing(case):
+    method, _, editor = case
+    prompt, target = facts(editor)[0]
+    editor.edit(prompt, target)
+    probes = [prompt] + UNRELATED
+    expected = logits(editor, probes)
+    with pytest.raises(InvalidEditError, match="prompt is empty"):
+        editor.edit("", target)
+    with pytest.raises(InvalidEditError, match="target is empty"):
+        editor.edit(prompt, "  ")
+    with pytest.raises(UnknownEditError, match="'e99'"):
+        editor.rollback("e99")
+    assert [e.id for e in editor.edits()] == ["e1"]
+    assert same(logits(editor, probes), expected)
