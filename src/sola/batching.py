@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import time
 import zlib
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import torch
 
 from .config import EditConfig
-from .edit import Edit
+from .edit import Edit, now
 from .errors import InvalidEditError, NotConvergedError, UnknownEditError, at_request
 from .planning import EditPlan
 from .requests import parse_request
 from .store import id_number
 from .training import train_edits
-
-
-def now() -> str:
-    """The time stamps of edit records and rollbacks: UTC, ISO 8601, to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def train_and_commit(editor, plans: list[EditPlan], started: float, progress=None) -> list[tuple[Edit, bool]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timezone
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,11 @@ class Edit:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Edit))
+
+
+def now() -> str:
+    """The time stamps of edit records and rollbacks (`created`, `rolled_back`): UTC, ISO 8601, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class EditLog(MutableMapping):

@@ -24,7 +24,7 @@ from . import batching, replay
 from .architectures import default_layers, default_rank, task_of
 from .asking import Asking
 from .config import EditConfig, config_for_store
-from .edit import Edit
+from .edit import Edit, now
 from .errors import (ConfigError, InvalidEditError, ModelMismatchError, NotConvergedError, StoreError,
                      StoreExistsError, UnknownEditError)
 from .fingerprint import config_hash, describe_mismatch, weights_hash
@@ -380,7 +380,7 @@ class Editor(Asking):
         with self._writing():
             number = id_number(self.store.next_id()) if self.store is not None else self._counter + 1
             older = self.planner.same_fact(encoded, keys, edit.subject)
-            record = Edit.from_dict({**edit.to_dict(), "id": f"e{number}", "created": batching.now(),
+            record = Edit.from_dict({**edit.to_dict(), "id": f"e{number}", "created": now(),
                                      "rolled_back": None, "superseded_by": None, "supersedes": older})
             return self._commit(record, keys, factors)
 
@@ -406,7 +406,7 @@ class Editor(Asking):
                 state = "was already rolled back" if edit is not None else "does not exist"
                 live = ", ".join(self.slots.ids()[:10]) or "none"
                 raise UnknownEditError(f"edit {edit_id!r} {state}; live edits: {live} (see `sola list`)")
-            at = batching.now()
+            at = now()
             if self.store is not None:
                 self.store.commit_rollback(edit_id, at)
             return self._forget(edit_id, at)

@@ -51,17 +51,7 @@ class Planner:
     def check(self, prompt, target, subject=None, supersedes=None, new_fact=False) -> EditRequest:
         """Validate one edit request (nothing is computed or changed)."""
         editor = self.editor
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise InvalidEditError("an edit needs at least one prompt")
-        encoded = [editor._encode(check_text(p, "prompt")) for p in prompts]
-        target = check_text(target, "target").strip()
-        if subject is not None:
-            check_text(subject, "subject")
-        targets = [editor.task.encode_target(p, target) for p in prompts]
-        for enc, tgt in zip(encoded, targets):
-            editor.task.check_length(enc, tgt)
-            check_token_limits(enc, len(tgt) - 1)  # the end-of-answer token is not the user's
+        prompts, encoded, target, targets = check_texts(editor._encode, editor.task, prompt, target, subject)
         if editor.router.keys.needs_subject and subject is not None:
             for p in prompts:
                 if not _names(p, subject):
@@ -139,6 +129,23 @@ class Planner:
         vectors = torch.nn.functional.normalize(keys.encode(ours + theirs).float(), dim=-1)
         nearest = 1.0 - (vectors[:len(ours)] @ vectors[len(ours):].T).max()
         return float(nearest) < bound
+
+
+def check_texts(encode, task, prompt, target, subject):
+    """The checks every method's edit makes before anything is computed: -> (prompts, encoded prompts, the target
+    stripped of surrounding whitespace, its token ids after each prompt). `encode` is the editor's prompt encoder."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise InvalidEditError("an edit needs at least one prompt")
+    encoded = [encode(check_text(p, "prompt")) for p in prompts]
+    target = check_text(target, "target").strip()  # zsRE has targets like " MAT-49"; the answer is "MAT-49"
+    if subject is not None:
+        check_text(subject, "subject")
+    targets = [task.encode_target(p, target) for p in prompts]
+    for enc, tgt in zip(encoded, targets):
+        task.check_length(enc, tgt)
+        check_token_limits(enc, len(tgt) - 1)  # the end-of-answer token is not the user's
+    return prompts, encoded, target, targets
 
 
 def _names(text: str, subject: str) -> bool:

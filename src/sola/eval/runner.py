@@ -65,7 +65,7 @@ class _Item:
 # -- building the evaluation set ----------------------------------------------------------------------------------
 
 
-def _nq_pool(spec: BenchSpec, dataset: Dataset) -> list[Record]:
+def _nq_pool(spec: BenchSpec) -> list[Record]:
     try:
         source = spec.data if spec.data and not Path(spec.data).is_file() else None
         return load_dataset("nq", source).records
@@ -460,7 +460,7 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
         raise ConfigError(f"--edits {spec.edits}: {dataset.name} has {len(dataset)} records ({dataset.path})")
     held_out = dataset.records[spec.edits:]
     dataset = dataset.head(spec.edits)
-    nq = _nq_pool(spec, dataset)
+    nq = _nq_pool(spec)
     probed = build_items(dataset, nq, spec.seed, spec.subject_probes)
     # without locality the probes are dropped, but kept out of calibration as they would be: the same threshold
     items = probed if spec.locality else [_Item(it.record, {kind: [] for kind in PROBE_KINDS}) for it in probed]

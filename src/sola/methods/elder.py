@@ -234,11 +234,6 @@ class ElderEditor(SnapshotEditor):
         distance = distances[0, best]
         return ids[best], float(distance), bool(self._reaches(distance))
 
-    def allocation_code(self, prompt: str) -> torch.Tensor:
-        """The input's allocation as an (L, N) boolean matrix (what deferral compares)."""
-        top = self._weights(self._query(self._encode(prompt)).unsqueeze(0), False)[1][0]
-        return torch.zeros(len(self.layers), self.config.loras, dtype=torch.bool).scatter_(-1, top, True)
-
     # -- allocations -------------------------------------------------------------------------------------------------
     def _allocation(self, prompts: list[str], target: str) -> torch.Tensor:
         """The preset allocation of an edit: random, drawn from a generator seeded by the edit's content, so an

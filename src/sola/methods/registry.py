@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,7 @@ class SnapshotMethod(EditorMethod):
                 "loss": edit.loss, "reused": False, "supersedes": None}
 
     def finish(self) -> None:
-        started = time.perf_counter()
         self.editor.save(self.store)
-        self.last_save_seconds = time.perf_counter() - started
 
     def routes(self, prompts: list[str]) -> list[MethodRoute] | None:
         found = [self.editor.locate(p) for p in prompts]

@@ -24,11 +24,12 @@ from torch import nn
 
 from ..architectures import task_of
 from ..asking import Asking
-from ..edit import Edit
+from ..edit import Edit, now
 from ..errors import ConfigError, CorruptStoreError, InvalidEditError, StoreError, UnknownEditError
 from ..fingerprint import config_hash, describe_mismatch, weights_hash
 from ..loading import EMBEDDED_SOURCE, load_model
-from ..prompts import EncodedPrompt, PromptFormat, check_text
+from ..planning import check_texts
+from ..prompts import EncodedPrompt, PromptFormat
 from ..routing import Route
 from ..store import atomic_write
 from ..tasks import CausalTask
@@ -177,21 +178,12 @@ class SnapshotEditor(Asking):
     def edit(self, prompt: str | list[str], target: str, *, subject: str | None = None) -> Edit:
         """Teach the model to answer `prompt` (or each of several prompts) with `target`. Returns the `Edit`."""
         started = time.perf_counter()
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise InvalidEditError("an edit needs at least one prompt")
-        encoded = [self._encode(check_text(p, "prompt")) for p in prompts]
-        target = check_text(target, "target").strip()
-        if subject is not None:
-            check_text(subject, "subject")
-        targets = [self.task.encode_target(p, target) for p in prompts]
-        for enc, tgt in zip(encoded, targets):
-            self.task.check_length(enc, tgt)
+        prompts, encoded, target, targets = check_texts(self._encode, self.task, prompt, target, subject)
         edit_id = f"e{self._counter + 1}"
         steps, loss, converged = self._train(edit_id, encoded, targets, target)
         self._counter += 1
         record = Edit(id=edit_id, prompts=tuple(prompts), target=target, subject=subject,
-                      created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=steps, loss=round(loss, 6),
+                      created=now(), steps=steps, loss=round(loss, 6),
                       converged=converged, seconds=round(time.perf_counter() - started, 3))
         self._edits[edit_id] = record
         return record
@@ -209,7 +201,7 @@ class SnapshotEditor(Asking):
             live = ", ".join(e.id for e in self.edits()[:10]) or "none"
             raise UnknownEditError(f"edit {edit_id!r} {state}; live edits: {live}")
         self._forget(edit_id)
-        self._edits[edit_id] = rolled = dataclasses.replace(edit, rolled_back=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self._edits[edit_id] = rolled = dataclasses.replace(edit, rolled_back=now())
         return rolled
 
     def _forget(self, edit_id: str) -> None:

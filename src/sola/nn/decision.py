@@ -35,10 +35,6 @@ class Decision:
     def clear(self) -> None:
         self.slots, self.training, self._pending = None, False, None
 
-    @property
-    def pending(self) -> bool:
-        return self._pending is not None
-
     def decide_from(self, hidden: torch.Tensor) -> None:
         """Called at the key module with its input hidden states (B, T, d); a no-op unless armed."""
         if self._pending is None:

@@ -16,7 +16,7 @@ class RoutedLoraLayer(WrappedLinear):
 
     LoRA factors of all edits live in two stacked buffers indexed by slot: `lora_A` (S, r, in) and `lora_B`
     (S, out, r). They are buffers, not parameters: a stored edit is frozen forever. The edit being trained lives in
-    `train_A`/`train_B` (K, r, in)/(K, out, r) until `commit_training` copies it into its slot.
+    `train_A`/`train_B` (K, r, in)/(K, out, r) until `trained_factors` reads it out to be stored.
 
     Rows whose slot is -1 get `base_layer(x)` untouched (the same tensor values bit for bit), because the LoRA output
     is added with `index_add` to the routed rows only.

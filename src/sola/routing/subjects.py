@@ -62,9 +62,6 @@ class SubjectIndex:
             if not slots:
                 del self._slots[words(subject)]
 
-    def subject_of(self, slot: int) -> str:
-        return self._subject_of[slot]
-
     def find(self, text: str) -> dict[str, list[int]]:
         """{subject as stored: slots of the edits about it} for every edited subject the text names."""
         tokens = words(text)
