@@ -121,3 +121,18 @@ def test_a_manifest_without_a_readable_copy_cannot_be_repaired(make_editor, tmp_
     (store / "manifest.json.bak").write_text("{")
     with pytest.raises(StoreError, match="no readable copy"):
         repair_store(store)
+
+
+def test_a_repeated_edit_id_is_named_by_line_and_repair_keeps_the_first(make_editor, tmp_path):
+    store = tmp_path / "store"
+    editor = make_editor("llama", store=store)
+    for prompt, target in FACTS[:2]:
+        editor.edit(prompt, target)
+    lines = (store / "edits.jsonl").read_bytes().split(b"\n")
+    (store / "edits.jsonl").write_bytes(b"\n".join([lines[0], lines[1], lines[0], b""]))
+    with pytest.raises(CorruptStoreError, match=r"line 3: edit e1 is recorded again \(first at line 1\)"):
+        make_editor("llama", store=store)
+    assert [d.line for d in check_store(store).damage if d.kind == "duplicate-id"] == [3]
+    repaired = repair_store(store)
+    assert repaired.ok and (store / repaired.quarantine / "edits.jsonl").read_bytes() == lines[0] + b"\n"
+    assert [e.id for e in make_editor("llama", store=store).edits()] == ["e1", "e2"]

@@ -45,8 +45,9 @@ class Damage:
 
 
 def parse_journal(data: bytes, first_line: int = 1) -> tuple[list[dict[str, Any]], int, list[Damage]]:
-    """The committed records of journal bytes, the length of the committed part, and every damaged line. A last line
-    without its newline is a torn, uncommitted write: neither a record nor damage."""
+    """The committed records of journal bytes, the length of the committed part, and every damaged line (one that is
+    not a record, or records an edit id an earlier line of `data` records). A last line without its newline is a torn,
+    uncommitted write: neither a record nor damage."""
     committed = data[: data.rfind(b"\n") + 1]
     lines = committed.split(b"\n")[:-1]
     try:  # one parse of the whole journal; line by line only to find damaged lines
@@ -62,13 +63,19 @@ def parse_journal(data: bytes, first_line: int = 1) -> tuple[list[dict[str, Any]
                 numbered.append((number, json.loads(line)))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 damage.append(Damage("journal-line", JOURNAL, f"{JOURNAL}, line {number}: not valid JSON", line=number))
-    good = []
+    good, edit_lines = [], {}  # edit id -> the line that records it
     for number, record in numbered:
         problem = _record_problem(record)
         if problem:
             damage.append(Damage("journal-line", JOURNAL, f"{JOURNAL}, line {number}: {problem}", line=number,
                                  edit_id=record.get("id") if isinstance(record, dict) else None))
+        elif record["op"] == "edit" and record["id"] in edit_lines:
+            damage.append(Damage("duplicate-id", JOURNAL, f"{JOURNAL}, line {number}: edit {record['id']} is recorded "
+                                 f"again (first at line {edit_lines[record['id']]})", line=number,
+                                 edit_id=record["id"]))
         else:
+            if record["op"] == "edit":
+                edit_lines[record["id"]] = number
             good.append(record)
     return good, len(committed), damage
 

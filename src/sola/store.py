@@ -145,7 +145,6 @@ class Store:
         records, store._valid_length, damage = parse_journal(data)
         store._lines = data[:store._valid_length].count(b"\n")
         store._take(records)
-        damage += store._duplicates()
         damage += store._read_index(tolerate=skip_damaged or bool(damage))
         if any(not d.harmless for d in damage):
             if not skip_damaged:
@@ -170,34 +169,17 @@ class Store:
             elif record["op"] == "repair":
                 self._last_id = max(self._last_id, int(record.get("last_id") or 0))
 
-    def _duplicates(self) -> list[Damage]:
-        seen: dict[str, int] = {}
-        found = []
-        for record in self._journal:
-            if record["op"] == "edit":
-                seen[record["id"]] = seen.get(record["id"], 0) + 1
-        for edit_id, count in seen.items():
-            if count > 1:
-                found.append(Damage("duplicate-id", JOURNAL, f"{JOURNAL}: edit {edit_id} is recorded {count} times",
-                                    edit_id=edit_id))
-        return found
-
     def _read_index(self, tolerate: bool) -> list[Damage]:
         """Keys of indexed edits from the index files. A file that cannot be read, or that names an edit the journal
         does not hold (it is from something else), is damage: an error, or with `tolerate` skipped (the keys are also
         in every edit's own file)."""
-        known = self._ids
         directory = self.path / INDEX
         files = sorted(directory.glob("[0-9]*.safetensors")) if directory.is_dir() else []
         keys, counts, damage = [], [], []
         for path in files:
             self._index_names.add(path.name)
             try:
-                ids, part, count = _read_index_file(path)
-                unknown = [i for i in ids if i not in known]
-                if unknown:
-                    raise ValueError(f"it indexes edits the journal does not record ({unknown[:3]}); it does not "
-                                     "belong to this store")
+                ids, part, count = _read_index_file(path, self._ids)
             except ValueError as err:
                 found = Damage("index", f"{INDEX}/{path.name}", f"{INDEX}/{path.name} is not a readable key index of "
                                f"this store ({err})")
@@ -413,7 +395,7 @@ class Store:
         with self.writing():
             manifest = {**self.manifest, **changes}
             self._write_manifest(manifest)
-            self.manifest, self._manifest_file = manifest, _file_id(self.path / MANIFEST)
+            self.manifest = manifest
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         text = json.dumps(manifest, indent=2, sort_keys=True)
@@ -446,8 +428,9 @@ def _check_owner(handle, edit_id: str, path: Path) -> None:
                                 f"run `sola fsck --store {path.parent.parent} --repair`")
 
 
-def _read_index_file(path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """(edit ids, their key rows, rows per edit) of one index file; ValueError if it cannot be read."""
+def _read_index_file(path: Path, known: set[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(edit ids, their key rows, rows per edit) of one index file; ValueError if it cannot be read or indexes an edit
+    that is not `known` (the journal's edits: the file belongs to something else)."""
     try:
         with safe_open(path, framework="pt") as handle:
             ids = json.loads(handle.metadata()["ids"])
@@ -459,6 +442,10 @@ def _read_index_file(path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]
     count = torch.bincount(owner, minlength=len(ids))
     if len(count) != len(ids):
         raise ValueError("it names fewer edits than own its keys")
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise ValueError(f"it indexes edits the journal does not record ({unknown[:3]}); it does not belong to this "
+                         "store")
     return ids, part, count
 
 
