@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import SolaError
+from .locking import DEFAULT_WAIT  # stdlib only: `sola list` still starts without torch
 
 
 # Exit codes: 0 done; 1 `sola fsck` found damage (without --repair); 2 bad input or an error that changed nothing;
@@ -192,11 +193,11 @@ def _rollback(args) -> None:
 
 
 def _info(args) -> None:
-    from .config import STORED_DEFAULTS, EditConfig
+    from .config import config_for_store
 
     manifest, ledger, damage = _ledger(args)
     path = _existing_store(args)
-    config = EditConfig.from_dict({**STORED_DEFAULTS, **manifest["config"]})
+    config = config_for_store(manifest["config"], None, path)
     edits = ledger.edits()
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     info = {
@@ -292,9 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--key", choices=["encoder", "subject", "mean_pool", "last_token"],
                         help="key strategy of a new store (default: subject)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
-    common.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+    common.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
                         help="how long a change waits for another process writing to the store before it gives up "
-                        "(default 120)")
+                        "(default %(default)g)")
     readers = argparse.ArgumentParser(add_help=False)
     readers.add_argument("--skip-damaged", action="store_true",
                          help="open a damaged store read-only without the edits that cannot be read")
@@ -382,10 +383,6 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter on a terminal
-    if getattr(args, "wait", "absent") is None:
-        from .locking import DEFAULT_WAIT
-
-        args.wait = DEFAULT_WAIT
     try:
         args.run(args)
     except _Exit as done:
