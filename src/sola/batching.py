@@ -14,6 +14,7 @@ from .config import EditConfig
 from .edit import Edit, now
 from .errors import InvalidEditError, NotConvergedError, UnknownEditError, at_request
 from .planning import EditPlan
+from .prompts import check_text
 from .requests import parse_request
 from .store import id_number
 from .training import train_edits
@@ -40,8 +41,44 @@ def train_and_commit(editor, plans: list[EditPlan], started: float, progress=Non
         record = Edit(id=f"e{number}" if store else "", prompts=request.prompts, target=request.target,
                       subject=request.subject, created=now(), steps=result.steps, loss=round(result.loss, 6),
                       converged=result.converged, seconds=seconds, supersedes=plan.older)
-        out.append((editor._commit(record, plan.keys, result.factors) if store else record, store))
+        out.append((commit(editor, record, plan.keys, result.factors) if store else record, store))
     return out
+
+
+def commit(editor, record: Edit, keys: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> Edit:
+    """Make an edit durable (if the editor has a store), then install it in every per-edit part and link it to the
+    edit it supersedes. Called with the store's lock held."""
+    tensors = {"keys": keys.to(torch.float32)}
+    for name, (A, B) in zip(editor.config.layers, factors):  # imported factors are rounded here
+        tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = A.to(editor.kept_dtype), B.to(editor.kept_dtype)
+    if editor.store is not None:  # durable first: if this fails, memory is unchanged
+        editor.store.commit_edit(record.to_dict(), tensors)
+    else:
+        editor._counter = id_number(record.id)
+    editor._install(record, tensors["keys"], tensors)
+    if record.supersedes is not None:
+        editor._link(record.supersedes, record.id)
+    return record
+
+
+def import_edit(editor, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
+    """`Editor.import_edit` (see there)."""
+    factors = []
+    for name, layer in zip(editor.config.layers, editor.layers):
+        A, B = tensors.get(f"{name}.lora_A"), tensors.get(f"{name}.lora_B")
+        if A is None or B is None or tuple(A.shape) != tuple(layer.lora_A.shape[1:]) \
+                or tuple(B.shape) != tuple(layer.lora_B.shape[1:]):
+            raise InvalidEditError(f"the imported edit {edit.id} has no LoRA of the right shape for {name}; import "
+                                   "only edits made on the same model with the same layers and rank")
+        factors.append((A, B))
+    encoded = [editor._encode(check_text(p, "prompt")) for p in edit.prompts]
+    keys = editor.router.edit_keys(encoded, edit.subject)
+    with editor._writing():
+        number = id_number(editor.store.next_id()) if editor.store is not None else editor._counter + 1
+        older = editor.planner.same_fact(encoded, keys, edit.subject)
+        record = Edit.from_dict({**edit.to_dict(), "id": f"e{number}", "created": now(),
+                                 "rolled_back": None, "superseded_by": None, "supersedes": older})
+        return commit(editor, record, keys, factors)
 
 
 def edit_many(editor, requests: Iterable[dict[str, Any]], progress: bool, batch_size: int, skip_committed: bool,

@@ -22,24 +22,22 @@ from torch import nn
 
 from . import batching, replay
 from .architectures import default_layers, default_rank, task_of
-from .asking import Asking
+from .base_editor import BaseEditor, stored_model
 from .config import EditConfig, config_for_store
 from .edit import Edit, now
-from .errors import (ConfigError, InvalidEditError, ModelMismatchError, NotConvergedError, StoreError,
-                     StoreExistsError, UnknownEditError)
-from .fingerprint import config_hash, describe_mismatch, weights_hash
-from .ledger import Ledger
+from .errors import ConfigError, NotConvergedError, StoreError, StoreExistsError
+from .fingerprint import config_hash, weights_hash
 from .loading import EMBEDDED_NOTE, EMBEDDED_SOURCE, load_model
 from .locking import DEFAULT_WAIT
 from .nn import Decision, RoutedLoraLayer
 from .nn.injection import inject, modules
 from .planning import Planner
-from .prompts import EncodedPrompt, PromptFormat, check_text
+from .prompts import EncodedPrompt, check_text
 from .residency import Residency
 from .routing import KeyTable, Route
 from .routing.router import Router
 from .slots import Slots
-from .store import Store, id_number
+from .store import Store
 from .tasks import TASKS, Batch
 
 METHOD = "sola"
@@ -51,15 +49,15 @@ DEFAULT_RESIDENT_EDITS = 1024
 DEFAULT_REFRESH_EVERY = 1.0
 
 
-class Editor(Asking):
+class Editor(BaseEditor):
     """A base model with SoLA edits: one frozen LoRA per edit on a few layers, chosen per input by a routing table.
 
     Create it with `Editor.from_pretrained` (optionally backed by a durable store) or `Editor.load`. The base model's
     weights are never changed: an input that no edit claims runs the base model bit for bit.
     """
 
-    # what the method protocol asks of every method (see sola.methods.base): each edit is its own frozen LoRA, so
-    # removing one restores exactly the state before it, and an input no edit claims runs the untouched base model
+    # each edit is its own frozen LoRA, so removing one restores exactly the state before it, and an input no edit
+    # claims runs the untouched base model (what these promise: `BaseEditor`)
     method = METHOD
     exact_rollback = True
     unrouted_is_base = True
@@ -70,27 +68,23 @@ class Editor(Asking):
         config = (config or EditConfig()).validate()
         if resident_edits is not None and resident_edits < 1:
             raise ConfigError(f"resident_edits={resident_edits} must be at least 1 (or None: keep every edit in memory)")
-        self.model, self.tokenizer, self.source = model, tokenizer, source
-        model.eval().requires_grad_(False)
+        self._hold(model, tokenizer, source, config.prompt_format)
         layers = config.layers or default_layers(model)
         found = modules(model, layers)
-        self.format = PromptFormat(tokenizer, config.prompt_format)
         self._config = config.replace(layers=list(layers), rank=config.rank or default_rank(model),
                                       prompt_format=self.format.kind)
         self.task = TASKS[task_of(model.config.model_type)](model, tokenizer, self.format)
         self.decision = Decision()
         self.layers = [self._wrap(found[name], name) for name in self.config.layers]
-        self._kept = getattr(torch, self.config.factor_dtype)
+        self.kept_dtype = getattr(torch, self.config.factor_dtype)
         for layer in self.layers:
-            layer.kept_dtype = self._kept
-        self.ledger = Ledger()
+            layer.kept_dtype = self.kept_dtype
         self.slots = Slots()
         self.router = Router(self.config, model, self.task, self.decision)
         self.residency = Residency(self.layers, self.config.layers, resident_edits)
         self.planner = Planner(self)
         self._counter = 0  # the last edit number of an editor without a store (a store allocates its own)
         self.refresh_every, self._refreshed = refresh_every, time.monotonic()
-        self._disabled = False
         self.store: Store | None = None
         self.fingerprint = {"name": source, "config_hash": config_hash(model.config),
                             "weights_hash": weights_hash([layer.base_layer for layer in self.layers]),
@@ -152,7 +146,7 @@ class Editor(Asking):
     def load(cls, path: str | os.PathLike, model: str | os.PathLike | None = None, *,
              resident_edits: int | None = DEFAULT_RESIDENT_EDITS, skip_damaged: bool = False) -> "Editor":
         """Open a saved store with the base model it was made on (or `model`, which must be the same model)."""
-        source = model if model is not None else _stored_model(Store.read_manifest(path), path)
+        source = model if model is not None else stored_model(Store.read_manifest(path), path)
         return cls.from_pretrained(source, store=path, create=False, resident_edits=resident_edits,
                                    skip_damaged=skip_damaged)
 
@@ -168,16 +162,7 @@ class Editor(Asking):
 
     def _attach(self, store: Store, skip_damaged: bool = False) -> None:
         """Check that the store belongs to this model, then replay its journal into memory."""
-        manifest = store.manifest
-        if manifest.get("method") != METHOD:
-            raise StoreError(f"{store.path} holds edits of method {manifest.get('method')!r}, not {METHOD!r}")
-        mismatch = describe_mismatch(manifest.get("model", {}), self.fingerprint)
-        if mismatch:
-            raise ModelMismatchError(f"{store.path}: {mismatch}")
-        if manifest["model"].get("keys") != self.fingerprint["keys"]:
-            raise ModelMismatchError(f"{store.path}: its keys come from {manifest['model'].get('keys')} but this editor "
-                                     f"computes keys with {self.fingerprint['keys']}; use the same key encoder")
-        replay.open_into(self, store, skip_damaged)
+        replay.attach(self, store, skip_damaged)
         self.store, self._refreshed = store, time.monotonic()
 
     # -- other processes ---------------------------------------------------------------------------------------------
@@ -241,7 +226,7 @@ class Editor(Asking):
         tensors = {"keys": self.router.keys_of(slot)}
         for name in self.config.layers:
             for part in ("lora_A", "lora_B"):
-                tensors[f"{name}.{part}"] = factors[f"{name}.{part}"].to(self._kept)
+                tensors[f"{name}.{part}"] = factors[f"{name}.{part}"].to(self.kept_dtype)
         return tensors
 
     def _load(self, slot: int) -> dict[str, torch.Tensor]:
@@ -250,11 +235,6 @@ class Editor(Asking):
         return self.store.read_tensors(self.slots.owner(slot))
 
     # -- routing -----------------------------------------------------------------------------------------------------
-    def _encode(self, prompt: str) -> EncodedPrompt:
-        encoded = self.format.encode(prompt)
-        self.task.check_length(encoded)
-        return encoded
-
     @contextmanager
     def _routed(self, prompts: list[EncodedPrompt], batch: Batch) -> Iterator[None]:
         """Everything run inside uses one decision per row, made from the prompts alone."""
@@ -269,16 +249,6 @@ class Editor(Asking):
 
     def _before_asking(self) -> None:
         self._maybe_refresh()
-
-    @contextmanager
-    def disabled(self) -> Iterator["Editor"]:
-        """Inside, every input runs the base model (no edit is routed): `with editor.disabled(): editor.generate(p)`
-        gives the unedited model's answer, bit for bit, without touching the edits."""
-        previous, self._disabled = self._disabled, True
-        try:
-            yield self
-        finally:
-            self._disabled = previous
 
     def route(self, prompt: str) -> Route | None:
         """The edit this prompt is routed to and its key distance, or None if it runs on the base model."""
@@ -302,15 +272,9 @@ class Editor(Asking):
         With key="subject" this sets `unnamed_threshold`, the whole-prompt threshold of edits made without a subject:
         an unrelated prompt names no edited subject, so those are the only edits it can reach.
         """
-        texts = [check_text(p, "calibration prompt") for p in prompts]
-        if len(texts) < 2 or not 0 <= max_activation_rate < 1:
-            raise InvalidEditError("calibration needs at least 2 prompts and 0 <= max_activation_rate < 1")
-        queries = self.router.queries([self._encode(t) for t in texts])  # key="subject": whole-prompt embeddings
-        keys = self.router.queries([self._encode(check_text(p, "prompt")) for p in against]) \
-            if against is not None else None
-        field, threshold = self.router.calibrated(queries, max_activation_rate, keys)
-        if not threshold > 0:
-            raise InvalidEditError("the calibration prompts contain duplicates of stored keys; use unrelated prompts")
+        encoded = [self._encode(check_text(p, "calibration prompt")) for p in prompts]
+        edit_prompts = [self._encode(check_text(p, "prompt")) for p in against] if against is not None else None
+        field, threshold = self.router.calibrated(encoded, max_activation_rate, edit_prompts)
         with self._writing():
             self.config = self.config.replace(**{field: threshold})
             if self.store is not None:  # only this field: the store's other fields (and others' changes) stay
@@ -367,63 +331,17 @@ class Editor(Asking):
         A SoLA edit's LoRA depends only on its own prompts, target and number, never on the other edits or on how
         inputs are routed, so importing edits in order into an editor with another key strategy gives exactly the
         editor that editing from scratch would give (this is how `sola bench --reuse-adapters` compares keys)."""
-        factors = []
-        for name, layer in zip(self.config.layers, self.layers):
-            A, B = tensors.get(f"{name}.lora_A"), tensors.get(f"{name}.lora_B")
-            if A is None or B is None or tuple(A.shape) != tuple(layer.lora_A.shape[1:]) \
-                    or tuple(B.shape) != tuple(layer.lora_B.shape[1:]):
-                raise InvalidEditError(f"the imported edit {edit.id} has no LoRA of the right shape for {name}; import "
-                                       "only edits made on the same model with the same layers and rank")
-            factors.append((A, B))
-        encoded = [self._encode(check_text(p, "prompt")) for p in edit.prompts]
-        keys = self.router.edit_keys(encoded, edit.subject)
-        with self._writing():
-            number = id_number(self.store.next_id()) if self.store is not None else self._counter + 1
-            older = self.planner.same_fact(encoded, keys, edit.subject)
-            record = Edit.from_dict({**edit.to_dict(), "id": f"e{number}", "created": now(),
-                                     "rolled_back": None, "superseded_by": None, "supersedes": older})
-            return self._commit(record, keys, factors)
-
-    def _commit(self, record: Edit, keys: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> Edit:
-        tensors = {"keys": keys.to(torch.float32)}
-        for name, (A, B) in zip(self.config.layers, factors):  # imported factors are rounded here
-            tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = A.to(self._kept), B.to(self._kept)
-        if self.store is not None:  # durable first: if this fails, memory is unchanged
-            self.store.commit_edit(record.to_dict(), tensors)
-        else:
-            self._counter = id_number(record.id)
-        self._install(record, tensors["keys"], tensors)
-        if record.supersedes is not None:
-            self._link(record.supersedes, record.id)
-        return record
+        return batching.import_edit(self, edit, tensors)
 
     def rollback(self, edit_id: str) -> Edit:
         """Remove an edit: its keys leave the routing table and its slot is freed. Afterwards every input computes what
         it would have computed had the edit never been made."""
         with self._writing():  # a rollback made elsewhere meanwhile counts
-            edit = self.ledger.get(edit_id) if edit_id in self.ledger else None
-            if edit is None or not edit.live:
-                state = "was already rolled back" if edit is not None else "does not exist"
-                live = ", ".join(self.slots.ids()[:10]) or "none"
-                raise UnknownEditError(f"edit {edit_id!r} {state}; live edits: {live} (see `sola list`)")
+            self._live(edit_id)
             at = now()
             if self.store is not None:
                 self.store.commit_rollback(edit_id, at)
             return self._forget(edit_id, at)
-
-    def chain(self, edit_id: str) -> list[Edit]:
-        """The live edits of `edit_id`'s fact, oldest first; the last one answers."""
-        self._maybe_refresh()
-        return self.ledger.chain(edit_id)
-
-    def edits(self, include_rolled_back: bool = False) -> list[Edit]:
-        """The edits in the order they were made (only live ones unless asked)."""
-        self._maybe_refresh()
-        return self.ledger.edits(include_rolled_back)
-
-    def get(self, edit_id: str) -> Edit:
-        self._maybe_refresh()
-        return self.ledger.get(edit_id)
 
     # -- persistence and reporting -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -452,11 +370,3 @@ class Editor(Asking):
                                  "keys": self.router.table.keys.nbytes},
                 "store": str(self.store.path) if self.store is not None else None}
 
-
-def _stored_model(manifest: dict[str, Any], path) -> str:
-    """The base model a store or snapshot was made on, if it is here (shared with the snapshot editors' `load`)."""
-    source = manifest["model"]["name"]
-    if source != EMBEDDED_SOURCE and not Path(source).exists():
-        raise StoreError(f"the store {path} was made on {source!r}, which is not here; pass model=... with a copy of "
-                         "that model")
-    return source

@@ -54,6 +54,13 @@ class Ledger:
             older = self._edits[older].supersedes if older in self._edits else None
         return older
 
+    def restore(self, edits: list[Edit]) -> None:
+        """Take edits as a snapshot saved them (live or rolled back, in the order they were made; no links)."""
+        assert not self._edits, "restore into an empty ledger"
+        for edit in edits:
+            self._edits[edit.id] = edit
+        self._live = sum(1 for edit in edits if edit.live)
+
     # -- changes -----------------------------------------------------------------------------------------------------
     def add(self, edit: Edit) -> None:
         """A new live edit (not yet linked: see `link`)."""

@@ -6,10 +6,24 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from .edit import Edit
-from .errors import CorruptStoreError
+from .errors import CorruptStoreError, ModelMismatchError, StoreError
+from .fingerprint import describe_mismatch
 from .store import Damage, Store, damage_message
+
+
+def attach(editor, store: Store, skip_damaged: bool = False) -> None:
+    """Check that a store holds SoLA edits of this editor's model and keys, then replay its journal into it."""
+    manifest = store.manifest
+    if manifest.get("method") != editor.method:
+        raise StoreError(f"{store.path} holds edits of method {manifest.get('method')!r}, not {editor.method!r}")
+    mismatch = describe_mismatch(manifest.get("model", {}), editor.fingerprint)
+    if mismatch:
+        raise ModelMismatchError(f"{store.path}: {mismatch}")
+    if manifest["model"].get("keys") != editor.fingerprint["keys"]:
+        raise ModelMismatchError(f"{store.path}: its keys come from {manifest['model'].get('keys')} but this editor "
+                                 f"computes keys with {editor.fingerprint['keys']}; use the same key encoder")
+    open_into(editor, store, skip_damaged)
 
 
 def open_into(editor, store: Store, skip_damaged: bool = False) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -22,6 +22,55 @@ class TrainResult:
     factors: list[tuple[torch.Tensor, torch.Tensor]]  # (A, B) per edited layer, in layer order
 
 
+def make_optimizer(params: list[torch.Tensor], config):
+    """The optimiser every method's training uses, and its schedule (None: constant): `config.optimizer` "adam", or
+    "sgd", the SoLA paper's SGD with cosine decay over `max_steps` (one meaning for every method)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.learning_rate), None
+    optimizer = torch.optim.SGD(params, lr=config.learning_rate)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / config.max_steps)))
+
+
+def minimise(objective: Callable[[], tuple[torch.Tensor, bool]], params: list[torch.Tensor], config) -> tuple[int, bool]:
+    """Step `params` on `objective()` -> (loss, converged) until it converges or `config.max_steps` steps were taken
+    (the single-objective loop of the baselines; SoLA's batch of independent edits is `train_edits`). The caller holds
+    `torch.enable_grad()`; -> (steps, converged at the last evaluation)."""
+    optimizer, schedule = make_optimizer(params, config)
+    steps = 0
+    while True:
+        loss, converged = objective()
+        if converged or steps >= config.max_steps:
+            return steps, converged
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        steps += 1
+
+
+@contextmanager
+def trainable(params: list[torch.Tensor], restore_on_error: bool = True) -> Iterator[None]:
+    """`params` take gradients inside; afterwards they are frozen again with no gradient kept, and if the block
+    raised, they hold the values they had before it."""
+    saved = [p.detach().clone() for p in params] if restore_on_error else None
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    except BaseException:
+        if saved is not None:
+            with torch.no_grad():
+                for p, old in zip(params, saved):
+                    p.copy_(old)
+        raise
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+
+
 def train_edits(task: Task, decision: Decision, layers: list[RoutedLoraLayer], batch: Batch, edit_of_row: torch.Tensor,
                 config, generators: list[torch.Generator], progress=None,
                 resume: list[int | None] | None = None) -> list[TrainResult]:
@@ -36,13 +85,7 @@ def train_edits(task: Task, decision: Decision, layers: list[RoutedLoraLayer], b
     baseline's config)."""
     count = len(generators)
     params = [p for layer in layers for p in layer.begin_training(generators, resume)]
-    if config.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=config.learning_rate)
-        schedule = None
-    else:  # the paper's SGD with cosine decay
-        optimizer = torch.optim.SGD(params, lr=config.learning_rate)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / config.max_steps)))
+    optimizer, schedule = make_optimizer(params, config)
     decision.fix(edit_of_row, training=True)
     members = [(edit_of_row == k).nonzero().squeeze(1) for k in range(count)]
     results: list[TrainResult | None] = [None] * count

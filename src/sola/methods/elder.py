@@ -19,7 +19,6 @@ Hamming-distance deferral. See ../docs/methods.md for how this implementation re
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import zlib
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ from ..errors import ConfigError
 from ..routing import key_strategy
 from ..nn.injection import capture, inject, modules
 from ..nn.wrapped import WrappedLinear
-from ..training import frozen_prefix
+from ..training import frozen_prefix, minimise, trainable
 from .snapshot import BaselineConfig, SnapshotEditor
 
 ROLLBACK_NOTE = ("rolled back by removing its allocation code from the deferral table; the shared LoRAs and routers "
@@ -135,6 +134,7 @@ class ElderEditor(SnapshotEditor):
     method = "elder"
     config_class = ElderConfig
     exact_rollback = False
+    rollback_note = ROLLBACK_NOTE
 
     def _build(self):
         names = self.config.layers or _paper_layers(self.model)
@@ -240,7 +240,7 @@ class ElderEditor(SnapshotEditor):
         identical edit gets the same one; redrawn while another live edit holds it."""
         label = normalise(" | ".join(prompts) + " => " + target)
         for edit_id, allocation in self.allocations.items():
-            edit = self._edits.get(edit_id)
+            edit = self.ledger.get(edit_id) if edit_id in self.ledger else None
             if edit is not None and normalise(" | ".join(edit.prompts) + " => " + edit.target) == label:
                 return allocation
         taken = {tuple(a.flatten().tolist()) for e, a in self.allocations.items() if e in self.codes}
@@ -264,50 +264,35 @@ class ElderEditor(SnapshotEditor):
         queries = torch.stack([self._query(p) for p in encoded])
         batch = self.task.batch(encoded, targets)
         params = [self.routers] + [p for layer in self.layers for p in (layer.lora_A, layer.lora_B)]
-        saved = [p.detach().clone() for p in params]
-        optimizer = torch.optim.Adam(params, lr=self.config.learning_rate) if self.config.optimizer == "adam" \
-            else torch.optim.SGD(params, lr=self.config.learning_rate)
         wanted = allocation.unsqueeze(0).expand(own, -1, -1)
         earlier = [e for e in self.codes if e in self.queries] if self.config.guide_replay else []
         guided_queries = torch.cat([queries[:own]] + [self.queries[e].view(1, -1) for e in earlier])
         guided_wanted = torch.cat([wanted] + [self.allocations[e].unsqueeze(0) for e in earlier])
-        steps = 0
+        own_loss = torch.zeros(())
+
+        def objective():
+            nonlocal own_loss
+            weights, top = self._weights(queries, False)
+            self.state.weights = weights
+            row_loss, exact = self.task.score(batch, self.task.target_forward(batch))
+            scores = self._scores(guided_queries)
+            guide = -torch.log(scores.gather(-1, guided_wanted).clamp_min(1e-12)).sum((1, 2)).mean()
+            own_loss = row_loss[:own].mean().detach()
+            converged = bool(exact[:own].all()) and float(own_loss) < self.config.loss_bound \
+                and bool((top[:own] == wanted).all())
+            return row_loss.mean() + self.config.guide_weight * guide, converged
+
         try:
-            for p in params:
-                p.requires_grad_(True)
-            with torch.enable_grad(), frozen_prefix(self.model, self.config.layers):
-                while True:
-                    weights, top = self._weights(queries, False)
-                    self.state.weights = weights
-                    row_loss, exact = self.task.score(batch, self.task.target_forward(batch))
-                    scores = self._scores(guided_queries)
-                    guide = -torch.log(scores.gather(-1, guided_wanted).clamp_min(1e-12)).sum((1, 2)).mean()
-                    model_loss = row_loss.mean()
-                    loss = model_loss + self.config.guide_weight * guide
-                    converged = bool(exact[:own].all()) and float(row_loss[:own].mean().detach()) < \
-                        self.config.loss_bound and bool((top[:own] == wanted).all())
-                    if converged or steps >= self.config.max_steps:
-                        break
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    steps += 1
-        except BaseException:
-            with torch.no_grad():
-                for p, old in zip(params, saved):
-                    p.copy_(old)
-            raise
+            with trainable(params), torch.enable_grad(), frozen_prefix(self.model, self.config.layers):
+                steps, converged = minimise(objective, params, self.config)
         finally:
-            for p in params:
-                p.requires_grad_(False)
-                p.grad = None
             self.state.weights = None
         with torch.no_grad():
             top = self._weights(queries[:1], False)[1]
         self.allocations[edit_id] = allocation
         self.codes[edit_id] = self._code(top)[0]
         self.queries[edit_id] = queries[:own].mean(0)
-        return steps, float(row_loss[:own].mean().detach()), converged
+        return steps, float(own_loss), converged
 
     def _replayed(self, edit_id: str) -> list:
         live = [e for e in self.edits() if e.id in self.codes]
@@ -320,11 +305,6 @@ class ElderEditor(SnapshotEditor):
     def _forget(self, edit_id):
         del self.codes[edit_id]
         self.queries.pop(edit_id, None)
-
-    def rollback(self, edit_id):
-        rolled = super().rollback(edit_id)
-        self._edits[edit_id] = rolled = dataclasses.replace(rolled, note=ROLLBACK_NOTE)
-        return rolled
 
     # -- state -------------------------------------------------------------------------------------------------------
     def _state(self):
@@ -347,7 +327,7 @@ class ElderEditor(SnapshotEditor):
             edit_id, _, kind = name.rpartition(".")
             if kind == "allocation":
                 self.allocations[edit_id] = tensor
-            elif kind == "code" and edit_id in self._edits:
+            elif kind == "code" and edit_id in self.ledger:
                 self.codes[edit_id], self.queries[edit_id] = tensor, tensors[f"{edit_id}.query"]
 
     def _describe(self):

@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from ..prompts import EncodedPrompt
 from ..nn.injection import capture, inject
 from ..nn.wrapped import WrappedLinear
-from ..training import frozen_prefix
+from ..training import frozen_prefix, minimise
 from .snapshot import BaselineConfig, SnapshotEditor
 
 
@@ -216,23 +216,19 @@ class GraceEditor(SnapshotEditor):
     def _train_value(self, encoded, targets, start: torch.Tensor):
         batch = self.task.batch(encoded, targets)
         value = nn.Parameter(start.detach().clone().view(1, -1))
-        optimizer = torch.optim.Adam([value], lr=self.config.learning_rate) if self.config.optimizer == "adam" \
-            else torch.optim.SGD([value], lr=self.config.learning_rate)
         self.layer.trainable = value
         self.layer.fix(self._starts(encoded, batch), torch.zeros(len(encoded), dtype=torch.long))
-        steps = 0
+        loss = torch.zeros(())
+
+        def objective():
+            nonlocal loss
+            row_loss, exact = self.task.score(batch, self.task.target_forward(batch))
+            loss = row_loss.mean()
+            return loss, bool(exact.all()) and float(loss.detach()) < self.config.loss_bound
+
         try:
             with torch.enable_grad(), frozen_prefix(self.model, [self.config.layer]):
-                while True:
-                    row_loss, exact = self.task.score(batch, self.task.target_forward(batch))
-                    loss = row_loss.mean()
-                    converged = bool(exact.all()) and float(loss.detach()) < self.config.loss_bound
-                    if converged or steps >= self.config.max_steps:
-                        break
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    steps += 1
+                steps, converged = minimise(objective, [value], self.config)
         finally:
             self.layer.trainable = None
             self.layer.clear()

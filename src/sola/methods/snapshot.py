@@ -13,9 +13,8 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 from safetensors import SafetensorError
@@ -23,13 +22,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..architectures import task_of
-from ..asking import Asking
+from ..base_editor import BaseEditor, stored_model
 from ..edit import Edit, now
-from ..errors import ConfigError, CorruptStoreError, InvalidEditError, StoreError, UnknownEditError
+from ..errors import ConfigError, CorruptStoreError, InvalidEditError, StoreError
 from ..fingerprint import config_hash, describe_mismatch, weights_hash
-from ..loading import EMBEDDED_SOURCE, load_model
+from ..loading import load_model
 from ..planning import check_texts
-from ..prompts import EncodedPrompt, PromptFormat
+from ..prompts import EncodedPrompt
 from ..routing import Route
 from ..store import atomic_write
 from ..tasks import CausalTask
@@ -77,15 +76,14 @@ class BaselineConfig:
         return dataclasses.replace(self, **changes).validate()
 
 
-class SnapshotEditor(Asking):
-    """Base of the baseline editors. Subclasses set `method` and `config_class` and implement `_build` (wrap the
-    model's modules), `_train(encoded, targets, target)` -> (steps, loss, converged) which also commits the edit to
-    the method's state, `_forget(edit_id)`, `_routed`, `nearest`, `_state()`/`_restore(tensors)` and `_describe()`."""
+class SnapshotEditor(BaseEditor):
+    """Base of the baseline editors. Subclasses set `method` and `config_class` (and `exact_rollback`,
+    `unrouted_is_base` where they hold: see `BaseEditor`) and implement `_build` (wrap the model's modules),
+    `_train(encoded, targets, target)` -> (steps, loss, converged) which also commits the edit to the method's state,
+    `_forget(edit_id)`, `_routed`, `locate`, `_state()`/`_restore(tensors)` and `_describe()`."""
 
-    method = ""
     config_class = BaselineConfig
-    exact_rollback = False  # documented per method
-    unrouted_is_base = False  # True: an input `locate` reports as not routed runs the base model, bit for bit
+    rollback_note: str | None = None  # written into a rolled-back edit's record (ELDER: what its rollback leaves)
 
     def __init__(self, model: nn.Module, tokenizer, config=None, *, source: str = "model") -> None:
         config = (config or self.config_class()).validate()
@@ -93,14 +91,10 @@ class SnapshotEditor(Asking):
         if task_of(model_type) != "causal":
             raise ConfigError(f"{self.method} is implemented for causal language models (LLaMA, GPT-2, ...), not "
                               f"{model_type!r}; use the sola method for seq2seq and classifiers")
-        self.model, self.tokenizer, self.source = model, tokenizer, source
-        model.eval().requires_grad_(False)
-        self.format = PromptFormat(tokenizer, config.prompt_format)
+        self._hold(model, tokenizer, source, config.prompt_format)
         self.config = config.replace(prompt_format=self.format.kind)
         self.task = CausalTask(model, tokenizer, self.format)
-        self._edits: dict[str, Edit] = {}
         self._counter = 0
-        self._disabled = False
         self.path: Path | None = None
         wrapped = self._build()
         self.fingerprint = {"name": source, "config_hash": config_hash(model.config),
@@ -121,10 +115,7 @@ class SnapshotEditor(Asking):
     def load(cls, path: str | os.PathLike, model: str | os.PathLike | None = None):
         """Open a snapshot written by `save` with the model it was made on (or `model`, the same model)."""
         manifest, tensors = _read_snapshot(Path(path), cls.method)
-        source = model if model is not None else manifest["model"]["name"]
-        if model is None and source != EMBEDDED_SOURCE and not Path(source).exists():
-            raise StoreError(f"the snapshot {path} was made on {source!r}, which is not here; pass model=... with a "
-                             "copy of that model")
+        source = model if model is not None else stored_model(manifest, path)
         name, network, tokenizer = load_model(source)
         editor = cls(network, tokenizer, cls.config_class.from_dict(manifest["config"]), source=name)
         mismatch = describe_mismatch(manifest["model"], editor.fingerprint)
@@ -132,7 +123,7 @@ class SnapshotEditor(Asking):
             from ..errors import ModelMismatchError
 
             raise ModelMismatchError(f"{path}: {mismatch}")
-        editor._edits = {r["id"]: Edit.from_dict(r) for r in manifest["edits"]}
+        editor.ledger.restore([Edit.from_dict(r) for r in manifest["edits"]])
         editor._counter = manifest["counter"]
         editor._restore(tensors)
         editor.path = Path(path)
@@ -152,7 +143,7 @@ class SnapshotEditor(Asking):
         save_file(tensors, str(staging / STATE))
         manifest = {"format_version": SNAPSHOT_FORMAT, "method": self.method, "config": self.config.to_dict(),
                     "model": self.fingerprint, "counter": self._counter,
-                    "edits": [e.to_dict() for e in self._edits.values()]}
+                    "edits": [e.to_dict() for e in self.ledger.edits(include_rolled_back=True)]}
         atomic_write(staging / MANIFEST, lambda t: t.write_text(json.dumps(manifest, indent=1, sort_keys=True)))
         old = path.with_name(path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -170,11 +161,6 @@ class SnapshotEditor(Asking):
         raise NotImplementedError
 
     # -- editing -----------------------------------------------------------------------------------------------------
-    def _encode(self, prompt: str) -> EncodedPrompt:
-        encoded = self.format.encode(prompt)
-        self.task.check_length(encoded)
-        return encoded
-
     def edit(self, prompt: str | list[str], target: str, *, subject: str | None = None) -> Edit:
         """Teach the model to answer `prompt` (or each of several prompts) with `target`. Returns the `Edit`."""
         started = time.perf_counter()
@@ -185,7 +171,7 @@ class SnapshotEditor(Asking):
         record = Edit(id=edit_id, prompts=tuple(prompts), target=target, subject=subject,
                       created=now(), steps=steps, loss=round(loss, 6),
                       converged=converged, seconds=round(time.perf_counter() - started, 3))
-        self._edits[edit_id] = record
+        self.ledger.add(record)
         return record
 
     def _train(self, edit_id: str, encoded: list[EncodedPrompt], targets: list[list[int]],
@@ -195,36 +181,15 @@ class SnapshotEditor(Asking):
     def rollback(self, edit_id: str) -> Edit:
         """Remove an edit, where the method can do so exactly (see the method's docs); otherwise raise
         `RollbackNotSupportedError` and change nothing."""
-        edit = self._edits.get(edit_id)
-        if edit is None or not edit.live:
-            state = "was already rolled back" if edit is not None else "does not exist"
-            live = ", ".join(e.id for e in self.edits()[:10]) or "none"
-            raise UnknownEditError(f"edit {edit_id!r} {state}; live edits: {live}")
+        self._live(edit_id)
         self._forget(edit_id)
-        self._edits[edit_id] = rolled = dataclasses.replace(edit, rolled_back=now())
-        return rolled
+        self.ledger.rollback(edit_id, now(), self.rollback_note)
+        return self.ledger.get(edit_id)
 
     def _forget(self, edit_id: str) -> None:
         raise NotImplementedError
 
-    def edits(self, include_rolled_back: bool = False) -> list[Edit]:
-        return [e for e in self._edits.values() if include_rolled_back or e.live]
-
-    def get(self, edit_id: str) -> Edit:
-        if edit_id not in self._edits:
-            raise UnknownEditError(f"edit {edit_id!r} does not exist")
-        return self._edits[edit_id]
-
     # -- routing -----------------------------------------------------------------------------------------------------
-    @contextmanager
-    def disabled(self) -> Iterator["SnapshotEditor"]:
-        """Inside, every input runs the base model bit for bit."""
-        previous, self._disabled = self._disabled, True
-        try:
-            yield self
-        finally:
-            self._disabled = previous
-
     def locate(self, prompt: str) -> tuple[str | None, float | None, bool]:
         """(the edit whose training answers for the nearest key, its distance, whether the prompt is routed there);
         (None, None, False) without edits or for methods without routing."""
@@ -260,7 +225,7 @@ class SnapshotEditor(Asking):
     def info(self) -> dict[str, Any]:
         return {"model": self.source, "method": self.method, "task": self.task.kind,
                 "prompt_format": self.format.kind, "edits": len(self.edits()),
-                "rolled_back": sum(1 for e in self._edits.values() if not e.live),
+                "rolled_back": len(self.ledger) - self.ledger.live_count,
                 "exact_rollback": self.exact_rollback, "store": str(self.path) if self.path else None,
                 **self._describe()}
 

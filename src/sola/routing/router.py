@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..config import EditConfig
+from ..errors import InvalidEditError
 from ..nn import Decision, RoutedLoraLayer
 from ..nn.injection import capture, modules
 from ..prompts import EncodedPrompt
@@ -177,10 +178,15 @@ class Router:
         return torch.where(within, torch.minimum(scaled, below), torch.maximum(scaled, at_least))
 
     # -- calibration -------------------------------------------------------------------------------------------------
-    def calibrated(self, queries: torch.Tensor, rate: float, against: torch.Tensor | None) -> tuple[str, float]:
-        """(the config field, its value) under which at most `rate` of these unrelated queries would reach an edit:
-        against the `against` keys, else the stored edits (key="subject": those made without a subject, the only ones
-        an unrelated prompt can reach), else each other."""
+    def calibrated(self, prompts: list[EncodedPrompt], rate: float,
+                   edit_prompts: list[EncodedPrompt] | None) -> tuple[str, float]:
+        """(the config field, its value) under which at most `rate` of these unrelated prompts would reach an edit:
+        against the keys of `edit_prompts`, else the stored edits (key="subject": those made without a subject, the
+        only ones an unrelated prompt can reach), else each other."""
+        if len(prompts) < 2 or not 0 <= rate < 1:
+            raise InvalidEditError("calibration needs at least 2 prompts and 0 <= max_activation_rate < 1")
+        queries = self.queries(prompts)  # key="subject": whole-prompt embeddings
+        against = self.queries(edit_prompts) if edit_prompts is not None else None
         stored = sorted(self.unnamed) if self.keys.needs_subject else None
         if against is not None:
             table = KeyTable(against.shape[1], self.config.resolved_distance())
@@ -196,4 +202,6 @@ class Router:
             dist = probe.distances(queries).fill_diagonal_(float("inf")).min(dim=1).values
         ordered = dist.sort().values
         threshold = float(ordered[int(rate * len(ordered))])  # fewer than k+1 values lie below it
+        if not threshold > 0:
+            raise InvalidEditError("the calibration prompts contain duplicates of stored keys; use unrelated prompts")
         return ("unnamed_threshold" if self.keys.needs_subject else "threshold"), threshold

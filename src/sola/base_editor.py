@@ -1,0 +1,90 @@
+"""What every editor shares, SoLA's `Editor` and the snapshot editors of the other methods (`sola.methods`): a frozen
+base model and its prompt format, a ledger of edits, switching every edit off, and finding the model a store was
+made on."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from torch import nn
+
+from .asking import Asking
+from .edit import Edit
+from .errors import StoreError, UnknownEditError
+from .ledger import Ledger
+from .loading import EMBEDDED_SOURCE
+from .prompts import EncodedPrompt, PromptFormat
+
+
+class BaseEditor(Asking):
+    """The surface every editing method offers: `edits`, `get`, `chain`, `disabled` (plus `generate`, `score` and
+    `logits` from `Asking`). A method declares what it can promise in three class attributes (the method protocol,
+    `sola.methods.base`, reads them):
+
+        method            its registry name ("sola", "elder", ...), also written into its store
+        exact_rollback    `rollback` restores exactly the state before the edit (else it raises
+                          `RollbackNotSupportedError`, changing nothing)
+        unrouted_is_base  an input no edit is routed to computes the untouched base model, bit for bit
+    """
+
+    method = ""
+    exact_rollback = False
+    unrouted_is_base = False
+
+    def _hold(self, model: nn.Module, tokenizer, source: str, prompt_format: str) -> None:
+        """Take the base model (frozen, in eval mode) and start an empty ledger."""
+        self.model, self.tokenizer, self.source = model, tokenizer, source
+        model.eval().requires_grad_(False)
+        self.format = PromptFormat(tokenizer, prompt_format)
+        self.ledger = Ledger()
+        self._disabled = False
+
+    def _encode(self, prompt: str) -> EncodedPrompt:
+        encoded = self.format.encode(prompt)
+        self.task.check_length(encoded)
+        return encoded
+
+    @contextmanager
+    def disabled(self) -> Iterator["BaseEditor"]:
+        """Inside, every input runs the base model (no edit is routed): `with editor.disabled(): editor.generate(p)`
+        gives the unedited model's answer, bit for bit, without touching the edits."""
+        previous, self._disabled = self._disabled, True
+        try:
+            yield self
+        finally:
+            self._disabled = previous
+
+    # -- the edits ---------------------------------------------------------------------------------------------------
+    def edits(self, include_rolled_back: bool = False) -> list[Edit]:
+        """The edits in the order they were made (only live ones unless asked)."""
+        self._before_asking()
+        return self.ledger.edits(include_rolled_back)
+
+    def get(self, edit_id: str) -> Edit:
+        self._before_asking()
+        return self.ledger.get(edit_id)
+
+    def chain(self, edit_id: str) -> list[Edit]:
+        """The live edits of `edit_id`'s fact, oldest first; the last one answers."""
+        self._before_asking()
+        return self.ledger.chain(edit_id)
+
+    def _live(self, edit_id: str) -> Edit:
+        """The live edit `edit_id`, or the error a rollback of anything else raises."""
+        edit = self.ledger.get(edit_id) if edit_id in self.ledger else None
+        if edit is None or not edit.live:
+            state = "was already rolled back" if edit is not None else "does not exist"
+            live = ", ".join(e.id for e in self.ledger.edits()[:10]) or "none"
+            raise UnknownEditError(f"edit {edit_id!r} {state}; live edits: {live} (see `sola list`)")
+        return edit
+
+
+def stored_model(manifest: dict[str, Any], path) -> str:
+    """The base model a store or snapshot was made on, if it is here."""
+    source = manifest["model"]["name"]
+    if source != EMBEDDED_SOURCE and not Path(source).exists():
+        raise StoreError(f"the store {path} was made on {source!r}, which is not here; pass model=... with a copy of "
+                         "that model")
+    return source
