@@ -216,8 +216,8 @@ def test_key_index_files_of_two_writers_never_collide(tiny_dir, tmp_path, monkey
     a.edit("Who wrote Hamlet?", "Bill Lumbergh")  # sees 000001 and writes 000002
     assert sorted(p.name for p in (store / "index").iterdir()) == ["000001.safetensors", "000002.safetensors"]
     opened = Store.open(store)
-    assert sorted(opened._index_pos) == ["e1", "e2", "e3", "e4"]
-    for edit_id in opened._index_pos:
+    assert sorted(opened.index.indexed_ids()) == ["e1", "e2", "e3", "e4"]
+    for edit_id in opened.index.indexed_ids():
         assert torch.equal(opened.read_keys(edit_id), opened.read_tensors(edit_id)["keys"])
     assert check_store(store).ok
 

@@ -323,7 +323,7 @@ def test_key_index_files_hold_the_keys_of_committed_edits(make_editor, tmp_path,
         editor.edit(prompt, target)
     assert sorted(p.name for p in (store / "index").iterdir()) == ["000001.safetensors", "000002.safetensors"]
     opened = Store.open(store)
-    assert sorted(opened._index_pos) == ["e1", "e2", "e3", "e4"] and list(opened._unindexed) == ["e5"]
+    assert sorted(opened.index.indexed_ids()) == ["e1", "e2", "e3", "e4"] and opened.index.pending_ids() == ["e5"]
     for edit_id in ("e1", "e4"):
         assert torch.equal(opened.read_keys(edit_id), opened.read_tensors(edit_id)["keys"])
     some = ["e5", "e3", "e1", "e4"]  # any order, indexed or not: gathered at once

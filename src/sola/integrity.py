@@ -32,7 +32,9 @@ from .edit import now
 from .errors import CorruptStoreError, StoreError
 from .journal import (INDEX, JOURNAL, MANIFEST, MANIFEST_BACKUP, QUARANTINE, TENSORS, Damage, id_number,
                       manifest_problem, parse_journal, record_digest)
-from .store import Store, _read_index_file, atomic_write
+from .files import atomic_write
+from .key_index import read_index_file
+from .store import Store
 
 _EDIT_FILE = re.compile(r"(e\d+)\.safetensors")
 
@@ -163,7 +165,7 @@ def _index_damage(path: Path, known: set[str]) -> list[Damage]:
     directory = path / INDEX
     for file in sorted(directory.glob("*.safetensors")) if directory.is_dir() else []:
         try:
-            _read_index_file(file, known)
+            read_index_file(file, known)
         except ValueError as err:
             found.append(Damage("index", f"{INDEX}/{file.name}", f"{INDEX}/{file.name} is not a readable key index of "
                                 "this store: " + str(err)))

@@ -7,7 +7,7 @@
     STORE/tensors/ID.safetensors   the edit's LoRA factors per layer and its routing keys; its metadata names the edit
                                    and a digest of its record, so a file can never pass for another edit's
     STORE/index/NNNNNN.safetensors the routing keys of 1,000 consecutive edits in one file, so opening a store reads a
-                                   few files instead of one per edit (written once those edits are committed)
+                                   few files instead of one per edit (sola/key_index.py)
     STORE/lock                 the write lock (see sola.locking); STORE/quarantine/ what a repair moved aside
 
 A commit is durable before the call that made it returns. Every change happens under the store's write lock: the writer
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,34 +32,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import CorruptStoreError, ReadOnlyStoreError, StoreError, StoreExistsError
-from .journal import (FORMAT_VERSION, INDEX, JOURNAL, MANIFEST, MANIFEST_BACKUP, TENSORS, Damage,
+from .journal import (FORMAT_VERSION, JOURNAL, MANIFEST, MANIFEST_BACKUP, TENSORS, Damage,
                       damage_message, id_number, parse_journal, read_manifest, record_digest)
+from .files import atomic_write, fsync_dir
+from .key_index import KeyIndex
 from .locking import DEFAULT_WAIT, LOCK, QUEUE, StoreLock
 
 INDEX_EVERY = 1000  # edits per key-index file
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """write(temp_path) then fsync and rename over `path`: readers see the old file or the new one, never half."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(temp))
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 class Store:
@@ -81,13 +59,7 @@ class Store:
         self._valid_length = 0
         self._journal_file: tuple[int, int] | None = None  # (device, inode): a repair that rewrites it is noticed
         self._manifest_file = _file_id(self.path / MANIFEST)
-        # the key index as read at open: every indexed edit's key rows, edit after edit, in one matrix
-        self._index_keys = torch.zeros(0, 0)
-        self._index_pos: dict[str, int] = {}  # edit id -> its place among the indexed edits
-        self._index_start = torch.zeros(0, dtype=torch.long)  # place -> its first row in _index_keys
-        self._index_count = torch.zeros(0, dtype=torch.long)  # place -> how many rows it has
-        self._unindexed: dict[str, torch.Tensor | None] = {}  # edits after the last index file -> keys if known
-        self._index_names: set[str] = set()
+        self.index = KeyIndex(self.path)
 
     @property
     def lock_wait(self) -> float:
@@ -125,7 +97,7 @@ class Store:
             (path / JOURNAL).touch()
             store._journal_file = _stat_id(os.stat(path / JOURNAL))
             store._write_manifest(store.manifest)
-            _fsync_dir(path)
+            fsync_dir(path)
         return store
 
     @classmethod
@@ -145,7 +117,11 @@ class Store:
         records, store._valid_length, damage = parse_journal(data)
         store._lines = data[:store._valid_length].count(b"\n")
         store._take(records)
-        damage += store._read_index(tolerate=skip_damaged or bool(damage))
+        index_damage = store.index.read(store._ids)
+        if index_damage and not (skip_damaged or damage):
+            raise CorruptStoreError(damage_message(path, index_damage[:1]) + " (or delete that file: the keys are also "
+                                    "in tensors/)")
+        damage += index_damage
         if any(not d.harmless for d in damage):
             if not skip_damaged:
                 raise CorruptStoreError(damage_message(path, damage))
@@ -165,44 +141,13 @@ class Store:
             if record["op"] == "edit":
                 self._ids.add(record["id"])
                 self._last_id = max(self._last_id, id_number(record["id"]))
-                self._unindexed[record["id"]] = None
+                self.index.committed(record["id"])
             elif record["op"] == "repair":
                 self._last_id = max(self._last_id, int(record.get("last_id") or 0))
 
-    def _read_index(self, tolerate: bool) -> list[Damage]:
-        """Keys of indexed edits from the index files. A file that cannot be read, or that names an edit the journal
-        does not hold (it is from something else), is damage: an error, or with `tolerate` skipped (the keys are also
-        in every edit's own file)."""
-        directory = self.path / INDEX
-        files = sorted(directory.glob("[0-9]*.safetensors")) if directory.is_dir() else []
-        keys, counts, damage = [], [], []
-        for path in files:
-            self._index_names.add(path.name)
-            try:
-                ids, part, count = _read_index_file(path, self._ids)
-            except ValueError as err:
-                found = Damage("index", f"{INDEX}/{path.name}", f"{INDEX}/{path.name} is not a readable key index of "
-                               f"this store ({err})")
-                if not tolerate:
-                    raise CorruptStoreError(damage_message(self.path, [found]) + " (or delete that file: the keys "
-                                            "are also in tensors/)") from None
-                damage.append(found)
-                continue
-            for edit_id in ids:
-                self._index_pos[edit_id] = len(self._index_pos)
-                self._unindexed.pop(edit_id, None)
-            keys.append(part)
-            counts.append(count)
-        if keys:
-            self._index_keys = torch.cat(keys) if len(keys) > 1 else keys[0]
-            self._index_count = torch.cat(counts)
-            self._index_start = self._index_count.cumsum(0) - self._index_count
-        return damage
-
     def forget_index(self) -> None:
         """Free the keys read from the index files (once an editor holds them); `read_keys` reads files again."""
-        self._index_keys, self._index_pos = torch.zeros(0, 0), {}
-        self._index_start = self._index_count = torch.zeros(0, dtype=torch.long)
+        self.index.forget()
 
     # -- what other processes did ------------------------------------------------------------------------------------
     def changed(self) -> bool:
@@ -260,24 +205,8 @@ class Store:
                 yield []
                 return
             new = self._catch_up(writer=True)
-            self._sync_index()
+            self.index.sync()
             yield new
-
-    def _sync_index(self) -> None:
-        """Index files other processes wrote: their edits are indexed already (this object need not write them)."""
-        directory = self.path / INDEX
-        if not directory.is_dir():
-            return
-        for path in sorted(directory.glob("[0-9]*.safetensors")):
-            if path.name not in self._index_names:
-                self._index_names.add(path.name)
-                try:
-                    with safe_open(path, framework="pt") as handle:
-                        ids = json.loads(handle.metadata()["ids"])
-                except (SafetensorError, OSError, ValueError, KeyError, TypeError):
-                    continue  # a damaged index is fsck's business; these edits' keys stay in their own files
-                for edit_id in ids:
-                    self._unindexed.pop(edit_id, None)
 
     # -- reading -----------------------------------------------------------------------------------------------------
     def journal(self) -> list[dict[str, Any]]:
@@ -300,10 +229,9 @@ class Store:
 
     def read_keys(self, edit_id: str) -> torch.Tensor:
         """Only the routing keys of an edit (its LoRA factors stay on disk): from the key index if it has them."""
-        place = self._index_pos.get(edit_id)
-        if place is not None:
-            start = int(self._index_start[place])
-            return self._index_keys[start:start + int(self._index_count[place])]
+        indexed = self.index.keys_of(edit_id)
+        if indexed is not None:
+            return indexed
 
         def keys_only(path: Path) -> torch.Tensor:
             with safe_open(path, framework="pt") as handle:
@@ -315,23 +243,7 @@ class Store:
     def read_keys_many(self, edit_ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The routing keys of these edits stacked in the given order, and how many rows each edit has. Indexed edits
         are gathered from the key index in one step; the others are read from their own files."""
-        places = [self._index_pos.get(i, -1) for i in edit_ids]
-        own = {n: self.read_keys(edit_ids[n]) for n, p in enumerate(places) if p < 0}
-        indexed = torch.tensor([n for n, p in enumerate(places) if p >= 0], dtype=torch.long)
-        at = torch.tensor([p for p in places if p >= 0], dtype=torch.long)
-        counts = torch.zeros(len(edit_ids), dtype=torch.long)
-        counts[indexed] = self._index_count[at]
-        for n, keys in own.items():
-            counts[n] = keys.shape[0]
-        dim = self._index_keys.shape[1] if len(at) else next(iter(own.values())).shape[1] if own else 0
-        out = torch.empty(int(counts.sum()), dim)  # every row is written below
-        starts = counts.cumsum(0) - counts
-        if len(at):
-            out[_ranges(starts[indexed], counts[indexed])] = self._index_keys[_ranges(self._index_start[at],
-                                                                                        counts[indexed])]
-        for n, keys in own.items():
-            out[int(starts[n]):int(starts[n]) + keys.shape[0]] = keys
-        return out, counts
+        return self.index.gather(edit_ids, self.read_keys)
 
     def _read(self, edit_id: str, read):
         """read(path of the edit's tensor file), with a missing or unreadable file named as store damage."""
@@ -362,26 +274,12 @@ class Store:
             self._append({"op": "edit", **record})
             self._ids.add(record["id"])
             self._last_id = id_number(record["id"])
-            self._unindexed[record["id"]] = tensors["keys"].detach().clone()
-            if len(self._unindexed) >= INDEX_EVERY:
+            self.index.committed(record["id"], tensors["keys"].detach().clone())
+            if len(self.index) >= INDEX_EVERY:
                 try:
-                    self._write_index()
+                    self.index.write(self.read_keys)
                 except (OSError, RuntimeError, StoreError):  # the edit is committed; its keys stay in its own file
                     pass
-
-    def _write_index(self) -> None:
-        """One index file with the keys of the edits committed since the last one. Written atomically after those
-        commits, so a crash leaves them readable from their own files."""
-        ids = list(self._unindexed)
-        keys = [k if k is not None else self.read_keys(i) for i, k in self._unindexed.items()]
-        owner = torch.cat([torch.full((len(k),), n, dtype=torch.long) for n, k in enumerate(keys)])
-        (self.path / INDEX).mkdir(exist_ok=True)
-        number = max((int(n.split(".")[0]) for n in self._index_names if n.split(".")[0].isdigit()), default=0) + 1
-        path = self.path / INDEX / f"{number:06d}.safetensors"
-        atomic_write(path, lambda t: save_file({"keys": torch.cat(keys).contiguous(), "owner": owner}, str(t),
-                                               metadata={"ids": json.dumps(ids)}))
-        self._index_names.add(path.name)
-        self._unindexed = {}
 
     def commit_rollback(self, edit_id: str, at: str, reason: str | None = None) -> None:
         record = {"op": "rollback", "id": edit_id, "at": at}
@@ -428,27 +326,6 @@ def _check_owner(handle, edit_id: str, path: Path) -> None:
                                 f"run `sola fsck --store {path.parent.parent} --repair`")
 
 
-def _read_index_file(path: Path, known: set[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """(edit ids, their key rows, rows per edit) of one index file; ValueError if it cannot be read or indexes an edit
-    that is not `known` (the journal's edits: the file belongs to something else)."""
-    try:
-        with safe_open(path, framework="pt") as handle:
-            ids = json.loads(handle.metadata()["ids"])
-            part, owner = handle.get_tensor("keys").clone(), handle.get_tensor("owner")
-    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(str(err) or type(err).__name__) from None
-    if owner.shape != part.shape[:1] or (len(owner) and not bool((owner[1:] >= owner[:-1]).all())):
-        raise ValueError("its owner column does not match its keys")
-    count = torch.bincount(owner, minlength=len(ids))
-    if len(count) != len(ids):
-        raise ValueError("it names fewer edits than own its keys")
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        raise ValueError(f"it indexes edits the journal does not record ({unknown[:3]}); it does not belong to this "
-                         "store")
-    return ids, part, count
-
-
 def _stat_id(stat: os.stat_result) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
@@ -460,9 +337,3 @@ def _file_id(path: Path) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
-
-
-def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """The row numbers of the ranges [start, start + count), one range after another."""
-    total = int(counts.sum())
-    return torch.repeat_interleave(starts - (counts.cumsum(0) - counts), counts, output_size=total) + torch.arange(total)

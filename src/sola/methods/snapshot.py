@@ -30,7 +30,7 @@ from ..loading import load_model
 from ..planning import check_texts
 from ..prompts import EncodedPrompt
 from ..routing import Route
-from ..store import atomic_write
+from ..files import atomic_write
 from ..tasks import CausalTask
 
 SNAPSHOT_FORMAT = 1
