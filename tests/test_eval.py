@@ -425,16 +425,17 @@ def test_latest_wins_reads_routes_against_the_latest_target():
     per record, right when the latest edit of a fact wins. Routes of records without a later target are unchanged."""
     from types import SimpleNamespace
 
-    from sola.eval.runner import _Evaluator, _Item
+    from sola.eval.evaluator import Evaluator
+    from sola.eval.items import Item
 
     def record(n, subject, target):
         return Record(id=f"r{n}", prompt=f"Who founded {subject}?", target=target,
                       rephrases=(f"Who was the founder of {subject}?",), subject=subject)
 
     first, other, second = record(0, "Acme", "Jane Roe"), record(1, "Globex", "Hank"), record(2, "Acme", "John Doe")
-    items = [_Item(r, {"unrelated": [], "relation": [], "subject": []}) for r in (first, other, second)]
+    items = [Item(r, {"unrelated": [], "relation": [], "subject": []}) for r in (first, other, second)]
     method = SimpleNamespace(score=lambda prompts, targets, batch: [SimpleNamespace(accuracy=1.0) for _ in prompts])
-    evaluator = _Evaluator(method, items, BenchSpec(dataset="zsre", edits=3), "qa")
+    evaluator = Evaluator(method, items, BenchSpec(dataset="zsre", edits=3), "qa")
 
     def row(rec, nearest, right):  # as the per-record reading scored them
         return {"record": rec.id, "rel_answer": "John Doe", "gen_answers": ["John Doe"],

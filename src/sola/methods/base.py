@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..data import Record
@@ -21,13 +22,31 @@ class MethodRoute:
 
 
 class EditingMethod(Protocol):
+    """What `sola bench` asks of a method. Optional capabilities are declared, with defaults in `EditorMethod`, so the
+    runner never probes for them."""
+
     name: str
-    # optional: True if an input that `routes` reports as not routed computes exactly what `base()` computes, so
-    # the bench may read such locality probes from the base run instead of running them again
+    # True if an input that `routes` reports as not routed computes exactly what `base()` computes, so the bench may
+    # read such locality probes from the base run instead of running them again
     unrouted_is_base: bool
+    # True if the method keeps its state in snapshots written every few edits (`finish` writes the last): a resumed
+    # run continues from the last snapshot, and the rows of edits made after it are measured again
+    resumes_from_snapshot: bool
 
     def edit(self, record: Record) -> dict[str, Any]:
         """Apply one edit; return at least {"id": ..., "seconds": ..., "converged": ...}."""
+
+    def edits_made(self) -> int:
+        """Edits the method's durable state holds, rolled back ones included (where a resumed run continues)."""
+
+    def last_edit(self) -> dict[str, Any] | None:
+        """What `edit` returned for the newest edit the state holds (a run resumed right after that edit)."""
+
+    def finish(self) -> None:
+        """Make the state durable at the end of a run."""
+
+    def calibrate(self, prompts: list[str], rate: float, against: list[str]) -> float | None:
+        """Set the routing threshold so at most `rate` of these unrelated prompts are routed; None if not routed."""
 
     def score(self, prompts: list[str], targets: list[str], batch_size: int) -> list[TargetScore]:
         """Teacher-forced reading of each target after its prompt."""
@@ -44,11 +63,45 @@ class EditingMethod(Protocol):
     def describe(self) -> dict[str, Any]:
         """Config, model fingerprint and memory, for the report."""
 
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens of a generated answer (None if the method cannot say), for throughput."""
+
+    @property
+    def store_path(self) -> Path | None:
+        """The directory the method's durable state is in, if any (its size is reported)."""
+
 
 class EditorMethod:
-    """The parts of an `EditingMethod` that only ask `self.editor` (a `sola.Editor` or a baseline editor)."""
+    """An editor (`sola.Editor` or a snapshot editor) as an `EditingMethod`: everything that only asks
+    `self.editor`, and the defaults of the optional capabilities."""
 
     editor: Any
+    resumes_from_snapshot = False
+    store_path: Path | None = None
+
+    @property
+    def unrouted_is_base(self) -> bool:
+        return self.editor.unrouted_is_base
+
+    def edits_made(self) -> int:
+        return len(self.editor.edits(include_rolled_back=True))
+
+    def last_edit(self) -> dict[str, Any] | None:
+        made = self.editor.edits(include_rolled_back=True)
+        return self._info(made[-1]) if made else None
+
+    def _info(self, edit) -> dict[str, Any]:
+        return {"id": edit.id, "seconds": edit.seconds, "steps": edit.steps, "converged": edit.converged,
+                "loss": edit.loss, "reused": False, "supersedes": edit.supersedes}
+
+    def finish(self) -> None:
+        pass
+
+    def calibrate(self, prompts, rate, against):
+        return self.editor.calibrate_threshold(prompts, rate, against=against)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.editor.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def score(self, prompts, targets, batch_size=16):
         return self.editor.score(prompts, targets, batch_size=batch_size)

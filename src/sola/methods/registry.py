@@ -19,20 +19,24 @@ METHODS = ("sola", *BASELINES)
 
 class SnapshotMethod(EditorMethod):
     """A baseline editor as an `EditingMethod`. Its state is saved to `store` every `save_every` edits and by
-    `finish()`; a resumed benchmark continues from the last saved edit."""
+    `finish()`; a resumed benchmark continues from the last saved edit. The bench may read the locality probes no
+    edit reaches from the base run where the editor declares `unrouted_is_base` (pinned in tests/test_baselines.py)."""
+
+    resumes_from_snapshot = True
 
     def __init__(self, editor: SnapshotEditor, store: Path, save_every: int = 10) -> None:
         self.editor, self.store, self.save_every = editor, store, save_every
         self.name = editor.method
-        # the bench may read the locality probes no edit reaches from the base run (pinned in tests/test_baselines.py)
-        self.unrouted_is_base = editor.unrouted_is_base
+
+    @property
+    def store_path(self) -> Path:
+        return self.store
 
     def edit(self, record: Record) -> dict[str, Any]:
         edit = self.editor.edit(record.prompt, record.target, subject=record.subject)
         if len(self.editor.edits(include_rolled_back=True)) % self.save_every == 0:
             self.finish()
-        return {"id": edit.id, "seconds": edit.seconds, "steps": edit.steps, "converged": edit.converged,
-                "loss": edit.loss, "reused": False, "supersedes": None}
+        return self._info(edit)
 
     def finish(self) -> None:
         self.editor.save(self.store)

@@ -111,6 +111,11 @@ class SnapshotEditor(BaseEditor):
         name, network, tokenizer = load_model(model)
         return cls(network, tokenizer, config, source=name)
 
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether `path` holds a snapshot (of any method)."""
+        return (Path(path) / MANIFEST).is_file()
+
     @classmethod
     def load(cls, path: str | os.PathLike, model: str | os.PathLike | None = None):
         """Open a snapshot written by `save` with the model it was made on (or `model`, the same model)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..data import Record
@@ -17,7 +18,6 @@ class SolaMethod(EditorMethod):
     paying for training once per strategy. Edit times are then the ones measured when the adapters were trained."""
 
     name = "sola"
-    unrouted_is_base = True  # an input no edit is routed to runs the untouched base model, bit for bit
 
     def __init__(self, editor: Editor, reuse: Store | None = None) -> None:
         self.editor = editor
@@ -29,7 +29,6 @@ class SolaMethod(EditorMethod):
     def edit(self, record: Record) -> dict[str, Any]:
         if self._reuse is None:
             edit = self.editor.edit(record.prompt, record.target, subject=record.subject)
-            reused = False
         else:
             number = len(self.editor.edits(include_rolled_back=True))
             if number >= len(self._reuse):
@@ -40,13 +39,14 @@ class SolaMethod(EditorMethod):
                                  f"{source.prompt!r} -> {source.target!r}, but record {record.id} is {record.prompt!r} "
                                  f"-> {record.target!r}; reuse a run over the same records in the same order")
             edit = self.editor.import_edit(source, self._reuse_store.read_tensors(source.id))
-            reused = True
-        return _info(edit, reused)
+        return self._info(edit)
 
-    def last_edit(self) -> dict[str, Any] | None:
-        """What `edit` returned for the newest edit in the store (for a run resumed right after that edit)."""
-        made = self.editor.edits(include_rolled_back=True)
-        return _info(made[-1], self._reuse is not None) if made else None
+    def _info(self, edit) -> dict[str, Any]:  # an imported edit's time is the one measured when it was trained
+        return {**super()._info(edit), "reused": self._reuse is not None}
+
+    @property
+    def store_path(self) -> Path | None:
+        return self.editor.store.path if self.editor.store is not None else None
 
     def routes(self, prompts: list[str]) -> list[MethodRoute]:
         threshold = self.editor.config.resolved_threshold()
@@ -58,11 +58,6 @@ class SolaMethod(EditorMethod):
             else:
                 found.append(MethodRoute(nearest.edit_id, nearest.distance, nearest.distance < threshold))
         return found
-
-
-def _info(edit, reused: bool) -> dict[str, Any]:
-    return {"id": edit.id, "seconds": edit.seconds, "steps": edit.steps, "converged": edit.converged,
-            "loss": edit.loss, "reused": reused, "supersedes": edit.supersedes}
 
 
 def _edits_of(store: Store):

@@ -1,0 +1,214 @@
+"""Evaluating a method on the evaluation set: the base model's answers to every probe once, then after some edits
+every metric of every record (teacher-forced and generated), locality compared on the base run's grid of batches."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data import Record
+from ..data.probes import normalise
+from . import metrics as M
+from .items import PROBE_KINDS, Item
+from .spec import BenchSpec
+
+
+def _grid(count: int, batch: int) -> int:
+    """Evaluate whole batches of the fixed grid, so base and edited runs see identical batches."""
+    return min(count, math.ceil(count / batch) * batch) if count else 0
+
+
+@dataclass(frozen=True)
+class _FromBase:
+    """A locality probe's teacher-forced reading taken from the base run: what the probe reads when no edit is
+    routed to it (the fields of a `TargetScore` that locality uses)."""
+
+    predicted: list[int]
+    nll: float | None
+
+    @property
+    def tokens(self) -> list[int]:  # only their number is read; the base model's argmax has as many
+        return self.predicted
+
+
+class Evaluator:
+    def __init__(self, method, items: list[Item], spec: BenchSpec, kind: str) -> None:
+        self.method, self.items, self.spec, self.kind = method, items, spec, kind
+        self.flat = [(i, k, p) for i, item in enumerate(items) for k in PROBE_KINDS for p in item.probes[k]]
+        self.base_answers: list[str] = []
+        self.base_tf_targets: list[str | None] = []
+        self.base_tf: list[list[int] | None] = []
+        self.base_nll: list[float | None] = []
+        self.locality_work: dict[str, int] = {}  # of the last evaluation: probes run, and read from the base run
+
+    def _generate(self, prompts: list[str]) -> list[str]:
+        return self.method.generate(prompts, self.spec.max_new_tokens, self.spec.batch_size)
+
+    def _score(self, prompts: list[str], targets: list[str | None]):
+        """Scores of (prompt, target) pairs, None where there is no target. Batches depend only on positions."""
+        present = [(i, p, t) for i, (p, t) in enumerate(zip(prompts, targets)) if t]
+        scores = self.method.score([p for _, p, _ in present], [t for _, _, t in present], self.spec.batch_size)
+        out: list = [None] * len(prompts)
+        for (i, _, _), score in zip(present, scores):
+            out[i] = score
+        return out
+
+    def measure_base(self, cache: Path | None = None) -> None:
+        """The base model's answers to every probe; cached in `cache` (keyed by the probes) for resumed runs."""
+        prompts = [p.prompt for _, _, p in self.flat]
+        if cache is not None and cache.exists():
+            saved = json.loads(cache.read_text())
+            if saved.get("prompts") == prompts and saved.get("batch_size") == self.spec.batch_size:
+                self.base_answers, self.base_tf_targets = saved["answers"], saved["tf_targets"]
+                self.base_tf, self.base_nll = saved["tf"], saved["nll"]
+                return
+        with self.method.base():
+            self.base_answers = self._generate(prompts)
+            self.base_tf_targets = [p.answer or a or None for (_, _, p), a in zip(self.flat, self.base_answers)]
+            scores = self._score(prompts, self.base_tf_targets)
+        self.base_tf = [s.predicted if s else None for s in scores]
+        self.base_nll = [s.nll if s else None for s in scores]
+        if cache is not None:
+            cache.write_text(json.dumps({"prompts": prompts, "batch_size": self.spec.batch_size,
+                                         "answers": self.base_answers, "tf_targets": self.base_tf_targets,
+                                         "tf": self.base_tf, "nll": self.base_nll}))
+
+    def evaluate(self, upto: int, edit_of: dict[str, str], with_routes: bool) -> list[dict[str, Any]]:
+        """One row per record of items[:upto] with every metric; routes of rephrases and probes if asked."""
+        items = self.items[:upto]
+        rows = [{"record": it.record.id, "edit": edit_of.get(it.record.id)} for it in items]
+        prompts = [it.record.prompt for it in items]
+        targets = [it.record.target for it in items]
+        rel_scores = self._score(prompts, targets)
+        rel_answers = self._generate(prompts)
+        gen_pairs = [(i, r) for i, it in enumerate(items) for r in it.record.rephrases]
+        gen_scores = self._score([r for _, r in gen_pairs], [items[i].record.target for i, _ in gen_pairs])
+        gen_answers = self._generate([r for _, r in gen_pairs])
+        for row, item, score, answer in zip(rows, items, rel_scores, rel_answers):
+            row.update(rel_tf=score.accuracy, rel_em=M.exact_match(answer, item.record.target),
+                       rel_f1=M.token_f1(answer, item.record.target), rel_nll=score.nll, rel_tokens=len(score.tokens),
+                       rel_answer=answer)
+        per_record: dict[int, list] = {}
+        for (i, rephrase), score, answer in zip(gen_pairs, gen_scores, gen_answers):
+            per_record.setdefault(i, []).append((rephrase, score, answer))
+        for i, row in enumerate(rows):
+            found = per_record.get(i, [])
+            target = items[i].record.target
+            row.update(gen_tf=M.mean(s.accuracy for _, s, _ in found), gen_em=M.mean(
+                M.exact_match(a, target) for _, _, a in found), gen_f1=M.mean(M.token_f1(a, target) for _, _, a in found),
+                gen_answers=[a for _, _, a in found])
+        # locality, on the same grid of batches as the base run
+        count = sum(1 for i, _, _ in self.flat if i < upto)
+        span = _grid(count, self.spec.batch_size)
+        flat = self.flat[:span]
+        probe_routes = self.method.routes([p.prompt for i, _, p in flat if i < upto]) \
+            if with_routes or self._unrouted_from_base else None
+        answers, scores = self._locality_outputs(flat, span, probe_routes)
+        collected: dict[tuple[int, str], list] = {}
+        for n, ((i, kind, probe), answer, score) in enumerate(zip(flat, answers, scores)):
+            if i >= upto:
+                continue
+            tf = M.agreement(score.predicted, self.base_tf[n]) if score is not None else None
+            collected.setdefault((i, kind), []).append({
+                "tf": tf, "ar": float(answer == self.base_answers[n]), "answer": answer, "base": self.base_answers[n],
+                "f1": M.token_f1(answer, probe.answer) if probe.answer else None,
+                "base_f1": M.token_f1(self.base_answers[n], probe.answer) if probe.answer else None,
+                "nll": score.nll if score is not None else None, "base_nll": self.base_nll[n],
+                "tokens": len(score.tokens) if score is not None else None})
+        for i, row in enumerate(rows):
+            for kind in PROBE_KINDS:
+                found = collected.get((i, kind), [])
+                row[f"loc_{kind}_tf"] = M.mean(f["tf"] for f in found)
+                row[f"loc_{kind}_ar"] = M.mean(f["ar"] for f in found)
+                if kind == "unrelated":
+                    row["trr_f1"] = M.mean(f["f1"] for f in found)
+                    row["trr_f1_base"] = M.mean(f["base_f1"] for f in found)
+                    row["loc_nll"] = M.mean(f["nll"] for f in found)
+                    row["loc_nll_base"] = M.mean(f["base_nll"] for f in found)
+                changed = [{"probe": self.flat_prompt(i, kind, j), "base": f["base"], "now": f["answer"]}
+                           for j, f in enumerate(found) if f["ar"] == 0.0]
+                if changed:
+                    row.setdefault("loc_changed", {})[kind] = changed
+        if with_routes:
+            self._add_routes(rows, items, gen_pairs, flat, upto, probe_routes)
+        return rows
+
+    @property
+    def _unrouted_from_base(self) -> bool:
+        return not self.spec.full_locality and self.method.unrouted_is_base
+
+    def _locality_outputs(self, flat, span: int, routes) -> tuple[list[str], list]:
+        """Answers and scores of the locality probes `flat` (the first `span` of the base run's grid).
+
+        A method whose unrouted inputs run the untouched base model (`unrouted_is_base`: SoLA's contract, pinned bit
+        for bit by tests/test_contract.py) needs to run only the probes some edit is routed to: the others are read
+        from the base run, which is what running them would give. `--full-locality` runs every probe anyway."""
+        prompts, targets = [p.prompt for _, _, p in flat], self.base_tf_targets[:span]
+        if not self._unrouted_from_base or routes is None:  # None: the method reported no routes (no edits yet)
+            return self._generate(prompts), self._score(prompts, targets)
+        routed = [n for n, route in enumerate(routes) if route.routed]  # routes cover the probes inside `upto`
+        answers = list(self.base_answers[:span])
+        scores: list = [None if tf is None else _FromBase(tf, nll)
+                        for tf, nll in zip(self.base_tf[:span], self.base_nll[:span])]
+        for n, answer in zip(routed, self._generate([prompts[n] for n in routed])):
+            answers[n] = answer
+        for n, score in zip(routed, self._score([prompts[n] for n in routed], [targets[n] for n in routed])):
+            scores[n] = score
+        self.locality_work = {"probes_run": len(routed), "probes_read_from_base": len(routes) - len(routed)}
+        return answers, scores
+
+    def read_latest(self, rows: list[dict[str, Any]], latest: dict[str, str]) -> list[dict[str, Any]]:
+        """The rows as the "latest wins" reading scores them: each record of a conflicting group against the group's
+        last target (its prompt and rephrases; the generated answers are the same, only the expected one changes)."""
+        index = {it.record.id: it for it in self.items}
+        changed = [(n, latest[row["record"]]) for n, row in enumerate(rows)
+                   if normalise(latest.get(row["record"], "")) not in ("", normalise(index[row["record"]].record.target))]
+        out = [dict(row) for row in rows]
+        if not changed:
+            return out
+        pairs = [(n, p, t) for n, t in changed for p in (index[rows[n]["record"]].record.prompt,
+                                                      *index[rows[n]["record"]].record.rephrases)]
+        scores = iter(self._score([p for _, p, _ in pairs], [t for _, _, t in pairs]))
+        for n, target in changed:
+            record, row = index[rows[n]["record"]].record, out[n]
+            rel, gen = next(scores), [next(scores) for _ in record.rephrases]
+            row.update(rel_tf=rel.accuracy, rel_em=M.exact_match(row["rel_answer"], target),
+                       rel_f1=M.token_f1(row["rel_answer"], target), read_against=target,
+                       gen_tf=M.mean(s.accuracy for s in gen),
+                       gen_em=M.mean(M.exact_match(a, target) for a in row["gen_answers"]),
+                       gen_f1=M.mean(M.token_f1(a, target) for a in row["gen_answers"]))
+            if "routes" in row:  # a route is right if the edit it reached answers the target this reading expects
+                row["routes"] = [{**r, "right_target": bool(r["routed"] and r["nearest"] in index and normalise(
+                    index[r["nearest"]].record.target) == normalise(target))} for r in row["routes"]]
+        return out
+
+    def flat_prompt(self, i: int, kind: str, j: int) -> str:
+        return self.items[i].probes[kind][j].prompt
+
+    def _add_routes(self, rows, items, gen_pairs, flat, upto, probe_routes) -> None:
+        routes = self.method.routes([r for _, r in gen_pairs])
+        if routes is None:
+            return
+        owner = {row["edit"]: row["record"] for row in rows}
+        target_of = {it.record.id: normalise(it.record.target) for it in items}
+        for (i, _), route in zip(gen_pairs, routes):
+            row = rows[i]
+            nearest = owner.get(route.edit_id)
+            right = route.routed and nearest is not None and target_of.get(nearest) == target_of[row["record"]]
+            row.setdefault("routes", []).append({
+                "nearest": nearest, "distance": route.distance, "routed": route.routed,
+                "own": route.routed and nearest == row["record"], "right_target": bool(right)})
+        inside = [f for f in flat if f[0] < upto]
+        for (i, kind, _), route in zip(inside, probe_routes):
+            rows[i].setdefault("probe_routes", {}).setdefault(kind, []).append(
+                {"nearest": owner.get(route.edit_id), "distance": route.distance, "routed": route.routed})
+
+
+def held_out_perplexity(method, records: list[Record], batch_size: int) -> float:
+    """ARR for hallucination: perplexity of correct sentences that were never edited (the records after the T
+    edited ones), which the edits must leave as they were."""
+    scores = method.score([r.prompt for r in records], [r.target for r in records], batch_size)
+    return M.perplexity([s.nll for s in scores], [len(s.tokens) for s in scores])
