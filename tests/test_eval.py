@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from sola import DataError, EditConfig, Editor, InvalidEditError
+from sola import DataError, EditConfig, Editor, InvalidEditError, batching
 from sola.data import load_counterfact, load_dataset, load_nq, load_scotus, load_zsre
 from sola.data.probes import collisions, conflicts, latest_targets, relation_groups, subject_probes, template_of
 from sola.data.records import Probe, Record
@@ -383,7 +383,7 @@ def test_bad_bench_input_is_one_clear_error(tmp_path, tiny_dir, tiny_data):
 def test_config_is_unchanged_by_import_edit_errors(make_editor):
     editor = make_editor("llama")
     edit = editor.edit("Who founded Acme?", "Jane Roe")
-    tensors = editor._tensors_of(edit.id)
+    tensors = batching.stored_tensors(editor, edit.id)
     broken = {k: v[..., :1] if "lora_A" in k else v for k, v in tensors.items()}
     with pytest.raises(InvalidEditError, match="right shape"):
         editor.import_edit(edit, broken)

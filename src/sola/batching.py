@@ -61,6 +61,17 @@ def commit(editor, record: Edit, keys: torch.Tensor, factors: list[tuple[torch.T
     return record
 
 
+def stored_tensors(editor, edit_id: str) -> dict[str, torch.Tensor]:
+    """A live edit's tensors as a store holds them (its keys, and its LoRA factors at the stored precision)."""
+    slot = editor.slots.of(edit_id)
+    factors = editor.residency.read(slot, editor._load)
+    tensors = {"keys": editor.router.keys_of(slot)}
+    for name in editor.config.layers:
+        for part in ("lora_A", "lora_B"):
+            tensors[f"{name}.{part}"] = factors[f"{name}.{part}"].to(editor.kept_dtype)
+    return tensors
+
+
 def import_edit(editor, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
     """`Editor.import_edit` (see there)."""
     factors = []

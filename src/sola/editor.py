@@ -105,6 +105,15 @@ class Editor(BaseEditor):
         """The routing table (one row per stored prompt)."""
         return self.router.table
 
+    @classmethod
+    def bench_label(cls, config: dict[str, Any], threshold) -> str:
+        update = ", updates supersede" if config.get("supersede") == "auto" else ""
+        return f"sola {config['key']} (thr {threshold:.3f}{update})"
+
+    @classmethod
+    def bench_name_parts(cls, config: dict[str, Any]) -> list[str]:
+        return [config["key"], *(["supersede"] if config.get("supersede") == "auto" else [])]
+
     # -- construction ------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike | None = None, *, config: EditConfig | None = None,
@@ -170,20 +179,14 @@ class Editor(BaseEditor):
         """Bring in what other processes committed to this editor's store since it last looked: edits, rollbacks, a
         calibrated threshold. Returns how many journal records were new. Done before every change automatically
         (under the store's lock) and before answering at most every `refresh_every` seconds."""
-        if self.store is None:
-            return 0
-        new = self.store.refresh()
-        self._apply(new)
+        new = self.store.refresh() if self.store is not None else []
+        replay.apply(self, new)
         return len(new)
 
-    def _maybe_refresh(self) -> None:
+    def _before_asking(self) -> None:
         if self.store is not None and self.refresh_every is not None \
                 and time.monotonic() - self._refreshed >= self.refresh_every:
-            self._apply(self.store.refresh() if self.store.changed() else [])
-
-    def _apply(self, records: list[dict[str, Any]]) -> None:
-        replay.apply(self, records)
-        self._refreshed = time.monotonic()
+            replay.apply(self, self.store.refresh() if self.store.changed() else [])
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -192,7 +195,7 @@ class Editor(BaseEditor):
             yield
             return
         with self.store.writing() as new:
-            self._apply(new)
+            replay.apply(self, new)
             yield
 
     # -- the per-edit parts ------------------------------------------------------------------------------------------
@@ -220,15 +223,6 @@ class Editor(BaseEditor):
         self.router.supersede(self.slots.of(older), self.slots.of(newer))
         self.ledger.link(older, newer)
 
-    def _tensors_of(self, edit_id: str) -> dict[str, torch.Tensor]:
-        slot = self.slots.of(edit_id)
-        factors = self.residency.read(slot, self._load)
-        tensors = {"keys": self.router.keys_of(slot)}
-        for name in self.config.layers:
-            for part in ("lora_A", "lora_B"):
-                tensors[f"{name}.{part}"] = factors[f"{name}.{part}"].to(self.kept_dtype)
-        return tensors
-
     def _load(self, slot: int) -> dict[str, torch.Tensor]:
         """An evicted edit's factors, read back from the store."""
         assert self.store is not None, "only edits with a durable copy are evicted"
@@ -247,9 +241,6 @@ class Editor(BaseEditor):
         finally:
             self.decision.clear()
 
-    def _before_asking(self) -> None:
-        self._maybe_refresh()
-
     def route(self, prompt: str) -> Route | None:
         """The edit this prompt is routed to and its key distance, or None if it runs on the base model."""
         found = self.nearest(prompt)
@@ -257,7 +248,7 @@ class Editor(BaseEditor):
 
     def nearest(self, prompt: str) -> Route | None:
         """The nearest live edit and its distance, whether or not it is under the threshold (None without edits)."""
-        self._maybe_refresh()
+        self._before_asking()
         found = self.router.nearest(self._encode(prompt)) if len(self.router) else None
         return Route(self.slots.owner(found[1]), found[0]) if found is not None else None
 
@@ -351,11 +342,11 @@ class Editor(BaseEditor):
             return path
         store = Store.create(path, self._manifest())
         for edit in self.edits():
-            store.commit_edit(edit.to_dict(), self._tensors_of(edit.id))
+            store.commit_edit(edit.to_dict(), batching.stored_tensors(self, edit.id))
         return path
 
     def info(self) -> dict[str, Any]:
-        self._maybe_refresh()
+        self._before_asking()
         config = self.config
         return {"model": self.source, "model_note": EMBEDDED_NOTE if self.source == EMBEDDED_SOURCE else None,
                 "method": METHOD, "task": self.task.kind, "prompt_format": self.format.kind, "layers": config.layers,

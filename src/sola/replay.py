@@ -4,6 +4,7 @@ making those edits and rollbacks in this editor would have."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .edit import Edit
@@ -62,7 +63,10 @@ def open_into(editor, store: Store, skip_damaged: bool = False) -> None:
 
 
 def apply(editor, records: list[dict[str, Any]]) -> None:
-    """Journal records committed by another process, in order."""
+    """Journal records committed by another process, in order (the editor has looked at its store now)."""
+    editor._refreshed = time.monotonic()
+    if editor.store is None:
+        return
     for record in records:
         if record["op"] == "edit" and record["id"] not in editor.ledger:
             keys = editor.store.read_keys(record["id"])

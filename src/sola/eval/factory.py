@@ -53,12 +53,10 @@ def _build_baseline(spec: BenchSpec, store_path: Path, editor_class):
     if spec.layers:
         fields.update({"layers": list(spec.layers)} if "layers" in known else {"layer": spec.layers[0]})
     if isinstance(spec.threshold, (int, float)):
-        if "radius" in known:
-            fields["radius"] = float(spec.threshold)
-        elif "epsilon" in known:  # ELDER: a Hamming distance
-            fields["epsilon"] = int(spec.threshold)
-        else:
+        field = editor_class.config_class.threshold_field  # ELDER's is a Hamming distance (int), the others' radii
+        if field is None:
             raise ConfigError(f"--threshold: {spec.method} does not route")
+        fields[field] = editor_class.config_class.threshold_type(spec.threshold)
     config = editor_class.config_class.from_dict({**fields, **spec.config})
     return SnapshotMethod(editor_class.from_pretrained(spec.model, config=config), store_path)
 

@@ -22,24 +22,17 @@ PLOTS = ("metrics_vs_edits.png", "distances.png")
 
 def label(results: dict) -> str:
     """How a run is named in the tables: the method, its key strategy or radius, and its threshold."""
-    config, method = results["config"], results["method"]
-    threshold = results["threshold"]["value"]
-    if method == "sola":
-        update = ", updates supersede" if config.get("supersede") == "auto" else ""
-        return f"sola {config['key']} (thr {threshold:.3f}{update})"
-    if isinstance(threshold, (int, float)):
-        return f"{method} ({'ε' if method == 'elder' else 'radius'} {threshold:.3g})"
-    return method
+    from ..methods.registry import editor_class
+
+    return editor_class(results["method"]).bench_label(results["config"], results["threshold"]["value"])
 
 
 def archive(results: dict, directory: Path) -> Path:
     """Write the run's summary (no per-edit rows) as DIR/<dataset>-<method>[-<key>][-supersede][-thr<X>]-<T>.json."""
     config = results["config"]
-    parts = [results["dataset"], results["method"]]
-    if results["method"] == "sola":
-        parts.append(config["key"])
-        if config.get("supersede") == "auto":
-            parts.append("supersede")
+    from ..methods.registry import editor_class
+
+    parts = [results["dataset"], results["method"], *editor_class(results["method"]).bench_name_parts(config)]
     given = results.get("spec", {}).get("threshold")
     if isinstance(given, (int, float)):  # a threshold chosen by hand: its own file
         parts.append(f"thr{given:g}")

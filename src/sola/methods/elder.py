@@ -67,6 +67,7 @@ class ElderConfig(BaselineConfig):
     loras: int = 4  # N per layer
     top_k: int = 2
     epsilon: int = 12  # an input whose nearest code is farther (Hamming) defers to the base model
+    threshold_field, threshold_type, threshold_symbol = "epsilon", int, "ε"
     guide_weight: float = 1e-2  # lambda
     key: str = "last_token"
     """The query vector: "last_token" (the paper: the last prompt token's hidden state at the input of the first

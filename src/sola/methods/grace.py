@@ -49,12 +49,7 @@ class GraceConfig(BaselineConfig):
 
     learning_rate: float = 1.0  # GRACE's edit_lr (Adam on one value vector)
     max_steps: int = 100  # GRACE's n_iter
-
-    def validate(self):
-        super().validate()
-        if self.radius is not None and not self.radius > 0:
-            raise ConfigError(f"radius={self.radius} must be positive")
-        return self
+    threshold_field = "radius"  # positive: checked by BaselineConfig.validate
 
 
 class GraceLayer(WrappedLinear):

@@ -33,11 +33,7 @@ class MeloConfig(LoraBlocksConfig):
     """Cluster radius (Euclidean, on mean-pooled hidden states). MELO's 75 is for T5's activation scale; None means:
     call `calibrate_threshold` or pass a value."""
 
-    def validate(self):
-        super().validate()
-        if self.radius is not None and not self.radius > 0:
-            raise ConfigError(f"radius={self.radius} must be positive")
-        return self
+    threshold_field = "radius"  # positive: checked by BaselineConfig.validate
 
 
 class MeloEditor(LoraBlocksEditor):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import Record
+from ..errors import ConfigError
 from .base import EditorMethod, MethodRoute
 from .elder import ElderEditor
 from .grace import GraceEditor
@@ -15,6 +16,17 @@ from .snapshot import SnapshotEditor
 
 BASELINES: dict[str, type[SnapshotEditor]] = {"elder": ElderEditor, "grace": GraceEditor, "melo": MeloEditor, "lora-ft": LoraFTEditor}
 METHODS = ("sola", *BASELINES)
+
+
+def editor_class(method: str):
+    """The editor class of a registered method (what `sola bench --method` and results.json name)."""
+    if method == "sola":
+        from ..editor import Editor
+
+        return Editor
+    if method not in BASELINES:
+        raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    return BASELINES[method]
 
 
 class SnapshotMethod(EditorMethod):

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import torch
 from safetensors import SafetensorError
@@ -45,6 +45,11 @@ class RollbackNotSupportedError(InvalidEditError):
 class BaselineConfig:
     """Fields every baseline shares; each method's config adds its own."""
 
+    # the field `sola bench --threshold` sets (None: the method does not route), its type and its name in tables
+    threshold_field: ClassVar[str | None] = None
+    threshold_type: ClassVar[type] = float
+    threshold_symbol: ClassVar[str] = "radius"
+
     prompt_format: str = "raw"
     optimizer: str = "adam"
     learning_rate: float = 0.04
@@ -59,6 +64,9 @@ class BaselineConfig:
             raise ConfigError(f"optimizer={self.optimizer!r} is unknown; choose adam or sgd")
         if self.max_steps < 1 or self.learning_rate <= 0 or self.loss_bound <= 0:
             raise ConfigError("max_steps, learning_rate and loss_bound must be positive")
+        radius = getattr(self, self.threshold_field) if self.threshold_type is float and self.threshold_field else None
+        if radius is not None and not radius > 0:
+            raise ConfigError(f"{self.threshold_field}={radius} must be positive")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +107,12 @@ class SnapshotEditor(BaseEditor):
         wrapped = self._build()
         self.fingerprint = {"name": source, "config_hash": config_hash(model.config),
                             "weights_hash": weights_hash(wrapped), "keys": {"kind": self.method}}
+
+    @classmethod
+    def bench_label(cls, config: dict[str, Any], threshold) -> str:
+        if isinstance(threshold, (int, float)):
+            return f"{cls.method} ({cls.config_class.threshold_symbol} {threshold:.3g})"
+        return cls.method
 
     # -- construction ------------------------------------------------------------------------------------------------
     def _build(self) -> list[nn.Module]:
