@@ -236,3 +236,35 @@ def test_a_calibration_prompt_at_the_calibrated_distance_does_not_route(make_edi
     assert editor.info()["unnamed_threshold"] == threshold
     routed = [editor.route(p) is not None for p in prompts]
     assert sum(routed) <= 1  # at most 20 % of 5: the prompt at the calibrated distance itself stays unrouted
+
+
+def test_sgd_means_the_cosine_decayed_sgd_for_every_method_and_minimise_stops_at_the_bound():
+    """One optimiser for every method's training: "sgd" decays its step by a cosine over max_steps (SoLA's train_edits,
+    ELDER and GRACE all call make_optimizer); "adam" keeps a constant step. minimise stops when the objective says it
+    converged or after max_steps steps, whichever comes first."""
+    from types import SimpleNamespace
+
+    from sola.methods import ElderConfig, GraceConfig
+    from sola.training import make_optimizer, minimise
+
+    for config in (EditConfig(optimizer="sgd", learning_rate=0.4, max_steps=10),
+                   GraceConfig(optimizer="sgd", learning_rate=0.4, max_steps=10),
+                   ElderConfig(optimizer="sgd", learning_rate=0.4, max_steps=10)):
+        weight = nn.Parameter(torch.ones(2))
+        optimizer, schedule = make_optimizer([weight], config)
+        rates = []
+        for _ in range(10):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        assert rates[0] == pytest.approx(0.4) and rates[5] == pytest.approx(0.2) and rates[9] < 0.01
+    optimizer, schedule = make_optimizer([nn.Parameter(torch.ones(2))], GraceConfig(optimizer="adam"))
+    assert isinstance(optimizer, torch.optim.Adam) and schedule is None
+
+    weight = nn.Parameter(torch.tensor([3.0]))
+    config = SimpleNamespace(optimizer="adam", learning_rate=0.5, max_steps=100)
+    steps, converged = minimise(lambda: ((weight ** 2).sum(), float(weight.detach().abs()) < 0.5), [weight], config)
+    assert converged and 0 < steps < 100 and float(weight.detach().abs()) < 0.5
+    steps, converged = minimise(lambda: (((weight - 10) ** 2).sum(), False), [weight],
+                                SimpleNamespace(optimizer="sgd", learning_rate=0.01, max_steps=7))
+    assert (steps, converged) == (7, False)
