@@ -11,7 +11,7 @@ from sola import (ConfigError, CorruptStoreError, Editor, InvalidEditError, Mode
                   UnknownEditError)
 from sola.store import Store
 
-from conftest import UNRELATED, edits_for
+from conftest import UNRELATED, edits_for, tiny_config
 
 
 def probe_logits(editor: Editor, prompts) -> list[torch.Tensor]:
@@ -344,3 +344,26 @@ def test_key_index_files_hold_the_keys_of_committed_edits(make_editor, tmp_path,
     (store / "index" / "000009.safetensors").rename(other / "index" / "000001.safetensors")
     with pytest.raises(CorruptStoreError, match="indexes edits the journal does not record"):
         Store.open(other)
+
+
+def test_a_bfloat16_model_edits_with_float32_factors_and_its_store_reopens(tiny_dir, tmp_path):
+    """A large model is loaded in bfloat16 (`dtype=`, passed to transformers): the edit trains and routes there, its
+    LoRA factors stay float32 buffers (stored as factor_dtype), unrelated inputs run the bfloat16 base model bit for bit,
+    rollback is exact, and the store reopens with the same dtype (a float32 model is another model to it)."""
+    config = tiny_config(tiny_dir, learning_rate=0.05, max_steps=300)
+    store = tmp_path / "store"
+    editor = Editor.from_pretrained(tiny_dir("llama"), config=config, store=store, dtype="bfloat16")
+    assert editor.model.dtype == torch.bfloat16 and editor.layers[0].lora_A.dtype == torch.float32
+    with editor.disabled():
+        before = [editor.logits(p) for p in UNRELATED]
+    edit = editor.edit("Who founded Acme?", "Jane Roe")
+    assert edit.converged and editor.generate("Who founded Acme?") == "Jane Roe"
+    assert all(torch.equal(editor.logits(p), b) for p, b in zip(UNRELATED, before))
+    reopened = Editor.from_pretrained(tiny_dir("llama"), store=store, dtype=torch.bfloat16)
+    assert torch.equal(reopened.logits("Who founded Acme?"), editor.logits("Who founded Acme?"))
+    with pytest.raises(ModelMismatchError):
+        Editor.from_pretrained(tiny_dir("llama"), store=store)
+    reopened.rollback(edit.id)
+    assert all(torch.equal(reopened.logits(p), b) for p, b in zip(UNRELATED, before))
+    with pytest.raises(ConfigError, match="not a floating-point torch dtype"):
+        Editor.from_pretrained(tiny_dir("llama"), dtype="int8")

@@ -99,3 +99,23 @@ def test_grace_on_the_embedded_model_answers_its_edits_and_rolls_back_exactly():
     editor.rollback("e2")
     editor.rollback("e1")
     assert all(torch.equal(editor.logits(p), b) for p, b in zip(probes, base))
+
+
+def test_an_edit_exported_as_a_peft_adapter_gives_the_editors_logits_on_the_embedded_model(edited, tmp_path):
+    """The real `peft` library loads the exported edit onto the embedded base model (its converted safetensors
+    directory): for the edit's prompt it computes the editor's logits, to float32 rounding."""
+    peft = pytest.importorskip("peft")
+    from sola.loading import load_model
+
+    editor, edits, _, _ = edited
+    edit = edits[3]
+    directory = editor.export_peft(edit.id, tmp_path / "adapter")
+    ours = editor.logits(edit.prompt, edit.target)
+    _, base, _ = load_model(None)
+    model = peft.PeftModel.from_pretrained(base, str(directory)).eval()
+    ids = editor._encode(edit.prompt).ids + editor.task.encode_target(edit.prompt, edit.target)
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor([ids])).logits[0]
+    assert float((ours - theirs).abs().max()) < 1e-3
+    assert theirs[len(ids) - len(editor.task.encode_target(edit.prompt, edit.target)) - 1:-1].argmax(-1).tolist() == \
+        editor.task.encode_target(edit.prompt, edit.target)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import SolaError
+from .cli_bench import add_bench_parser
 from .locking import DEFAULT_WAIT  # stdlib only: `sola list` still starts without torch
 
 
@@ -236,6 +237,51 @@ def _fsck(args) -> None:
         raise _Exit(EXIT_DAMAGE)
 
 
+def _export(args) -> None:
+    from .adapters import export_all
+
+    if bool(args.id) == args.all:
+        raise SolaError("give an edit ID to export, or --all for every answering edit (see `sola list`)")
+    editor = _editor(args, create=False)
+    if args.all:
+        router = export_all(editor, args.out)
+        _emit(args, router, f"{len(router['adapters'])} adapters and the routing table ({len(router['edits'])} "
+                            f"edits) in {args.out}")
+    else:
+        path = editor.export_peft(args.id, args.out)
+        _emit(args, {"edit": args.id, "adapter": str(path)}, f"edit {args.id} as a PEFT adapter in {path}")
+
+
+def _route(args) -> None:
+    from .prompts import check_text
+
+    prompts = list(args.prompts)
+    if args.file:
+        text = sys.stdin.read() if args.file == "-" else _read_text(args.file)
+        prompts += [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise SolaError("give PROMPT arguments or --file FILE (one prompt a line)")
+    for prompt in prompts:
+        check_text(prompt, "prompt")
+    editor = _editor(args, create=False)
+    routes = editor.route_many(prompts)
+    rows = [{"prompt": p, "adapter": r.edit_id if r else None, "distance": r.distance if r else None}
+            for p, r in zip(prompts, routes)]
+    if args.json:
+        print("\n".join(json.dumps(row) for row in rows))
+        return
+    for row in rows:
+        where = f"{row['adapter']}  (distance {row['distance']:.3f})" if row["adapter"] else "base model"
+        print(f"{where}\t{row['prompt']}")
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SolaError(f"cannot read {path}: {err}") from None
+
+
 def _demo(args) -> None:
     from .demo import run_demo
 
@@ -244,46 +290,6 @@ def _demo(args) -> None:
         print(json.dumps(result, indent=2, default=str))
     else:
         run_demo(args.data)
-
-
-def _json_object(text: str | None, flag: str) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SolaError(f"{flag}: not valid JSON ({err.msg}); e.g. {flag} '{{\"rank\": 8}}'") from None
-    if not isinstance(value, dict):
-        raise SolaError(f"{flag}: give a JSON object of EditConfig fields, e.g. {flag} '{{\"rank\": 8}}'")
-    return value
-
-
-def _bench(args) -> None:
-    from .eval import BenchSpec, compare, run
-
-    if args.compare:
-        print(compare(args.compare, subset=args.subset))
-        return
-    if not args.out:
-        raise SolaError("give --out DIR for the results (or --compare DIR DIR ... to compare finished runs)")
-    threshold = args.threshold
-    if threshold not in (None, "calibrate"):
-        try:
-            threshold = float(threshold)
-        except ValueError:
-            raise SolaError(f"--threshold {threshold!r}: give a number or 'calibrate'") from None
-    spec = BenchSpec(method=args.method, dataset=args.dataset, edits=args.edits, data=args.data, model=args.model,
-                     key=args.key, layers=args.layers.split(",") if args.layers else None, threshold=threshold,
-                     checkpoints=[int(c) for c in args.checkpoints.split(",") if c] if args.checkpoints else [],
-                     seed=args.seed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                     reuse_adapters=args.reuse_adapters, locality=not args.no_locality,
-                     full_locality=args.full_locality,
-                     config=_json_object(args.config, "--config"))
-    results = run(spec, args.out, progress=not args.json)
-    if args.json:
-        print(json.dumps({k: results[k] for k in ("metrics", "subsets", "cost", "timings")}, indent=2, default=str))
-    else:
-        print((Path(args.out) / "results.md").read_text())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,36 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
                                "and cuts a torn last line; the rest then opens. Exit code 1 if damage remains.")
     fsck.add_argument("--repair", action="store_true", help="quarantine what cannot be read and open the rest")
     fsck.set_defaults(run=_fsck)
-    bench = commands.add_parser("bench", help="sequential editing benchmark: T edits, then every metric",
-                                description="Run T edits one after another and evaluate them (teacher-forced and "
-                                "generated, ES/ERR/TRR, three kinds of locality, routing, cost); or compare runs.")
-    bench.add_argument("--method", default="sola",
-                       help="sola, or a method in the same harness: elder, grace, melo, lora-ft")
-    bench.add_argument("--dataset", default="zsre", help="zsre, counterfact, hallucination, wikibio, scotus")
-    bench.add_argument("--edits", type=int, default=1000, help="T, the number of sequential edits (default 1000)")
-    bench.add_argument("--out", help="directory for results.json, results.md and plots (re-run to resume)")
-    bench.add_argument("--data", help="data directory (like shared/data) or a file of the dataset's format")
-    bench.add_argument("--model", help="local model directory (default: the embedded SmolLM2-135M-Instruct)")
-    bench.add_argument("--key", choices=["encoder", "subject", "mean_pool", "last_token"], help="key strategy")
-    bench.add_argument("--layers", help="comma-separated module names to edit")
-    bench.add_argument("--threshold", help="routing threshold: a number, or 'calibrate' (1 %% of held-out NQ "
-                       "questions fall within it of the edit prompts)")
-    bench.add_argument("--checkpoints", default="10,100", help="also evaluate after these many edits (default 10,100)")
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
-    bench.add_argument("--max-new-tokens", type=int, default=16, help="length cap of generated answers")
-    bench.add_argument("--no-locality", action="store_true",
-                       help="skip the locality probes (Rel/Gen and routing only; the report says Loc was not measured)")
-    bench.add_argument("--full-locality", action="store_true",
-                       help="run every locality probe through the edited model, also those no edit is routed to (by "
-                       "default SoLA reads those from the base run: an unrouted input computes the base model exactly)")
-    bench.add_argument("--reuse-adapters", help="a finished run over the same records whose LoRAs to import instead "
-                       "of training again (only the key strategy and threshold may differ)")
-    bench.add_argument("--config", help="further EditConfig fields as JSON, e.g. '{\"rank\": 8}'")
-    bench.add_argument("--compare", nargs="+", metavar="DIR", help="print one table over these finished runs")
-    bench.add_argument("--subset", default="all", help="with --compare: all, conflict_free or latest_wins")
-    bench.add_argument("--json", action="store_true", help="print the summary as JSON")
-    bench.set_defaults(run=_bench)
+    export = commands.add_parser("export", parents=[common, readers], help="write edit ID (or --all) as PEFT LoRA "
+                                 "adapters, for serving engines", description="Write a live edit as a standard PEFT "
+                                 "LoRA adapter directory (adapter_config.json + adapter_model.safetensors). With "
+                                 "--all: every answering edit under OUT/adapters/ID/ and the routing table "
+                                 "(router.json, router.safetensors). See docs/deployment.md.")
+    export.add_argument("id", nargs="?", help="the edit to export")
+    export.add_argument("--all", action="store_true", help="every answering live edit, and the routing table")
+    export.add_argument("--out", required=True, help="the adapter directory (new or empty)")
+    export.set_defaults(run=_export)
+    route = commands.add_parser("route", parents=[common, readers], help="the adapter (edit) each PROMPT is routed "
+                                "to, or none: what to put in front of a multi-LoRA engine")
+    route.add_argument("prompts", nargs="*", metavar="PROMPT")
+    route.add_argument("--file", help="prompts one per line (- for standard input), after any given as arguments")
+    route.set_defaults(run=_route)
+    add_bench_parser(commands)
     return parser
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from . import batching, replay
+from . import adapters, batching, replay
 from .architectures import default_layers, default_rank, task_of
 from .base_editor import BaseEditor, stored_model
 from .config import EditConfig, config_for_store
@@ -120,7 +120,8 @@ class Editor(BaseEditor):
                         store: str | os.PathLike | None = None, create: bool = True,
                         resident_edits: int | None = DEFAULT_RESIDENT_EDITS, skip_damaged: bool = False,
                         lock_wait: float = DEFAULT_WAIT,
-                        refresh_every: float | None = DEFAULT_REFRESH_EVERY) -> "Editor":
+                        refresh_every: float | None = DEFAULT_REFRESH_EVERY, device=None, dtype=None,
+                        device_map=None) -> "Editor":
         """Load a base model (None: the embedded SmolLM2-135M-Instruct; else a local Hugging Face directory or a hub id
         in the local cache) and, if `store` is given, open that store or (with `create`) create it.
 
@@ -130,7 +131,11 @@ class Editor(BaseEditor):
         same time: changes wait up to `lock_wait` seconds for another writer, and the editor reads what others
         committed before each change and, before answering, at most every `refresh_every` seconds (None: only
         when `refresh()` is called). A damaged store is an error naming the damage and the fix; `skip_damaged=True`
-        opens the rest read-only."""
+        opens the rest read-only.
+
+        Large models: `dtype` ("bfloat16", ...; default float32), `device` ("cuda", ...) and `device_map` ("auto":
+        sharded with accelerate) are passed to transformers; LoRA factors and keys stay float32 (stored as
+        `factor_dtype`), and a store holds no device, so one made on a GPU opens on a CPU in the same dtype."""
         existing = store is not None and Store.exists(store)
         if store is not None and not existing and not create:
             raise StoreError(f"there is no store at {store}; make one by editing into it (`sola edit --store {store} "
@@ -138,7 +143,9 @@ class Editor(BaseEditor):
         opened = Store.open(store, skip_damaged=skip_damaged, lock_wait=lock_wait) if existing else None
         if opened is not None:
             config = config_for_store(opened.manifest["config"], config, store)
-        name, network, tokenizer = load_model(model)
+        name, network, tokenizer = load_model(model, dtype=dtype, device_map=device_map)
+        if device is not None:
+            network.to(device)
         editor = cls(network, tokenizer, config, source=name, resident_edits=resident_edits,
                      refresh_every=refresh_every)
         if opened is None and store is not None:
@@ -246,6 +253,10 @@ class Editor(BaseEditor):
         found = self.nearest(prompt)
         return found if found is not None and found.distance < self.config.resolved_threshold() else None
 
+    def route_many(self, prompts: Iterable[str]) -> list[Route | None]:
+        """`route` for each prompt: in front of a multi-LoRA engine, the adapter (edit id) to request, or None."""
+        return [self.route(prompt) for prompt in prompts]
+
     def nearest(self, prompt: str) -> Route | None:
         """The nearest live edit and its distance, whether or not it is under the threshold (None without edits)."""
         self._before_asking()
@@ -323,6 +334,17 @@ class Editor(BaseEditor):
         inputs are routed, so importing edits in order into an editor with another key strategy gives exactly the
         editor that editing from scratch would give (this is how `sola bench --reuse-adapters` compares keys)."""
         return batching.import_edit(self, edit, tensors)
+
+    def export_peft(self, edit_id: str, directory: str | os.PathLike) -> Path:
+        """Write a live edit's LoRA as a standard PEFT adapter directory (`peft.PeftModel.from_pretrained(base,
+        directory)` then computes what this editor computes for inputs routed to it; see sola.adapters)."""
+        return adapters.export_adapter(self, edit_id, directory)
+
+    def import_peft(self, directory: str | os.PathLike, prompts: str | list[str], target: str, *,
+                    subject: str | None = None) -> Edit:
+        """Make a PEFT LoRA adapter (same layers and rank) the edit of `prompts` -> `target`: its keys are computed
+        here from the prompts, so it is routed, superseded and rolled back like an edit trained here."""
+        return adapters.import_adapter(self, directory, prompts, target, subject)
 
     def rollback(self, edit_id: str) -> Edit:
         """Remove an edit: its keys leave the routing table and its slot is freed. Afterwards every input computes what

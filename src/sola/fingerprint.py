@@ -25,7 +25,7 @@ def weights_hash(modules: list[nn.Module]) -> str:
     for module in modules:
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(name.encode())
-            digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .architectures import CAUSAL, CLASSIFICATION, SEQ2SEQ, task_of
-from .errors import ModelNotFoundError
+from .errors import ConfigError, ModelNotFoundError
 
 EMBEDDED = "SmolLM2-135M-Instruct"
 EMBEDDED_SOURCE = "embedded:SmolLM2-135M-Instruct"
@@ -76,8 +76,9 @@ def resolve_source(model: str | os.PathLike | None) -> tuple[str, Path | str]:
     return str(model), str(model)
 
 
-def load_model(model: str | os.PathLike | None):
-    """-> (name, model in eval mode with frozen weights, tokenizer)"""
+def load_model(model: str | os.PathLike | None, *, dtype: torch.dtype | str | None = None, device_map=None):
+    """-> (name, model in eval mode with frozen weights, tokenizer). `dtype` (default float32) and `device_map` (e.g.
+    "auto": sharded over the GPUs with accelerate) are passed to transformers' `from_pretrained`."""
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                               AutoModelForSequenceClassification, AutoTokenizer)
 
@@ -87,7 +88,10 @@ def load_model(model: str | os.PathLike | None):
         config = AutoConfig.from_pretrained(where, local_files_only=local_only)
         loader = {CAUSAL: AutoModelForCausalLM, SEQ2SEQ: AutoModelForSeq2SeqLM,
                   CLASSIFICATION: AutoModelForSequenceClassification}[task_of(config.model_type)]
-        network = loader.from_pretrained(where, dtype=torch.float32, local_files_only=local_only)
+        if isinstance(dtype, str):
+            dtype = _dtype(dtype)
+        extra = {"device_map": device_map} if device_map is not None else {}
+        network = loader.from_pretrained(where, dtype=dtype or torch.float32, local_files_only=local_only, **extra)
         tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
     except OSError as err:
         if not local_only:
@@ -98,3 +102,10 @@ def load_model(model: str | os.PathLike | None):
         ) from None
     network.eval().requires_grad_(False)
     return name, network, tokenizer
+
+
+def _dtype(name: str) -> torch.dtype:
+    found = getattr(torch, name, None)
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise ConfigError(f"dtype={name!r} is not a floating-point torch dtype; use float32, bfloat16 or float16")
+    return found

@@ -72,6 +72,15 @@ class Task:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.max_length = _context_length(model, tokenizer)
 
+    def _placed(self, batch: Batch) -> Batch:
+        """The batch on the model's device (a model on a GPU, or its first shard with a device_map)."""
+        device = getattr(self.model, "device", None)
+        if device is None or device.type == "cpu":
+            return batch
+        inputs = {k: v.to(device) for k, v in batch.inputs.items()}
+        labels = batch.labels.to(device) if batch.labels is not None else None
+        return Batch(inputs, batch.mask.to(device), labels)
+
     def encode_target(self, prompt: str, target: str) -> list[int]:
         raise NotImplementedError
 
@@ -175,14 +184,14 @@ class CausalTask(Task):
         mask = _pad([[int(c) for c in p.content] for p in prompts], 0).bool()
         mask = F.pad(mask, (0, input_ids.shape[1] - mask.shape[1]))
         labels = _pad([[-100] * len(p.ids) + t for p, t in zip(prompts, targets)], -100)
-        return Batch({"input_ids": input_ids, "attention_mask": attention}, mask, labels)
+        return self._placed(Batch({"input_ids": input_ids, "attention_mask": attention}, mask, labels))
 
     def generation_batch(self, prompts):
         width = max(len(p.ids) for p in prompts)
         input_ids = torch.tensor([[self.pad_id] * (width - len(p.ids)) + p.ids for p in prompts])
         attention = torch.tensor([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in prompts])
         mask = torch.tensor([[False] * (width - len(p.ids)) + list(p.content) for p in prompts])
-        return Batch({"input_ids": input_ids, "attention_mask": attention}, mask, None)
+        return self._placed(Batch({"input_ids": input_ids, "attention_mask": attention}, mask, None))
 
     @torch.no_grad()
     def answer_batch(self, batch, max_new_tokens, stop_at_newline):
@@ -225,7 +234,7 @@ class Seq2SeqTask(Task):
         inputs = {"input_ids": input_ids, "attention_mask": attention}
         if labels is not None:
             inputs["labels"] = labels
-        return Batch(inputs, mask, labels)
+        return self._placed(Batch(inputs, mask, labels))
 
     def target_logits(self, batch, logits):
         return [row_logits[row_labels != -100] for row_logits, row_labels in zip(logits, batch.labels)]
@@ -266,7 +275,7 @@ class ClassificationTask(Task):
         attention = _pad([[1] * len(p.ids) for p in prompts], 0)
         mask = _pad([[int(c) for c in p.content] for p in prompts], 0).bool()
         labels = torch.tensor([t[0] for t in targets]) if targets else None
-        return Batch({"input_ids": input_ids, "attention_mask": attention}, mask, labels)
+        return self._placed(Batch({"input_ids": input_ids, "attention_mask": attention}, mask, labels))
 
     def target_logits(self, batch, logits):
         return [row.unsqueeze(0) for row in logits]

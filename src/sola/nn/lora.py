@@ -27,9 +27,10 @@ class RoutedLoraLayer(WrappedLinear):
         in_features, out_features = self.in_features, self.out_features
         self.rank, self.scaling = rank, scaling
         self.decision = decision
-        weight = base_layer.weight
-        self.register_buffer("lora_A", weight.new_zeros(0, rank, in_features), persistent=False)
-        self.register_buffer("lora_B", weight.new_zeros(0, out_features, rank), persistent=False)
+        weight = base_layer.weight  # the factors sit on its device, in float32 whatever the model's dtype (a
+        # bfloat16 model's LoRA delta is computed in float32 and added in bfloat16)
+        self.register_buffer("lora_A", weight.new_zeros(0, rank, in_features, dtype=torch.float32), persistent=False)
+        self.register_buffer("lora_B", weight.new_zeros(0, out_features, rank, dtype=torch.float32), persistent=False)
         self.train_A: nn.Parameter | None = None
         self.train_B: nn.Parameter | None = None
         # The precision edits' factors are kept in (None: the slots' own). Trained factors are rounded to it in the
@@ -98,7 +99,8 @@ class RoutedLoraLayer(WrappedLinear):
         rows = (slots >= 0).nonzero().squeeze(1)
         if rows.numel() == 0:
             return out
-        index = slots[rows]
+        index = slots[rows].to(x.device)
+        rows = rows.to(x.device)
         if self.decision.training:
             A, B = self._kept(self.train_A[index]), self._kept(self.train_B[index])
         else:

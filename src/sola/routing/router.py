@@ -130,7 +130,8 @@ class Router:
 
     def route_hidden(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Keys read inside the model: hidden states (B, T, d) at the key module -> answering slots (B,), -1: base."""
-        return self.answering(self.table.route(self.keys.pool(hidden, mask), self.config.resolved_threshold()))
+        queries = self.keys.pool(hidden, mask).float().cpu()  # the key table lives on the CPU
+        return self.answering(self.table.route(queries, self.config.resolved_threshold()))
 
     def nearest(self, prompt: EncodedPrompt) -> tuple[float, int] | None:
         """(distance, answering slot) of the prompt's nearest edit, under the threshold or not; None if none."""
