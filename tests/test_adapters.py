@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import peft  # a dev dependency: the round trips are checked with the real library
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -14,8 +15,6 @@ from sola import Editor, InvalidEditError
 from sola.loading import load_model
 
 from conftest import UNRELATED
-
-peft = pytest.importorskip("peft")
 
 FACT = ("Who founded Acme?", "Jane Roe")
 OTHER = ("Which river flows through Cairo?", "the Danube")
