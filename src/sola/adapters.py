@@ -76,7 +76,8 @@ def export_adapter(editor, edit_id: str, directory: str | Path, tensors: dict[st
     directory.mkdir(parents=True, exist_ok=True)
     edit = editor.ledger.get(edit_id)
     atomic_write(directory / WEIGHTS, lambda t: save_file(weights, str(t), metadata={
-        "format": "pt", "sola_edit": edit.id, "prompts": json.dumps(list(edit.prompts)), "target": edit.target}))
+        "format": "pt", "sola_edit": edit.id, "prompts": json.dumps(list(edit.prompts)), "target": edit.target,
+        "prompt_format": editor.format.kind}))
     atomic_write(directory / CONFIG, lambda t: t.write_text(json.dumps(adapter_config(editor), indent=2) + "\n"))
     return directory
 
@@ -107,6 +108,7 @@ def export_all(editor, directory: str | Path) -> dict[str, Any]:
         "distance": config.resolved_distance(), "threshold": config.resolved_threshold(),
         "unnamed_threshold": config.resolved_unnamed_threshold() if config.key == "subject" else None,
         "adapters": names, "base_model_name_or_path": _base_model_path(editor), "rank": config.rank,
+        "prompt_format": editor.format.kind,
         "edits": [{"id": e.id, "adapter": editor.ledger.answering(e.id), "prompts": list(e.prompts),
                    "target": e.target, "subject": e.subject} for e in live],
         "note": "route with `sola route` or Editor.route_many (key='subject' also needs the subject index, which "
