@@ -36,7 +36,7 @@ class BaseEditor(Asking):
     @classmethod
     def bench_label(cls, config: dict[str, Any], threshold) -> str:
         """How a bench run of this method (its config and threshold, as results.json holds them) is named in result
-        tables (`sola.eval.study`)."""
+        tables (`sola.eval.study`; SoLA's runs are named by `sola.methods.SolaMethod`)."""
         return cls.method
 
     @classmethod

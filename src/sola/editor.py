@@ -105,15 +105,6 @@ class Editor(BaseEditor):
         """The routing table (one row per stored prompt)."""
         return self.router.table
 
-    @classmethod
-    def bench_label(cls, config: dict[str, Any], threshold) -> str:
-        update = ", updates supersede" if config.get("supersede") == "auto" else ""
-        return f"sola {config['key']} (thr {threshold:.3f}{update})"
-
-    @classmethod
-    def bench_name_parts(cls, config: dict[str, Any]) -> list[str]:
-        return [config["key"], *(["supersede"] if config.get("supersede") == "auto" else [])]
-
     # -- construction ------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike | None = None, *, config: EditConfig | None = None,

@@ -22,17 +22,17 @@ PLOTS = ("metrics_vs_edits.png", "distances.png")
 
 def label(results: dict) -> str:
     """How a run is named in the tables: the method, its key strategy or radius, and its threshold."""
-    from ..methods.registry import editor_class
+    from ..methods.registry import bench_naming
 
-    return editor_class(results["method"]).bench_label(results["config"], results["threshold"]["value"])
+    return bench_naming(results["method"]).bench_label(results["config"], results["threshold"]["value"])
 
 
 def archive(results: dict, directory: Path) -> Path:
     """Write the run's summary (no per-edit rows) as DIR/<dataset>-<method>[-<key>][-supersede][-thr<X>]-<T>.json."""
     config = results["config"]
-    from ..methods.registry import editor_class
+    from ..methods.registry import bench_naming
 
-    parts = [results["dataset"], results["method"], *editor_class(results["method"]).bench_name_parts(config)]
+    parts = [results["dataset"], results["method"], *bench_naming(results["method"]).bench_name_parts(config)]
     given = results.get("spec", {}).get("threshold")
     if isinstance(given, (int, float)):  # a threshold chosen by hand: its own file
         parts.append(f"thr{given:g}")

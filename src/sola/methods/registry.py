@@ -18,12 +18,13 @@ BASELINES: dict[str, type[SnapshotEditor]] = {"elder": ElderEditor, "grace": Gra
 METHODS = ("sola", *BASELINES)
 
 
-def editor_class(method: str):
-    """The editor class of a registered method (what `sola bench --method` and results.json name)."""
+def bench_naming(method: str):
+    """What names a registered method's bench runs (`bench_label`, `bench_name_parts`): SoLA's bench adapter, or the
+    baseline's editor class."""
     if method == "sola":
-        from ..editor import Editor
+        from .sola import SolaMethod
 
-        return Editor
+        return SolaMethod
     if method not in BASELINES:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     return BASELINES[method]

@@ -19,6 +19,16 @@ class SolaMethod(EditorMethod):
 
     name = "sola"
 
+    @classmethod
+    def bench_label(cls, config: dict[str, Any], threshold) -> str:
+        """How a run is named in result tables: its key strategy and threshold (`sola.eval.study`)."""
+        update = ", updates supersede" if config.get("supersede") == "auto" else ""
+        return f"sola {config['key']} (thr {threshold:.3f}{update})"
+
+    @classmethod
+    def bench_name_parts(cls, config: dict[str, Any]) -> list[str]:
+        return [config["key"], *(["supersede"] if config.get("supersede") == "auto" else [])]
+
     def __init__(self, editor: Editor, reuse: Store | None = None) -> None:
         self.editor = editor
         self._reuse = None
