@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/scale.json")
     args = parser.parse_args()
 
-    from sola import EditConfig, Editor
+    from sola import EditConfig, Editor, batching
     from sola.data import load_dataset
     from sola.edit import Edit
     from sola.routing import KeyTable
@@ -59,13 +59,13 @@ def main() -> None:
     config = EditConfig(prompt_format="raw")
     questions = [r.prompt for r in load_dataset("nq", args.data).records[:8]]
     probe = Editor.from_pretrained(args.model, config=config)
-    dim = probe.keys.encode(["probe"]).shape[1]
+    dim = probe.router.keys.encode(["probe"]).shape[1]
     result = {"synthetic": True, "note": __doc__.splitlines()[2].strip(),
               "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
               "model": probe.source, "key_dim": dim, "lookup": {}, "stores": {}}
 
     # route lookup: one query against N keys, exact (one matrix product), median of 200
-    query = probe.keys.encode(questions[:1])
+    query = probe.router.keys.encode(questions[:1])
     for n in [int(x) for x in args.lookup_sizes.split(",") if x]:
         table = KeyTable(dim, "cosine")
         table.add(torch.randn(n, dim, generator=torch.Generator().manual_seed(n)), slot=0)
@@ -121,7 +121,7 @@ def main() -> None:
             started = time.perf_counter()
             for i in range(n):
                 record = Edit(id=f"e{i + 1}", prompts=(f"synthetic edit {i}",), target="x")
-                editor._commit(record, *_split(synthetic_tensors(editor, generator, dim)))
+                batching.commit(editor, record, *_split(synthetic_tensors(editor, generator, dim)))
             write_s = time.perf_counter() - started
             store_bytes = sum(p.stat().st_size for p in (root / "store").rglob("*") if p.is_file())
             bare, edited = (None, None) if args.no_generation else interleaved(None, editor)

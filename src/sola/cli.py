@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import SolaError
 from .cli_bench import add_bench_parser
+from .cli_serve import add_serve_parser
 from .locking import DEFAULT_WAIT  # stdlib only: `sola list` still starts without torch
 
 
@@ -364,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("prompts", nargs="*", metavar="PROMPT")
     route.add_argument("--file", help="prompts one per line (- for standard input), after any given as arguments")
     route.set_defaults(run=_route)
+    add_serve_parser(commands, common)
     add_bench_parser(commands)
     return parser
 

@@ -1,0 +1,27 @@
+"""`sola serve` on the command line (the service is `sola.serve`)."""
+
+from __future__ import annotations
+
+
+def _serve(args) -> None:
+    from .cli import _store_path
+    from .serve import serve
+
+    serve(_store_path(args), args.model, host=args.host, port=args.port, token_file=args.token_file,
+          read_token=args.read_token, single_model=args.single_model)
+
+
+def add_serve_parser(commands, common) -> None:
+    serve = commands.add_parser("serve", parents=[common], help="edit, ask and undo over HTTP and in a browser",
+                                description="Serve the store: a JSON API (/v1/edits, /v1/ask, OpenAI-compatible "
+                                "/v1/completions and /v1/chat/completions, /metrics, /docs) and a web page at /. "
+                                "Writes need the bearer token in --token-file. See docs/serving.md.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; another address "
+                       "needs --token-file)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--token-file", help="the bearer token for writes; created (mode 0600, a random token) if "
+                       "missing (default: $SOLA_HOME/serve.token)")
+    serve.add_argument("--read-token", action="store_true", help="require the token for reads too")
+    serve.add_argument("--single-model", action="store_true", help="one copy of the model (half the memory); asks "
+                       "then wait while an edit trains")
+    serve.set_defaults(run=_serve)

@@ -1,0 +1,290 @@
+"""The HTTP API of `sola serve` (FastAPI): edits, asks, rollbacks, jobs and their events, OpenAI-compatible completions,
+health and Prometheus metrics, and the web page at `/`. Every error is JSON {"error", "message"}."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..errors import (ConfigError, InvalidEditError, NotConvergedError, ReadOnlyStoreError, SolaError,
+                      StoreBusyError, UnknownEditError)
+from .metrics import Metrics
+from .service import EditService
+
+STATIC = Path(__file__).parent / "static"
+MAX_BODY = 1 << 20  # bytes of a request body
+MAX_NEW_TOKENS = 256
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        self.status, self.error, self.message = status, error, message
+
+
+def _status(error: SolaError) -> int:
+    if isinstance(error, UnknownEditError):
+        return 404
+    if isinstance(error, NotConvergedError):
+        return 422
+    if isinstance(error, StoreBusyError):
+        return 503
+    if isinstance(error, ReadOnlyStoreError):
+        return 409
+    if type(error).__name__ == "RollbackNotSupportedError":
+        return 409
+    if isinstance(error, (InvalidEditError, ConfigError)) or type(error) is SolaError:
+        return 400
+    return 500  # the store is damaged or unwritable: not the request's fault
+
+
+def create_app(service: EditService, *, token: str, read_token: bool = False, model_name: str = "sola") -> FastAPI:
+    """The app over `service`. Writes need `Authorization: Bearer <token>`; with `read_token`, reads too."""
+    app = FastAPI(title="sola serve", version="1", description="Reversible lifelong model editing over HTTP: edit a "
+                  "fact, ask, see which edit answered, undo it.")
+    metrics = Metrics(service)
+    app.state.service, app.state.metrics = service, metrics
+
+    def authorised(request: Request) -> bool:
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    def write_access(request: Request) -> None:
+        if not authorised(request):
+            raise HTTPError(401, "Unauthorized", "this request changes the store: send the server's token as "
+                            "'Authorization: Bearer TOKEN' (it is in the --token-file the server printed at start)")
+
+    def read_access(request: Request) -> None:
+        if read_token and not authorised(request):
+            raise HTTPError(401, "Unauthorized", "this server protects reads too (--read-token): send "
+                            "'Authorization: Bearer TOKEN'")
+
+    @app.exception_handler(HTTPError)
+    async def _http_error(request: Request, error: HTTPError):
+        return JSONResponse({"error": error.error, "message": error.message}, status_code=error.status)
+
+    @app.exception_handler(SolaError)
+    async def _sola_error(request: Request, error: SolaError):
+        return JSONResponse({"error": type(error).__name__, "message": str(error)}, status_code=_status(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError):
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in error.errors()]
+        return JSONResponse({"error": "InvalidRequest", "message": "; ".join(parts)}, status_code=400)
+
+    @app.middleware("http")
+    async def _limits_and_timing(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return JSONResponse({"error": "PayloadTooLarge", "message": f"a request body may hold at most {MAX_BODY} "
+                                 "bytes; send fewer edits per call"}, status_code=413)
+        started = time.perf_counter()
+        response = await call_next(request)
+        metrics.request(request.url.path, response.status_code, time.perf_counter() - started)
+        return response
+
+    async def body(request: Request) -> Any:
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise HTTPError(413, "PayloadTooLarge", f"a request body may hold at most {MAX_BODY} bytes")
+        try:
+            return json.loads(raw or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise HTTPError(400, "InvalidJSON", f"the body is not JSON ({err})") from None
+
+    # -- edits -------------------------------------------------------------------------------------------------------
+    @app.post("/v1/edits", dependencies=[Depends(write_access)])
+    async def post_edits(request: Request):
+        """One edit request {"prompt", "target", "subject"?, "supersedes"?, "new_fact"?} or a list of them. Waits for
+        the commit and returns the edits; with "async": true (or ?async=1) returns the job at once."""
+        data = await body(request)
+        run_async = request.query_params.get("async") in ("1", "true")
+        if isinstance(data, dict) and "async" in data:
+            data = dict(data)
+            run_async = bool(data.pop("async"))
+        requests = data if isinstance(data, list) else [data]
+        job = service.submit_edits(requests)  # checked here: a bad request is refused before anything is queued
+        if run_async:
+            return JSONResponse(_job(job), status_code=202)
+        from starlette.concurrency import run_in_threadpool
+
+        edits = await run_in_threadpool(service.wait, job)
+        return {"edits": [e.to_dict() for e in edits], "job": job.id}
+
+    @app.get("/v1/edits", dependencies=[Depends(read_access)])
+    def list_edits(history: bool = False, rolled_back: bool = Query(False, alias="all")):
+        with service.reading() as editor:
+            edits = editor.edits(include_rolled_back=rolled_back)
+            out: dict[str, Any] = {"edits": [e.to_dict() for e in edits]}
+            if history:
+                out["chains"] = [[e.to_dict() for e in editor.chain(e.id)] for e in editor.edits() if e.answering]
+        return out
+
+    @app.get("/v1/edits/{edit_id}", dependencies=[Depends(read_access)])
+    def get_edit(edit_id: str):
+        with service.reading() as editor:
+            return {**editor.get(edit_id).to_dict(), "chain": [e.id for e in editor.chain(edit_id)]}
+
+    @app.delete("/v1/edits/{edit_id}", dependencies=[Depends(write_access)])
+    def delete_edit(edit_id: str):
+        """Roll the edit back exactly (waits for it)."""
+        job = service.submit_rollback(edit_id)
+        return {"rolled_back": service.wait(job).to_dict(), "job": job.id}
+
+    @app.get("/v1/jobs/{job_id}", dependencies=[Depends(read_access)])
+    def get_job(job_id: str):
+        return _job(_find_job(job_id))
+
+    @app.get("/v1/jobs/{job_id}/events", dependencies=[Depends(read_access)])
+    def job_events(job_id: str):
+        """Server-sent events: queued, started, progress (step, loss), result (batches), committed or failed."""
+        job = _find_job(job_id)
+
+        def stream():
+            for event in job.follow():
+                if event is None:
+                    yield ": keep-alive\n\n"
+                else:
+                    yield f"event: {event['event']}\ndata: {json.dumps(event, default=str)}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    def _find_job(job_id: str):
+        job = service.job(job_id)
+        if job is None:
+            raise HTTPError(404, "UnknownJob", f"there is no job {job_id!r}; jobs live as long as the server")
+        return job
+
+    # -- asking ------------------------------------------------------------------------------------------------------
+    @app.post("/v1/ask", dependencies=[Depends(read_access)])
+    async def ask(request: Request):
+        """{"prompt", "max_new_tokens"?} -> the edited answer, the base model's answer, and the route."""
+        data = await body(request)
+        if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+            raise HTTPError(400, "InvalidRequest", 'give {"prompt": "...", "max_new_tokens": 32}')
+        tokens = _tokens(data.get("max_new_tokens", 32), "max_new_tokens")
+        from starlette.concurrency import run_in_threadpool
+
+        answer = await run_in_threadpool(service.ask, data["prompt"], tokens)
+        metrics.asked(answer["route"] is not None)
+        return answer
+
+    @app.post("/v1/completions", dependencies=[Depends(read_access)])
+    async def completions(request: Request):
+        """OpenAI-compatible (greedy: temperature and top_p are ignored); the route is in `sola`."""
+        data = await body(request)
+        if not isinstance(data, dict) or "prompt" not in data:
+            raise HTTPError(400, "InvalidRequest", 'give {"prompt": "...", "max_tokens": 16}')
+        _no_stream(data)
+        prompts = data["prompt"] if isinstance(data["prompt"], list) else [data["prompt"]]
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise HTTPError(400, "InvalidRequest", "prompt must be a string or a list of strings")
+        tokens = _tokens(data.get("max_tokens", 16), "max_tokens")
+        from starlette.concurrency import run_in_threadpool
+
+        answers = [await run_in_threadpool(service.ask, p, tokens, with_base=False) for p in prompts]
+        for a in answers:
+            metrics.asked(a["route"] is not None)
+        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+                "model": data.get("model") or model_name,
+                "choices": [{"index": i, "text": a["answer"], "finish_reason": "stop", "logprobs": None}
+                            for i, a in enumerate(answers)],
+                "usage": _usage(service, prompts, [a["answer"] for a in answers]),
+                "sola": [{"route": a["route"]} for a in answers]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(read_access)])
+    async def chat_completions(request: Request):
+        """OpenAI-compatible: the last user message is the prompt (an edit is a fact about one question; earlier
+        turns are not used). Greedy; the route is in `sola`."""
+        data = await body(request)
+        messages = data.get("messages") if isinstance(data, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise HTTPError(400, "InvalidRequest", 'give {"messages": [{"role": "user", "content": "..."}]}')
+        _no_stream(data)
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        if not users:
+            raise HTTPError(400, "InvalidRequest", "messages has no user message to answer")
+        prompt = _text(users[-1].get("content"))
+        tokens = _tokens(data.get("max_tokens", data.get("max_completion_tokens", 32)), "max_tokens")
+        from starlette.concurrency import run_in_threadpool
+
+        answer = await run_in_threadpool(service.ask, prompt, tokens, with_base=False)
+        metrics.asked(answer["route"] is not None)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+                "model": data.get("model") or model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer["answer"]},
+                             "finish_reason": "stop", "logprobs": None}],
+                "usage": _usage(service, [prompt], [answer["answer"]]), "sola": {"route": answer["route"]}}
+
+    @app.get("/v1/models", dependencies=[Depends(read_access)])
+    def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "sola"}]}
+
+    # -- operations --------------------------------------------------------------------------------------------------
+    @app.get("/healthz")
+    def healthz():
+        with service.reading() as editor:
+            return {"status": "ok", "edits": len(editor.slots), "store": str(editor.store.path)}
+
+    @app.get("/metrics", dependencies=[Depends(read_access)])
+    def prometheus():
+        return PlainTextResponse(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/v1/info", dependencies=[Depends(read_access)])
+    def info():
+        with service.reading() as editor:
+            return editor.info()
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _job(job) -> dict[str, Any]:
+    state = "failed" if job.error is not None else "done" if job.done else "running"
+    return {"job": job.id, "kind": job.kind, "state": state, "events": f"/v1/jobs/{job.id}/events",
+            "result": [e.to_dict() for e in job.result] if isinstance(job.result, list) else
+            job.result.to_dict() if job.result is not None else None,
+            "error": {"error": type(job.error).__name__, "message": str(job.error)} if job.error else None}
+
+
+def _tokens(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_NEW_TOKENS:
+        raise HTTPError(400, "InvalidRequest", f"{name} must be an integer from 1 to {MAX_NEW_TOKENS}")
+    return value
+
+
+def _no_stream(data: dict) -> None:
+    if data.get("stream"):
+        raise HTTPError(400, "StreamingNotSupported", "stream=true is not supported; ask without streaming (answers "
+                        "are short facts)")
+
+
+def _text(content: Any) -> str:
+    """A chat message's text: a string, or OpenAI's list of parts ({"type": "text", "text": ...})."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if texts and all(isinstance(t, str) for t in texts):
+            return "\n".join(texts)
+    raise HTTPError(400, "InvalidRequest", "a message's content must be text")
+
+
+def _usage(service: EditService, prompts: list[str], answers: list[str]) -> dict[str, int]:
+    tokenizer = service.reader.tokenizer
+    prompt_tokens = sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    completion_tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}

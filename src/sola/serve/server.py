@@ -1,0 +1,78 @@
+"""Starting `sola serve`: the editors on the store, the token, the checks before binding, uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import socket
+from pathlib import Path
+
+from ..errors import ConfigError
+from .service import EditService
+
+
+def read_or_create_token(path: str | os.PathLike) -> tuple[str, bool]:
+    """The bearer token in `path`, or a new random one written there with mode 0600; -> (token, created)."""
+    path = Path(path)
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"the token file {path} can be read by other users; run `chmod 600 {path}`")
+        token = path.read_text().strip()
+        if len(token) < 16:
+            raise ConfigError(f"the token in {path} is shorter than 16 characters; delete the file to get a new one")
+        return token, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token, True
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+        except (socket.gaierror, ValueError):
+            return False
+
+
+def open_service(store: str | os.PathLike, model: str | None = None, *, single_model: bool = False,
+                 config=None, lock_wait: float | None = None) -> EditService:
+    """A reader and (unless `single_model`) a writer editor on the store, created if it does not exist."""
+    from ..editor import Editor
+    from ..locking import DEFAULT_WAIT
+
+    wait = DEFAULT_WAIT if lock_wait is None else lock_wait
+    writer = Editor.from_pretrained(model, store=store, config=config, lock_wait=wait)
+    if single_model:
+        return EditService(writer)
+    reader = Editor.from_pretrained(model, store=store, create=False, lock_wait=wait)
+    return EditService(reader, writer)
+
+
+def serve(store: str | os.PathLike, model: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
+          token_file: str | os.PathLike | None = None, read_token: bool = False, single_model: bool = False,
+          log=print) -> None:
+    from ..loading import sola_home
+
+    if not is_loopback(host) and token_file is None:
+        raise ConfigError(f"--host {host} is reachable from other machines: give --token-file FILE (it is created "
+                          "with a random token if missing), or bind 127.0.0.1")
+    token_path = Path(token_file) if token_file else sola_home() / "serve.token"
+    token, created = read_or_create_token(token_path)
+    log(f"token file: {token_path} ({'created' if created else 'existing'}; writes need 'Authorization: Bearer' "
+        f"and its content{', reads too' if read_token else ''})")
+    service = open_service(store, model, single_model=single_model)
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(service, token=token, read_token=read_token, model_name=service.reader.source)
+    log(f"serving {store} on http://{host}:{port}/ (API docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="info")

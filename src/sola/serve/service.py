@@ -1,0 +1,188 @@
+"""The editing service behind `sola serve`: one writer, many askers, one store.
+
+Two editors share the store. The writer (one worker thread) makes every edit and rollback, one at a time, in the order
+they were submitted. The reader answers: asks hold `_asking`, so an ask runs alone on the reader (an editor computes
+one routing decision at a time), and the reader takes in the writer's commits (`Editor.refresh`) only while no ask is
+running. So an ask sees the store as it was before an edit or after it, never between, and asks go on while an edit
+trains. Another process editing the same store is picked up the same way (the reader refreshes before answering).
+
+The price is a second copy of the model in memory; `single_model=True` uses one editor for both, and asks then wait
+while an edit trains.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from ..edit import Edit
+from ..errors import SolaError, at_request
+from ..requests import parse_request
+
+MAX_BATCH = 64  # edit requests in one call
+
+
+@dataclass
+class Job:
+    """A submitted change: its events (queued, progress, committed / failed), kept for the job's life."""
+
+    id: str
+    kind: str  # "edit" or "rollback"
+    events: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+    result: Any = None
+    error: SolaError | None = None
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def emit(self, event: str, **data: Any) -> None:
+        with self._changed:
+            self.events.append({"event": event, "at": time.time(), **data})
+            self._changed.notify_all()
+
+    def finish(self, result: Any = None, error: SolaError | None = None) -> None:
+        with self._changed:
+            self.result, self.error, self.done = result, error, True
+            self._changed.notify_all()
+
+    def follow(self, timeout: float = 15.0) -> Iterator[dict[str, Any] | None]:
+        """Every event, the past ones first, until the job is done; None when `timeout` passes without one (a
+        keep-alive)."""
+        seen = 0
+        while True:
+            with self._changed:
+                if seen == len(self.events) and not self.done:
+                    self._changed.wait(timeout)
+                new, finished = self.events[seen:], self.done
+            seen += len(new)
+            yield from new
+            if finished and seen == len(self.events):
+                return
+            if not new:
+                yield None
+
+
+class EditService:
+    def __init__(self, reader, writer=None, *, on_change: Callable[[str, Any], None] | None = None) -> None:
+        self.reader = reader
+        self.writer = writer if writer is not None else reader
+        self._asking = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._ids = itertools.count(1)
+        self._queue: queue.Queue = queue.Queue()
+        self._listeners: list[Callable[[str, Any], None]] = [on_change] if on_change else []
+        self._worker = threading.Thread(target=self._work, name="sola-writer", daemon=True)
+        self._worker.start()
+
+    def on_change(self, listener: Callable[[str, Any], None]) -> None:
+        """Call `listener(kind, result)` after each committed job ("edit": the edits, "rollback": the edit)."""
+        self._listeners.append(listener)
+
+    # -- reading -----------------------------------------------------------------------------------------------------
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        """The reader, alone: what is read inside sees one state of the store."""
+        with self._asking:
+            yield self.reader
+
+    def ask(self, prompt: str, max_new_tokens: int = 32, *, with_base: bool = True) -> dict[str, Any]:
+        with self.reading() as editor:
+            route = editor.route(prompt)
+            answer = editor.generate(prompt, max_new_tokens, stop_at_newline=True)
+            base = None
+            if with_base:
+                with editor.disabled():
+                    base = editor.generate(prompt, max_new_tokens, stop_at_newline=True)
+        return {"prompt": prompt, "answer": answer, "base_answer": base,
+                "route": {"edit_id": route.edit_id, "distance": route.distance} if route else None}
+
+    # -- changing ----------------------------------------------------------------------------------------------------
+    def submit_edits(self, requests: list[dict[str, Any]]) -> Job:
+        """Queue edit requests (checked first: a bad one raises and nothing is queued)."""
+        if not 1 <= len(requests) <= MAX_BATCH:
+            raise SolaError(f"give 1 to {MAX_BATCH} edit requests in one call (got {len(requests)}); send more in "
+                            "several calls")
+        parsed = [parse_request(request, index) for index, request in enumerate(requests)]
+        with self.reading() as editor:  # every check but training, before anything is queued
+            for index, r in enumerate(parsed):
+                try:
+                    editor.planner.check(r["prompt"], r["target"], r["subject"], None, False)
+                    if r["supersedes"] is not None:
+                        editor.ledger.check_supersedable(r["supersedes"])
+                except SolaError as error:
+                    raise (at_request(error, index) if len(parsed) > 1 else error) from None
+        return self._submit("edit", parsed)
+
+    def submit_rollback(self, edit_id: str) -> Job:
+        with self.reading() as editor:
+            editor._live(edit_id)  # an unknown or rolled-back edit is an error now, not a failed job
+        return self._submit("rollback", edit_id)
+
+    def job(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def _submit(self, kind: str, payload: Any) -> Job:
+        job = Job(id=f"j{next(self._ids)}", kind=kind)
+        self._jobs[job.id] = job
+        job.emit("queued", position=self._queue.qsize())
+        self._queue.put((job, payload))
+        return job
+
+    def wait(self, job: Job) -> Any:
+        """The job's result, once done (its error raised)."""
+        for _ in job.follow():
+            pass
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _work(self) -> None:
+        while True:
+            job, payload = self._queue.get()
+            try:
+                job.emit("started")
+                result = self._edit(job, payload) if job.kind == "edit" else self._rollback(payload)
+                self._publish()
+                job.emit("committed", result=_jsonable(result))
+                job.finish(result)
+                for listener in self._listeners:
+                    listener(job.kind, result)
+            except SolaError as error:
+                self._publish()  # a batch may have committed some edits before one failed
+                job.emit("failed", error=type(error).__name__, message=str(error))
+                job.finish(error=error)
+            except Exception as error:  # noqa: BLE001 - the worker must survive; the job reports it
+                job.emit("failed", error="InternalError", message=f"{type(error).__name__}: {error}")
+                job.finish(error=SolaError(f"internal error: {type(error).__name__}: {error}"))
+
+    def _edit(self, job: Job, requests: list[dict[str, Any]]) -> list[Edit]:
+        def progress(step: int, loss: float) -> None:
+            job.emit("progress", step=step, loss=round(loss, 5))
+
+        if len(requests) == 1:
+            r = requests[0]
+            return [self.writer.edit(r["prompt"], r["target"], subject=r["subject"], supersedes=r["supersedes"],
+                                     new_fact=r["new_fact"], progress=progress)]
+        return self.writer.edit_many(requests, on_result=lambda i, edit, status: job.emit(
+            "result", index=i, status=status, edit=edit.id or None))
+
+    def _rollback(self, edit_id: str) -> Edit:
+        return self.writer.rollback(edit_id)
+
+    def _publish(self) -> None:
+        """The reader takes in the writer's commits, between asks."""
+        if self.reader is not self.writer:
+            with self._asking:
+                self.reader.refresh()
+
+
+def _jsonable(result: Any) -> Any:
+    if isinstance(result, Edit):
+        return result.to_dict()
+    if isinstance(result, list):
+        return [_jsonable(r) for r in result]
+    return result
