@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
 import threading
 import time
@@ -53,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     questions = [r.prompt for r in load_dataset("nq").records[:24]]
     fact = ("Who founded the Acme Corporation?", "Jane Roe")
-    prompts = [q for pair in zip(questions, [fact[0]] * len(questions)) for q in pair]
+    prompts = [q for pair in zip(questions, [fact[0]] * len(questions)) for q in pair]  # every other one routed
     result = {"model": "embedded SmolLM2-135M-Instruct", "machine": {"platform": platform.platform(),
               "threads": torch.get_num_threads()}, "tokens": args.tokens, "requests": args.requests, "runs": []}
     for count in [int(x) for x in args.edits.split(",") if x]:
@@ -79,7 +78,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/v1/ask"
         # without the server: the same asks, one at a time, in-process
         started, direct = time.perf_counter(), []
-        for n in range(min(args.requests, 24)):
+        for n in range(args.requests):  # the same prompts as the clients ask
             t = time.perf_counter()
             service.ask(prompts[n % len(prompts)], args.tokens)
             direct.append(time.perf_counter() - t)

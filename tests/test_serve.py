@@ -4,7 +4,6 @@ edits picked up."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
