@@ -258,3 +258,16 @@ def test_read_token_protects_reads_and_tokens_are_checked_at_start(tiny_dir, tmp
         read_or_create_token(tmp_path / "t" / "token")
     with pytest.raises(ConfigError, match="reachable from other machines"):
         serve(store, str(tiny_dir("llama")), host="0.0.0.0", log=lambda *_: None)
+
+
+def test_a_long_running_server_forgets_its_oldest_finished_jobs(tiny_dir, tmp_path, monkeypatch):
+    import sola.serve.service as service_module
+
+    monkeypatch.setattr(service_module, "KEPT_JOBS", 2)
+    service = open_service(make_store(tiny_dir, tmp_path / "store"), str(tiny_dir("llama")), single_model=True)
+    jobs = [service.submit_edits([{"prompt": p, "target": t}]) for p, t in (FACT, OTHER)]
+    for job in jobs:
+        service.wait(job)
+    third = service.submit_edits([{"prompt": FACT[0], "target": "John Doe"}])
+    service.wait(third)
+    assert service.job(jobs[0].id) is None and service.job(jobs[1].id) is jobs[1] and service.job(third.id) is third

@@ -25,6 +25,7 @@ from ..errors import SolaError, at_request
 from ..requests import parse_request
 
 MAX_BATCH = 64  # edit requests in one call
+KEPT_JOBS = 1000  # finished jobs remembered (their events), oldest forgotten first
 
 
 @dataclass
@@ -127,6 +128,9 @@ class EditService:
 
     def _submit(self, kind: str, payload: Any) -> Job:
         job = Job(id=f"j{next(self._ids)}", kind=kind)
+        finished = [j for j in self._jobs.values() if j.done]
+        for old in finished[:max(0, len(finished) - KEPT_JOBS + 1)]:  # a long-running server does not grow
+            del self._jobs[old.id]
         self._jobs[job.id] = job
         job.emit("queued", position=self._queue.qsize())
         self._queue.put((job, payload))
