@@ -3,10 +3,13 @@ health and Prometheus metrics, and the web page at `/`. Every error is JSON {"er
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,13 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
                   "fact, ask, see which edit answered, undo it.")
     metrics = Metrics(service)
     app.state.service, app.state.metrics = service, metrics
+
+    # Every ask runs on one thread of its own: torch's intra-op threads belong to the thread that calls it, so asks
+    # spread over a pool of threads would leave idle teams spinning beside the working one (asks are serialised anyway)
+    asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sola-ask")
+
+    async def asking(function, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(asker, partial(function, *args, **kwargs))
 
     def authorised(request: Request) -> bool:
         given = request.headers.get("authorization", "")
@@ -171,9 +181,7 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
         if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
             raise HTTPError(400, "InvalidRequest", 'give {"prompt": "...", "max_new_tokens": 32}')
         tokens = _tokens(data.get("max_new_tokens", 32), "max_new_tokens")
-        from starlette.concurrency import run_in_threadpool
-
-        answer = await run_in_threadpool(service.ask, data["prompt"], tokens)
+        answer = await asking(service.ask, data["prompt"], tokens)
         metrics.asked(answer["route"] is not None)
         return answer
 
@@ -188,9 +196,7 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise HTTPError(400, "InvalidRequest", "prompt must be a string or a list of strings")
         tokens = _tokens(data.get("max_tokens", 16), "max_tokens")
-        from starlette.concurrency import run_in_threadpool
-
-        answers = [await run_in_threadpool(service.ask, p, tokens, with_base=False) for p in prompts]
+        answers = [await asking(service.ask, p, tokens, with_base=False) for p in prompts]
         for a in answers:
             metrics.asked(a["route"] is not None)
         return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
@@ -214,9 +220,7 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
             raise HTTPError(400, "InvalidRequest", "messages has no user message to answer")
         prompt = _text(users[-1].get("content"))
         tokens = _tokens(data.get("max_tokens", data.get("max_completion_tokens", 32)), "max_tokens")
-        from starlette.concurrency import run_in_threadpool
-
-        answer = await run_in_threadpool(service.ask, prompt, tokens, with_base=False)
+        answer = await asking(service.ask, prompt, tokens, with_base=False)
         metrics.asked(answer["route"] is not None)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": data.get("model") or model_name,
