@@ -59,8 +59,8 @@ def _fan_in_fan_out(editor) -> bool:
     return any(type(layer.base_layer).__name__ == "Conv1D" for layer in editor.layers)
 
 
-def export_adapter(editor, edit_id: str, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write one live edit's LoRA as a PEFT adapter directory (float32 factors, as trained or as stored)."""
+def export_adapter(editor, edit_id: str, directory: str | Path) -> Path:
+    """Write one live edit's LoRA as a PEFT adapter directory (its stored factors, written as float32)."""
     from .batching import stored_tensors
 
     directory = Path(directory)
@@ -68,13 +68,13 @@ def export_adapter(editor, edit_id: str, directory: str | Path, tensors: dict[st
         raise StoreError(f"cannot export to {directory}: it is a file; choose a directory")
     if directory.is_dir() and any(p.name not in (CONFIG, WEIGHTS) for p in directory.iterdir()):
         raise StoreError(f"cannot export to {directory}: it holds other files; choose a new or empty directory")
-    tensors = tensors if tensors is not None else stored_tensors(editor, editor._live(edit_id).id)
+    edit = editor._live(edit_id)
+    tensors = stored_tensors(editor, edit.id)
     weights = {}
     for name in editor.config.layers:
         weights[_key(name, "lora_A")] = tensors[f"{name}.lora_A"].float().contiguous()
         weights[_key(name, "lora_B")] = tensors[f"{name}.lora_B"].float().contiguous()
     directory.mkdir(parents=True, exist_ok=True)
-    edit = editor.ledger.get(edit_id)
     atomic_write(directory / WEIGHTS, lambda t: save_file(weights, str(t), metadata={
         "format": "pt", "sola_edit": edit.id, "prompts": json.dumps(list(edit.prompts)), "target": edit.target,
         "prompt_format": editor.format.kind}))
@@ -90,15 +90,16 @@ def export_all(editor, directory: str | Path) -> dict[str, Any]:
     if directory.exists() and any(directory.iterdir()):
         raise StoreError(f"cannot export to {directory}: it is not empty; choose a new directory")
     live = editor.edits()
-    answering = [e for e in live if e.superseded_by is None]
+    answering = [e for e in live if e.answering]
     names = [e.id for e in answering]
+    position = {name: n for n, name in enumerate(names)}
     for edit in answering:
         export_adapter(editor, edit.id, directory / "adapters" / edit.id)
     keys, owners = [], []
     for edit in live:
         rows = editor.router.keys_of(editor.slots.of(edit.id))
         keys.append(rows.float())
-        owners += [names.index(editor.ledger.answering(edit.id))] * len(rows)
+        owners += [position[editor.ledger.answering(edit.id)]] * len(rows)
     table = {"keys": torch.cat(keys) if keys else torch.zeros(0, 0),
              "adapter": torch.tensor(owners, dtype=torch.long)}
     atomic_write(directory / "router.safetensors", lambda t: save_file(table, str(t)))
@@ -118,9 +119,12 @@ def export_all(editor, directory: str | Path) -> dict[str, Any]:
     return router
 
 
-def read_adapter(editor, directory: str | Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The (A, B) factors per edited layer of a PEFT LoRA adapter, rescaled to this editor's scaling; an error naming
-    what does not fit (not a LoRA adapter, other layers, another rank, bias or DoRA terms) otherwise."""
+def read_adapter(editor, directory: str | Path) -> dict[str, torch.Tensor]:
+    """A PEFT LoRA adapter's factors as "{layer}.lora_A"/"lora_B" of this editor's layers, float32, rescaled to this
+    editor's scaling; an error naming what does not fit (not a LoRA adapter, other layers, another rank or shape,
+    bias or DoRA terms) otherwise."""
+    from .batching import checked_factors
+
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG, directory / WEIGHTS
     if not config_path.is_file() or not weights_path.is_file():
@@ -141,19 +145,17 @@ def read_adapter(editor, directory: str | Path) -> list[tuple[torch.Tensor, torc
     alpha = config.get("lora_alpha", rank)
     scale = (math.sqrt(rank) if config.get("use_rslora") else rank)
     theirs = alpha / scale
-    factors = []
-    for name, layer in zip(editor.config.layers, editor.layers):
+    ratio = theirs / editor.config.scaling  # exactly 1.0 when the scalings agree: B is then unchanged
+    tensors = {}
+    for name in editor.config.layers:
         A, B = _find(weights, name, "lora_A"), _find(weights, name, "lora_B")
         if A is None or B is None:
             found = sorted({k.rsplit(".lora_", 1)[0].removeprefix("base_model.model.") for k in weights})
             raise InvalidEditError(f"{directory}: it has no LoRA for {name}; it adapts {found[:6]}, this editor's "
                                    f"layers are {editor.config.layers}: import adapters trained on the same layers")
-        if tuple(A.shape) != tuple(layer.lora_A.shape[1:]) or tuple(B.shape) != tuple(layer.lora_B.shape[1:]):
-            raise InvalidEditError(f"{directory}: its LoRA for {name} has shapes {tuple(A.shape)}, {tuple(B.shape)}; "
-                                   f"this model needs {tuple(layer.lora_A.shape[1:])}, {tuple(layer.lora_B.shape[1:])}")
-        factors.append((A.float(), B.float() * (theirs / editor.config.scaling) if theirs != editor.config.scaling
-                        else B.float()))
-    return factors
+        tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = A.float(), B.float() * ratio
+    checked_factors(editor, tensors, f"the adapter {directory}")
+    return tensors
 
 
 def _find(weights: dict[str, torch.Tensor], layer: str, part: str) -> torch.Tensor | None:
@@ -169,25 +171,23 @@ def import_adapter(editor, directory: str | Path, prompts: str | list[str], targ
     """A PEFT LoRA adapter becomes an edit of `prompts` -> `target` (see `Editor.import_peft`)."""
     from .batching import import_edit
 
-    factors = read_adapter(editor, directory)
+    tensors = read_adapter(editor, directory)
     request = editor.planner.check(prompts, target, subject, None, False)
-    loss, converged = _measure(editor, request, factors)
+    loss, converged = _measure(editor, request, tensors)
     edit = Edit(id="imported", prompts=request.prompts, target=request.target, subject=request.subject,
                 created=now(), steps=0, loss=round(loss, 6), converged=converged, seconds=0.0,
                 note=f"imported from the PEFT adapter {Path(directory).resolve()}")
-    tensors = {}
-    for name, (A, B) in zip(editor.config.layers, factors):
-        tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = A, B
     return import_edit(editor, edit, tensors)
 
 
 @torch.no_grad()
-def _measure(editor, request, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, bool]:
+def _measure(editor, request, tensors: dict[str, torch.Tensor]) -> tuple[float, bool]:
     """The adapter's loss on its target after its prompts, and whether it reproduces the target exactly (teacher
     forced, the check a trained edit passes), with it applied as the edit being trained is: nothing is stored."""
     batch = editor.task.batch(list(request.encoded), list(request.targets))
-    for layer, (A, B) in zip(editor.layers, factors):
-        layer.train_A, layer.train_B = A.unsqueeze(0).to(layer.lora_A), B.unsqueeze(0).to(layer.lora_B)
+    for name, layer in zip(editor.config.layers, editor.layers):
+        layer.train_A = tensors[f"{name}.lora_A"].unsqueeze(0).to(layer.lora_A)
+        layer.train_B = tensors[f"{name}.lora_B"].unsqueeze(0).to(layer.lora_B)
     try:
         editor.decision.fix(torch.zeros(len(request.encoded), dtype=torch.long), training=True)
         row_loss, exact = editor.task.score(batch, editor.task.target_forward(batch))

@@ -13,7 +13,7 @@ import torch
 from .config import EditConfig
 from .edit import Edit, now
 from .errors import InvalidEditError, NotConvergedError, UnknownEditError, at_request
-from .planning import EditPlan
+from .planning import EditPlan, EditRequest
 from .prompts import check_text
 from .requests import parse_request
 from .store import id_number
@@ -74,14 +74,7 @@ def stored_tensors(editor, edit_id: str) -> dict[str, torch.Tensor]:
 
 def import_edit(editor, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
     """`Editor.import_edit` (see there)."""
-    factors = []
-    for name, layer in zip(editor.config.layers, editor.layers):
-        A, B = tensors.get(f"{name}.lora_A"), tensors.get(f"{name}.lora_B")
-        if A is None or B is None or tuple(A.shape) != tuple(layer.lora_A.shape[1:]) \
-                or tuple(B.shape) != tuple(layer.lora_B.shape[1:]):
-            raise InvalidEditError(f"the imported edit {edit.id} has no LoRA of the right shape for {name}; import "
-                                   "only edits made on the same model with the same layers and rank")
-        factors.append((A, B))
+    factors = checked_factors(editor, tensors, f"the imported edit {edit.id}")
     encoded = [editor._encode(check_text(p, "prompt")) for p in edit.prompts]
     keys = editor.router.edit_keys(encoded, edit.subject)
     with editor._writing():
@@ -92,9 +85,9 @@ def import_edit(editor, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
         return commit(editor, record, keys, factors)
 
 
-def edit_many(editor, requests: Iterable[dict[str, Any]], progress: bool, batch_size: int, skip_committed: bool,
-              on_result: Callable[[int, Edit, str], None] | None) -> list[Edit]:
-    """`Editor.edit_many` (see there)."""
+def check_requests(editor, requests: Iterable[dict[str, Any]]) -> list[EditRequest]:
+    """Every request parsed and checked (texts, token limits, subject named) before anything is trained; a bad one
+    raises naming the request counted from 1."""
     checked = []
     for index, raw in enumerate(requests):
         request = parse_request(raw, index)
@@ -103,13 +96,40 @@ def edit_many(editor, requests: Iterable[dict[str, Any]], progress: bool, batch_
                                                 request["supersedes"], request["new_fact"]))
         except (InvalidEditError, UnknownEditError) as error:
             raise at_request(error, index) from None
+    return checked
+
+
+def check_supersedes(editor, checked: list[EditRequest]) -> None:
+    """Each request that names the edit it updates names a live edit that answers for its fact."""
+    for index, request in enumerate(checked):
+        if request.supersedes is not None:
+            try:
+                editor.ledger.check_supersedable(request.supersedes)
+            except (InvalidEditError, UnknownEditError) as error:
+                raise at_request(error, index) from None
+
+
+def checked_factors(editor, tensors: dict[str, torch.Tensor], what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (A, B) factors per edited layer from tensors named "{layer}.lora_A"/"lora_B", each of this editor's shape;
+    `what` names their source in the error otherwise."""
+    factors = []
+    for name, layer in zip(editor.config.layers, editor.layers):
+        A, B = tensors.get(f"{name}.lora_A"), tensors.get(f"{name}.lora_B")
+        if A is None or B is None or tuple(A.shape) != tuple(layer.lora_A.shape[1:]) \
+                or tuple(B.shape) != tuple(layer.lora_B.shape[1:]):
+            raise InvalidEditError(f"{what} has no LoRA of the right shape for {name} (this model needs "
+                                   f"{tuple(layer.lora_A.shape[1:])}, {tuple(layer.lora_B.shape[1:])}); import only "
+                                   "edits made on the same model with the same layers and rank")
+        factors.append((A, B))
+    return factors
+
+
+def edit_many(editor, requests: Iterable[dict[str, Any]], progress: bool, batch_size: int, skip_committed: bool,
+              on_result: Callable[[int, Edit, str], None] | None) -> list[Edit]:
+    """`Editor.edit_many` (see there)."""
+    checked = check_requests(editor, requests)
     with editor._writing():  # what other processes committed counts for `supersedes` too
-        for index, request in enumerate(checked):
-            if request.supersedes is not None:
-                try:
-                    editor.ledger.check_supersedable(request.supersedes)
-                except (InvalidEditError, UnknownEditError) as error:
-                    raise at_request(error, index) from None
+        check_supersedes(editor, checked)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -17,11 +17,12 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from ..errors import (ConfigError, InvalidEditError, NotConvergedError, ReadOnlyStoreError, SolaError,
                       StoreBusyError, UnknownEditError)
 from .metrics import Metrics
-from .service import EditService
+from .service import KEPT_JOBS, EditService, as_json
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 1 << 20  # bytes of a request body
@@ -42,8 +43,6 @@ def _status(error: SolaError) -> int:
         return 503
     if isinstance(error, ReadOnlyStoreError):
         return 409
-    if type(error).__name__ == "RollbackNotSupportedError":
-        return 409
     if isinstance(error, (InvalidEditError, ConfigError)) or type(error) is SolaError:
         return 400
     return 500  # the store is damaged or unwritable: not the request's fault
@@ -60,8 +59,11 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
     # spread over a pool of threads would leave idle teams spinning beside the working one (asks are serialised anyway)
     asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sola-ask")
 
-    async def asking(function, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(asker, partial(function, *args, **kwargs))
+    async def answer(prompt: str, tokens: int, *, with_base: bool = False) -> dict[str, Any]:
+        answered = await asyncio.get_running_loop().run_in_executor(
+            asker, partial(service.ask, prompt, tokens, with_base=with_base))
+        metrics.asked(answered["route"] is not None)
+        return answered
 
     def authorised(request: Request) -> bool:
         given = request.headers.get("authorization", "")
@@ -121,11 +123,10 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
             data = dict(data)
             run_async = bool(data.pop("async"))
         requests = data if isinstance(data, list) else [data]
-        job = service.submit_edits(requests)  # checked here: a bad request is refused before anything is queued
+        # checked before anything is queued (off the event loop: the check waits for a running ask)
+        job = await run_in_threadpool(service.submit_edits, requests)
         if run_async:
             return JSONResponse(_job(job), status_code=202)
-        from starlette.concurrency import run_in_threadpool
-
         edits = await run_in_threadpool(service.wait, job)
         return {"edits": [e.to_dict() for e in edits], "job": job.id}
 
@@ -170,7 +171,8 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
     def _find_job(job_id: str):
         job = service.job(job_id)
         if job is None:
-            raise HTTPError(404, "UnknownJob", f"there is no job {job_id!r}; jobs live as long as the server")
+            raise HTTPError(404, "UnknownJob", f"there is no job {job_id!r}; the server keeps its last {KEPT_JOBS} "
+                            "finished jobs")
         return job
 
     # -- asking ------------------------------------------------------------------------------------------------------
@@ -181,9 +183,7 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
         if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
             raise HTTPError(400, "InvalidRequest", 'give {"prompt": "...", "max_new_tokens": 32}')
         tokens = _tokens(data.get("max_new_tokens", 32), "max_new_tokens")
-        answer = await asking(service.ask, data["prompt"], tokens)
-        metrics.asked(answer["route"] is not None)
-        return answer
+        return await answer(data["prompt"], tokens, with_base=True)
 
     @app.post("/v1/completions", dependencies=[Depends(read_access)])
     async def completions(request: Request):
@@ -196,9 +196,7 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise HTTPError(400, "InvalidRequest", "prompt must be a string or a list of strings")
         tokens = _tokens(data.get("max_tokens", 16), "max_tokens")
-        answers = [await asking(service.ask, p, tokens, with_base=False) for p in prompts]
-        for a in answers:
-            metrics.asked(a["route"] is not None)
+        answers = [await answer(p, tokens) for p in prompts]
         return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": data.get("model") or model_name,
                 "choices": [{"index": i, "text": a["answer"], "finish_reason": "stop", "logprobs": None}
@@ -220,13 +218,12 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
             raise HTTPError(400, "InvalidRequest", "messages has no user message to answer")
         prompt = _text(users[-1].get("content"))
         tokens = _tokens(data.get("max_tokens", data.get("max_completion_tokens", 32)), "max_tokens")
-        answer = await asking(service.ask, prompt, tokens, with_base=False)
-        metrics.asked(answer["route"] is not None)
+        answered = await answer(prompt, tokens)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": data.get("model") or model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer["answer"]},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answered["answer"]},
                              "finish_reason": "stop", "logprobs": None}],
-                "usage": _usage(service, [prompt], [answer["answer"]]), "sola": {"route": answer["route"]}}
+                "usage": _usage(service, [prompt], [answered["answer"]]), "sola": {"route": answered["route"]}}
 
     @app.get("/v1/models", dependencies=[Depends(read_access)])
     def models():
@@ -234,9 +231,9 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
 
     # -- operations --------------------------------------------------------------------------------------------------
     @app.get("/healthz")
-    def healthz():
-        with service.reading() as editor:
-            return {"status": "ok", "edits": len(editor.slots), "store": str(editor.store.path)}
+    def healthz():  # without waiting for a running ask: a liveness probe answers at once
+        editor = service.reader
+        return {"status": "ok", "edits": len(editor.slots), "store": str(editor.store.path)}
 
     @app.get("/metrics", dependencies=[Depends(read_access)])
     def prometheus():
@@ -258,8 +255,7 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
 def _job(job) -> dict[str, Any]:
     state = "failed" if job.error is not None else "done" if job.done else "running"
     return {"job": job.id, "kind": job.kind, "state": state, "events": f"/v1/jobs/{job.id}/events",
-            "result": [e.to_dict() for e in job.result] if isinstance(job.result, list) else
-            job.result.to_dict() if job.result is not None else None,
+            "result": as_json(job.result),
             "error": {"error": type(job.error).__name__, "message": str(job.error)} if job.error else None}
 
 

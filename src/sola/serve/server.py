@@ -42,18 +42,14 @@ def is_loopback(host: str) -> bool:
             return False
 
 
-def open_service(store: str | os.PathLike, model: str | None = None, *, single_model: bool = False,
-                 config=None, lock_wait: float | None = None) -> EditService:
-    """A reader and (unless `single_model`) a writer editor on the store, created if it does not exist."""
+def open_service(store: str | os.PathLike, model: str | None = None, *, single_model: bool = False) -> EditService:
+    """A writer and (unless `single_model`) a reader editor on the store, created if it does not exist."""
     from ..editor import Editor
-    from ..locking import DEFAULT_WAIT
 
-    wait = DEFAULT_WAIT if lock_wait is None else lock_wait
-    writer = Editor.from_pretrained(model, store=store, config=config, lock_wait=wait)
+    writer = Editor.from_pretrained(model, store=store)
     if single_model:
         return EditService(writer)
-    reader = Editor.from_pretrained(model, store=store, create=False, lock_wait=wait)
-    return EditService(reader, writer)
+    return EditService(Editor.from_pretrained(model, store=store, create=False), writer)
 
 
 def serve(store: str | os.PathLike, model: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,

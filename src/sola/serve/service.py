@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from .. import batching
 from ..edit import Edit
-from ..errors import SolaError, at_request
-from ..requests import parse_request
+from ..errors import SolaError
 
 MAX_BATCH = 64  # edit requests in one call
 KEPT_JOBS = 1000  # finished jobs remembered (their events), oldest forgotten first
@@ -107,16 +107,10 @@ class EditService:
         if not 1 <= len(requests) <= MAX_BATCH:
             raise SolaError(f"give 1 to {MAX_BATCH} edit requests in one call (got {len(requests)}); send more in "
                             "several calls")
-        parsed = [parse_request(request, index) for index, request in enumerate(requests)]
         with self.reading() as editor:  # every check but training, before anything is queued
-            for index, r in enumerate(parsed):
-                try:
-                    editor.planner.check(r["prompt"], r["target"], r["subject"], None, False)
-                    if r["supersedes"] is not None:
-                        editor.ledger.check_supersedable(r["supersedes"])
-                except SolaError as error:
-                    raise (at_request(error, index) if len(parsed) > 1 else error) from None
-        return self._submit("edit", parsed)
+            checked = batching.check_requests(editor, requests)
+            batching.check_supersedes(editor, checked)
+        return self._submit("edit", (requests, checked))
 
     def submit_rollback(self, edit_id: str) -> Job:
         with self.reading() as editor:
@@ -149,9 +143,9 @@ class EditService:
             job, payload = self._queue.get()
             try:
                 job.emit("started")
-                result = self._edit(job, payload) if job.kind == "edit" else self._rollback(payload)
+                result = self._edit(job, *payload) if job.kind == "edit" else self.writer.rollback(payload)
                 self._publish()
-                job.emit("committed", result=_jsonable(result))
+                job.emit("committed", result=as_json(result))
                 job.finish(result)
                 for listener in self._listeners:
                     listener(job.kind, result)
@@ -163,19 +157,17 @@ class EditService:
                 job.emit("failed", error="InternalError", message=f"{type(error).__name__}: {error}")
                 job.finish(error=SolaError(f"internal error: {type(error).__name__}: {error}"))
 
-    def _edit(self, job: Job, requests: list[dict[str, Any]]) -> list[Edit]:
+    def _edit(self, job: Job, requests: list[dict[str, Any]], checked: list) -> list[Edit]:
+        """One request trains with progress events (`Editor.edit`); a batch reports each request as it settles."""
         def progress(step: int, loss: float) -> None:
             job.emit("progress", step=step, loss=round(loss, 5))
 
-        if len(requests) == 1:
-            r = requests[0]
-            return [self.writer.edit(r["prompt"], r["target"], subject=r["subject"], supersedes=r["supersedes"],
-                                     new_fact=r["new_fact"], progress=progress)]
+        if len(checked) == 1:
+            r = checked[0]
+            return [self.writer.edit(list(r.prompts), r.target, subject=r.subject, supersedes=r.supersedes,
+                                     new_fact=r.new_fact, progress=progress)]
         return self.writer.edit_many(requests, on_result=lambda i, edit, status: job.emit(
             "result", index=i, status=status, edit=edit.id or None))
-
-    def _rollback(self, edit_id: str) -> Edit:
-        return self.writer.rollback(edit_id)
 
     def _publish(self) -> None:
         """The reader takes in the writer's commits, between asks."""
@@ -184,9 +176,10 @@ class EditService:
                 self.reader.refresh()
 
 
-def _jsonable(result: Any) -> Any:
+def as_json(result: Any) -> Any:
+    """A job's result (an Edit, a list of them, or None) as JSON values."""
     if isinstance(result, Edit):
         return result.to_dict()
     if isinstance(result, list):
-        return [_jsonable(r) for r in result]
+        return [as_json(r) for r in result]
     return result
