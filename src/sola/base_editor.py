@@ -33,17 +33,6 @@ class BaseEditor(Asking):
     exact_rollback = False
     unrouted_is_base = False
 
-    @classmethod
-    def bench_label(cls, config: dict[str, Any], threshold) -> str:
-        """How a bench run of this method (its config and threshold, as results.json holds them) is named in result
-        tables (`sola.eval.study`; SoLA's runs are named by `sola.methods.SolaMethod`)."""
-        return cls.method
-
-    @classmethod
-    def bench_name_parts(cls, config: dict[str, Any]) -> list[str]:
-        """What a bench run's archive file is named by, after dataset and method (`sola.eval.study.archive`)."""
-        return []
-
     def _hold(self, model: nn.Module, tokenizer, source: str, prompt_format: str) -> None:
         """Take the base model (frozen, in eval mode) and start an empty ledger."""
         self.model, self.tokenizer, self.source = model, tokenizer, source

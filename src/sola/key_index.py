@@ -47,7 +47,9 @@ class KeyIndex:
         """The edits committed after the last index file."""
         return list(self._pending)
 
-    def __len__(self) -> int:
+    @property
+    def pending_count(self) -> int:
+        """How many edits the next index file would hold."""
         return len(self._pending)
 
     def committed(self, edit_id: str, keys: torch.Tensor | None = None) -> None:

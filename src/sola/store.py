@@ -275,7 +275,7 @@ class Store:
             self._ids.add(record["id"])
             self._last_id = id_number(record["id"])
             self.index.committed(record["id"], tensors["keys"].detach().clone())
-            if len(self.index) >= INDEX_EVERY:
+            if self.index.pending_count >= INDEX_EVERY:
                 try:
                     self.index.write(self.read_keys)
                 except (OSError, RuntimeError, StoreError):  # the edit is committed; its keys stay in its own file

@@ -51,19 +51,18 @@ def minimise(objective: Callable[[], tuple[torch.Tensor, bool]], params: list[to
 
 
 @contextmanager
-def trainable(params: list[torch.Tensor], restore_on_error: bool = True) -> Iterator[None]:
+def trainable(params: list[torch.Tensor]) -> Iterator[None]:
     """`params` take gradients inside; afterwards they are frozen again with no gradient kept, and if the block
     raised, they hold the values they had before it."""
-    saved = [p.detach().clone() for p in params] if restore_on_error else None
+    saved = [p.detach().clone() for p in params]
     try:
         for p in params:
             p.requires_grad_(True)
         yield
     except BaseException:
-        if saved is not None:
-            with torch.no_grad():
-                for p, old in zip(params, saved):
-                    p.copy_(old)
+        with torch.no_grad():
+            for p, old in zip(params, saved):
+                p.copy_(old)
         raise
     finally:
         for p in params:

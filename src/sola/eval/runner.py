@@ -54,7 +54,7 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    threshold_note = _set_threshold(method, spec, calibration_questions(probed, nq), dataset)
+    threshold_note = _set_threshold(method, spec, probed, nq, dataset)
     timings["calibrate_s"] = time.perf_counter() - t
     evaluator = Evaluator(method, items, spec, dataset.kind)
     t = time.perf_counter()
@@ -77,7 +77,8 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     for r, d in zip(final_rows, done):
         r.update(seconds=d["seconds"], steps=d.get("steps"), converged=d.get("converged"), reused=d.get("reused"))
 
-    subsets = _subsets(final_rows, dataset, evaluator)
+    conflicting = conflicts(dataset.records)
+    subsets = _subsets(final_rows, dataset, evaluator, conflicting)
     metrics = {name: summarise(rows, dataset.kind) for name, rows in subsets.items()}
     if dataset.kind == "hallucination" and held_out:
         metrics["all"]["paper"]["ARR_ppl"] = held_out_perplexity(method, held_out[:100], spec.batch_size)
@@ -86,7 +87,6 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     costs = cost(method, described, done, items, spec)
     timings["cost_s"] = time.perf_counter() - t
     timings["total_s"] = earlier + time.perf_counter() - started
-    conflicting = conflicts(dataset.records)
     results = {
         "schema": SCHEMA, "spec": asdict(spec), "method": spec.method, "dataset": dataset.name,
         "data": {"path": dataset.path, "records": len(dataset), "kind": dataset.kind},
@@ -113,10 +113,12 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     return results
 
 
-def _set_threshold(method, spec: BenchSpec, questions: list[str], dataset: Dataset) -> str:
-    """Calibrate the method's threshold if the spec asks (1 % of held-out NQ questions); -> how it was chosen."""
+def _set_threshold(method, spec: BenchSpec, probed: list[Item], nq: list[Record], dataset: Dataset) -> str:
+    """Calibrate the method's threshold if the spec asks (1 % of held-out NQ questions, none of them a probe of
+    `probed`); -> how it was chosen."""
     if spec.threshold != "calibrate":
         return "given" if spec.threshold is not None else "default"
+    questions = calibration_questions(probed, nq)
     if len(questions) < 50:
         raise DataError("--threshold calibrate needs NQ questions (nq/NQ-open.dev.jsonl in the data directory)")
     threshold = method.calibrate(questions, 0.01, [r.prompt for r in dataset.records])
@@ -196,10 +198,10 @@ def _evaluate(evaluator: Evaluator, upto: int, edit_of: dict[str, str], done: li
     return rows
 
 
-def _subsets(rows: list[dict[str, Any]], dataset: Dataset, evaluator: Evaluator) -> dict[str, list[dict[str, Any]]]:
-    """The rows every reading scores: all, the records without a conflicting target, "latest wins", and on
-    CounterFact each kind of rephrase alone."""
-    conflicting = conflicts(dataset.records)
+def _subsets(rows: list[dict[str, Any]], dataset: Dataset, evaluator: Evaluator,
+             conflicting: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+    """The rows every reading scores: all, the records without a conflicting target (`conflicting`: by record id),
+    "latest wins", and on CounterFact each kind of rephrase alone."""
     subsets = {"all": rows, "conflict_free": [r for r in rows if r["record"] not in conflicting],
                "latest_wins": evaluator.read_latest(rows, latest_targets(dataset.records))}
     forms = {r.id: rephrase_form(r) for r in dataset.records}

@@ -110,9 +110,16 @@ class SnapshotEditor(BaseEditor):
 
     @classmethod
     def bench_label(cls, config: dict[str, Any], threshold) -> str:
+        """How a bench run of this method (its config and threshold, as results.json holds them) is named in result
+        tables (`sola.eval.study`; SoLA's runs are named by `sola.methods.SolaMethod`)."""
         if isinstance(threshold, (int, float)):
             return f"{cls.method} ({cls.config_class.threshold_symbol} {threshold:.3g})"
         return cls.method
+
+    @classmethod
+    def bench_name_parts(cls, config: dict[str, Any]) -> list[str]:
+        """What a bench run's archive file is named by, after dataset and method (`sola.eval.study.archive`)."""
+        return []
 
     # -- construction ------------------------------------------------------------------------------------------------
     def _build(self) -> list[nn.Module]:
