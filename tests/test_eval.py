@@ -197,7 +197,7 @@ def test_relation_text_masks_the_subject_in_its_clause():
     index = SubjectIndex()
     index.add("Apple A5", 1)
     index.add("Lyon", 2)
-    assert index.find("People in Lyon's twin city like apple  a5") == {"Lyon": [2], "Apple A5": [1]}
+    assert index.find("People in Lyon's twin city like apple  a5") == {"lyon": [2], "apple a5": [1]}
     assert index.find("Lyonnais cuisine") == {}
     index.remove(2)
     assert index.find("Lyon") == {}
@@ -221,7 +221,7 @@ def test_subject_keys_reach_an_edit_without_a_subject_by_its_whole_prompt(make_e
     from conftest import tiny_config
     from test_contract import assert_bit_identical, probe_logits
 
-    config = tiny_config(tiny_dir, key="subject", threshold=1e-3, unnamed_threshold=1e-3)
+    config = tiny_config(tiny_dir, key="subject", threshold=1e-3, unnamed_threshold=1e-3, infer_subject=False)
     editor = Editor.from_pretrained(tiny_dir("llama"), config=config, store=tmp_path / "store")
     probes = ["Who founded Acme?", "Which river flows through Cairo?", "Who founded Initech?"]
     base = probe_logits(editor, probes)
@@ -243,8 +243,52 @@ def test_subject_keys_reach_an_edit_without_a_subject_by_its_whole_prompt(make_e
     assert_bit_identical(probe_logits(editor, probes), base)
 
 
+def test_an_edit_without_a_subject_is_gated_by_the_name_in_its_prompt(tiny_dir, tmp_path):
+    """The README's case: "Who is the CEO of Zelkova Pumps?" edited without a subject must not answer for another
+    company. The subject is read from the prompt and shown; aliases and shortened names reach the edit; all of it
+    survives reopening the store, and rollback removes it."""
+    from conftest import tiny_config
+
+    config = tiny_config(tiny_dir, key="subject", threshold=0.6)
+    editor = Editor.from_pretrained(tiny_dir("llama"), config=config, store=tmp_path / "store")
+    ceo = editor.edit("Who is the CEO of Zelkova Pumps?", "Ada Brandt")
+    assert (ceo.subject, ceo.subject_inferred) == ("Zelkova Pumps", True)
+    founder = editor.edit("Who founded Quillon Robotics?", "Mara Vey", subject="Quillon Robotics",
+                          aliases=["QR Labs"])
+    assert (founder.subject_inferred, founder.aliases) == (False, ("QR Labs",))
+    expected = {"Who is the CEO of Zelkova Pumps?": ceo.id, "Who is the CEO of Birch Valves?": None,
+                "Who founded QR Labs?": founder.id, "Who founded Quillon?": founder.id,
+                "Who founded Birch Valves?": None}
+    for reopened in (editor, Editor.from_pretrained(tiny_dir("llama"), store=tmp_path / "store")):
+        for prompt, edit_id in expected.items():
+            route = reopened.route(prompt)
+            assert (route.edit_id if route else None) == edit_id, prompt
+        assert reopened.get(ceo.id).subject_inferred and reopened.get(founder.id).aliases == ("QR Labs",)
+    why = editor.explain("Who is the CEO of Birch Valves?")
+    assert (why.routed, why.edit_id, why.reason) == (False, None, "names no edited subject")
+    why = editor.explain("Who is the CEO of Zelkova Pumps?")
+    assert why.routed and why.edit_id == ceo.id and why.distance < why.threshold == 0.6
+    editor.rollback(founder.id)
+    assert editor.route("Who founded QR Labs?") is None
+    with pytest.raises(InvalidEditError, match="aliases"):
+        editor.edit("what is the boiling point of water", "100 C", aliases=["H2O"])
+
+
+def test_explain_says_why_an_input_runs_on_the_base_model(make_editor):
+    editor = make_editor("llama")
+    assert editor.explain("Who founded Acme?").reason == "no edits"
+    edit = editor.edit("Who founded Acme?", "Jane Roe")
+    assert str(editor.explain("Who founded Acme?")).startswith(f"edit {edit.id}, distance ")
+    far = editor.explain("Where is the Eiffel Tower?")
+    assert not far.routed and far.edit_id == edit.id and far.distance >= far.threshold and far.reason == "too far"
+    assert f"nearest edit {edit.id}" in str(far)
+    with editor.disabled():
+        assert editor.explain("Who founded Acme?").reason == "editing disabled"
+
+
 def test_subject_key_calibration_sets_the_threshold_of_edits_without_a_subject(make_editor, tiny_dir):
-    editor = make_editor("llama", key="subject", encoder=str(tiny_dir("encoder")), threshold=0.5)
+    editor = make_editor("llama", key="subject", encoder=str(tiny_dir("encoder")), threshold=0.5,
+                         infer_subject=False)
     editor.edit("Which river flows through Cairo?", "the Danube")
     unrelated = [f"Unrelated question number {i}?" for i in range(40)]
     found = editor.calibrate_threshold(unrelated, 0.05)

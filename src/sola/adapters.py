@@ -175,7 +175,7 @@ def import_adapter(editor, directory: str | Path, prompts: str | list[str], targ
     request = editor.planner.check(prompts, target, subject, None, False)
     loss, converged = _measure(editor, request, tensors)
     edit = Edit(id="imported", prompts=request.prompts, target=request.target, subject=request.subject,
-                created=now(), steps=0, loss=round(loss, 6), converged=converged, seconds=0.0,
+                subject_inferred=request.subject_inferred, created=now(), steps=0, loss=round(loss, 6), converged=converged, seconds=0.0,
                 note=f"imported from the PEFT adapter {Path(directory).resolve()}")
     return import_edit(editor, edit, tensors)
 

@@ -39,7 +39,8 @@ def train_and_commit(editor, plans: list[EditPlan], started: float, progress=Non
         number = first + sum(1 for _, stored in out if stored)
         request = plan.request
         record = Edit(id=f"e{number}" if store else "", prompts=request.prompts, target=request.target,
-                      subject=request.subject, created=now(), steps=result.steps, loss=round(result.loss, 6),
+                      subject=request.subject, subject_inferred=request.subject_inferred, aliases=request.aliases,
+                      created=now(), steps=result.steps, loss=round(result.loss, 6),
                       converged=result.converged, seconds=seconds, supersedes=plan.older)
         out.append((commit(editor, record, plan.keys, result.factors) if store else record, store))
     return out
@@ -76,6 +77,9 @@ def import_edit(editor, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
     """`Editor.import_edit` (see there)."""
     factors = checked_factors(editor, tensors, f"the imported edit {edit.id}")
     encoded = [editor._encode(check_text(p, "prompt")) for p in edit.prompts]
+    subject, inferred = editor.planner.subject_of(list(edit.prompts), edit.subject) if not edit.subject_inferred \
+        else (edit.subject, True)
+    edit = Edit.from_dict({**edit.to_dict(), "subject": subject, "subject_inferred": inferred})
     keys = editor.router.edit_keys(encoded, edit.subject)
     with editor._writing():
         number = id_number(editor.store.next_id()) if editor.store is not None else editor._counter + 1
@@ -93,7 +97,7 @@ def check_requests(editor, requests: Iterable[dict[str, Any]]) -> list[EditReque
         request = parse_request(raw, index)
         try:
             checked.append(editor.planner.check(request["prompt"], request["target"], request["subject"],
-                                                request["supersedes"], request["new_fact"]))
+                                                request["supersedes"], request["new_fact"], request["aliases"]))
         except (InvalidEditError, UnknownEditError) as error:
             raise at_request(error, index) from None
     return checked

@@ -81,7 +81,12 @@ def _emit(args, data, text: str) -> None:
 def _describe(edit) -> str:
     converged = "" if edit.converged else ", NOT converged"
     supersedes = f", supersedes {edit.supersedes}" if edit.supersedes else ""
-    return f"{edit.prompt!r} -> {edit.target!r} ({edit.steps} steps, loss {edit.loss:.4f}{converged}{supersedes})"
+    subject = ""
+    if edit.subject is not None:
+        subject = f", subject {edit.subject!r}" + (" (read from the prompt; pass --subject to set it)"
+                                                   if edit.subject_inferred else "")
+    return (f"{edit.prompt!r} -> {edit.target!r} ({edit.steps} steps, loss {edit.loss:.4f}{converged}{supersedes}"
+            f"{subject})")
 
 
 def _edit(args) -> None:
@@ -102,11 +107,13 @@ def _edit(args) -> None:
         check_text(args.target, "target")
         if args.subject is not None:
             check_text(args.subject, "subject")
+        for alias in args.alias or ():
+            check_text(alias, "alias")
     editor = _editor(args, create=True)
     if not args.file:
         try:
-            edit = editor.edit(args.prompt, args.target, subject=args.subject, supersedes=args.supersedes,
-                               new_fact=args.new_fact)
+            edit = editor.edit(args.prompt, args.target, subject=args.subject, aliases=args.alias or (),
+                               supersedes=args.supersedes, new_fact=args.new_fact)
         except NotConvergedError as err:
             print(f"error: {err}", file=sys.stderr)
             raise _Exit(EXIT_NOT_CONVERGED) from None
@@ -156,11 +163,11 @@ def _ask(args) -> None:
     check_text(args.prompt, "prompt")
     editor = _editor(args, create=False)
     answer = editor.generate(args.prompt, max_new_tokens=args.max_new_tokens)
-    route = editor.route(args.prompt)
+    why = editor.explain(args.prompt)
     data = {"prompt": args.prompt, "answer": answer,
-            "route": {"edit": route.edit_id, "distance": route.distance} if route else None}
-    via = f"  [edit {route.edit_id}, distance {route.distance:.3f}]" if route else "  [base model]"
-    _emit(args, data, answer + via)
+            "route": {"edit": why.edit_id, "distance": why.distance} if why.routed else None,
+            "explanation": why.to_dict()}
+    _emit(args, data, f"{answer}  [{why}]")
 
 
 def _status(edit) -> str:
@@ -317,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit = commands.add_parser("edit", parents=[common], help="edit PROMPT to answer TARGET, or --file EDITS.jsonl")
     edit.add_argument("prompt", nargs="?")
     edit.add_argument("target", nargs="?")
-    edit.add_argument("--subject", help="the entity the fact is about")
+    edit.add_argument("--subject", help="the entity the fact is about (default: the longest name in PROMPT)")
+    edit.add_argument("--alias", action="append", metavar="NAME",
+                      help="another name of the subject that should reach the edit too (repeatable)")
     edit.add_argument("--file", help="JSON lines with prompt/target (or src/alt, prompt/target_new)")
     edit.add_argument("--batch-size", type=int, default=16, help="with --file: edits trained together (default 16)")
     edit.add_argument("--again", action="store_true",

@@ -39,7 +39,7 @@ def _bench(args) -> None:
                      checkpoints=[int(c) for c in args.checkpoints.split(",") if c] if args.checkpoints else [],
                      seed=args.seed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                      reuse_adapters=args.reuse_adapters, locality=not args.no_locality,
-                     full_locality=args.full_locality,
+                     full_locality=args.full_locality, withhold_subject=args.withhold_subject,
                      config=_json_object(args.config, "--config"))
     results = run(spec, args.out, progress=not args.json)
     if args.json:
@@ -73,6 +73,9 @@ def add_bench_parser(commands) -> None:
     bench.add_argument("--full-locality", action="store_true",
                        help="run every locality probe through the edited model, also those no edit is routed to (by "
                        "default SoLA reads those from the base run: an unrouted input computes the base model exactly)")
+    bench.add_argument("--withhold-subject", action="store_true",
+                       help="make the edits without the records' subjects, as a user who passes none (the editor "
+                       "infers them); the probes still use them")
     bench.add_argument("--reuse-adapters", help="a finished run over the same records whose LoRAs to import instead "
                        "of training again (only the key strategy and threshold may differ)")
     bench.add_argument("--config", help="further EditConfig fields as JSON, e.g. '{\"rank\": 8}'")

@@ -79,6 +79,13 @@ class EditConfig:
     same-subject other-relation probes unchanged 0.90 of the time when generated, against 0.06 with "encoder"), for
     1.4 points of zsRE Gen EM; without subjects it is "encoder"."""
 
+    infer_subject: bool = True
+    """For key="subject": an edit made without a subject takes the longest name in its prompt as its subject
+    (`sola.routing.names.infer_subject`: "Zelkova Pumps" in "Who is the CEO of Zelkova Pumps?"; the record says
+    `subject_inferred`, so a wrong guess can be seen and the edit made again with `subject=`). It is then routed like
+    an edit made with that subject, so "Who is the CEO of Birch Valves?" cannot reach it. Edits whose prompts name
+    nothing (or not the same name in every prompt) are reached by the whole prompt, as with False."""
+
     unnamed_threshold: float | None = None
     """For key="subject", edits made without a subject: they are reached like key="encoder" edits, by the encoder's
     embedding of the whole input, when its distance is under this. None: `DEFAULT_THRESHOLDS["encoder"]`. Routes

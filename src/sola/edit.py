@@ -20,6 +20,8 @@ class Edit:
     prompts: tuple[str, ...]
     target: str
     subject: str | None = None
+    subject_inferred: bool = False  # the subject was read from the prompt (`sola.routing.names.infer_subject`)
+    aliases: tuple[str, ...] = ()  # other names of the subject that reach the edit too
     created: str = ""
     steps: int = 0
     loss: float = 0.0
@@ -45,13 +47,13 @@ class Edit:
 
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in _FIELDS}  # every field is a plain value: no deep copy needed
-        data["prompts"] = list(self.prompts)
+        data["prompts"], data["aliases"] = list(self.prompts), list(self.aliases)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Edit":
         values = {k: v for k, v in data.items() if k in _FIELDS}
-        values["prompts"] = tuple(values.get("prompts", ()))
+        values["prompts"], values["aliases"] = tuple(values.get("prompts", ())), tuple(values.get("aliases", ()))
         return cls(**values)
 
 

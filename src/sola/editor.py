@@ -34,7 +34,7 @@ from .nn.injection import inject, modules
 from .planning import Planner
 from .prompts import EncodedPrompt, check_text
 from .residency import Residency
-from .routing import KeyTable, Route
+from .routing import Explanation, KeyTable, Route
 from .routing.router import Router
 from .slots import Slots
 from .store import Store
@@ -200,7 +200,7 @@ class Editor(BaseEditor):
     def _install(self, edit: Edit, keys: torch.Tensor, factors: dict[str, torch.Tensor] | None) -> int:
         """A committed edit joins every part that holds per-edit state (factors None: read when routed to)."""
         slot = self.slots.add(edit.id)
-        self.router.add(slot, keys, edit.subject)
+        self.router.add(slot, keys, edit.subject, edit.aliases)
         if factors is not None:
             self.residency.put(slot, factors, durable=self.store is not None)
         self.ledger.add(edit)
@@ -244,6 +244,21 @@ class Editor(BaseEditor):
         found = self.nearest(prompt)
         return found if found is not None and found.distance < self.config.resolved_threshold() else None
 
+    def explain(self, prompt: str) -> Explanation:
+        """Why this prompt runs as it does: the edit that answers it (`routed`), or the nearest live edit that does not,
+        with its distance and the threshold it was compared with, on one scale; or why no edit was compared
+        ("names no edited subject" with key="subject", "no edits", "editing disabled")."""
+        threshold = self.config.resolved_threshold()
+        if self._disabled:
+            return Explanation(False, None, None, threshold, "editing disabled")
+        if len(self.router) == 0:
+            return Explanation(False, None, None, threshold, "no edits")
+        found = self.nearest(prompt)
+        if found is None:
+            return Explanation(False, None, None, threshold, "names no edited subject")
+        routed = found.distance < threshold
+        return Explanation(routed, found.edit_id, found.distance, threshold, "routed" if routed else "too far")
+
     def route_many(self, prompts: Iterable[str]) -> list[Route | None]:
         """`route` for each prompt: in front of a multi-LoRA engine, the adapter (edit id) to request, or None."""
         return [self.route(prompt) for prompt in prompts]
@@ -276,9 +291,15 @@ class Editor(BaseEditor):
 
     # -- editing -----------------------------------------------------------------------------------------------------
     def edit(self, prompt: str | list[str], target: str, *, subject: str | None = None,
-             supersedes: str | None = None, new_fact: bool = False, progress=None) -> Edit:
+             aliases: Iterable[str] = (), supersedes: str | None = None, new_fact: bool = False,
+             progress=None) -> Edit:
         """Teach the model to answer `prompt` (or each of several prompts: one LoRA, one key per prompt) with
         `target`, followed by the end of the answer. Returns the committed `Edit`.
+
+        `subject` names what the fact is about; with key="subject" only inputs that name it reach the edit. Without
+        one, the subject is read from the prompt (`EditConfig.infer_subject`; the edit's `subject_inferred` says so).
+        `aliases` are other names of the subject ("JFK" for "John F. Kennedy"); inputs naming one reach the edit too.
+        Shortened names ("Kennedy"), accents and a leading "The" need no alias.
 
         An edit of a fact that is already edited is an update: it supersedes the answering edit of that fact (whose
         keys then lead here, and whose prompts this edit also learns to answer with `target`; rolling this edit back
@@ -288,7 +309,7 @@ class Editor(BaseEditor):
         If training does not reproduce the target within `max_steps`, `EditConfig.on_no_converge` decides: "refuse"
         (the default) stores nothing and raises `NotConvergedError`; "commit" stores it with `converged=False`."""
         started = time.perf_counter()
-        request = self.planner.check(prompt, target, subject, supersedes, new_fact)
+        request = self.planner.check(prompt, target, subject, supersedes, new_fact, aliases)
         with self._writing():
             (edit, stored), = batching.train_and_commit(self, [self.planner.plan(request)], started, progress)
         if not stored:

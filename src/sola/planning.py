@@ -12,6 +12,7 @@ from .edit import Edit
 from .errors import InvalidEditError
 from .prompts import EncodedPrompt, check_text, check_token_limits
 from .routing import KeyTable
+from .routing.names import infer_subject
 from .routing.subjects import SubjectIndex, relation_text
 
 
@@ -26,6 +27,8 @@ class EditRequest:
     subject: str | None
     supersedes: str | None
     new_fact: bool
+    aliases: tuple[str, ...] = ()
+    subject_inferred: bool = False
 
     def same_as(self, other: "EditRequest") -> bool:
         return (self.prompts, self.target, self.subject) == (other.prompts, other.target, other.subject)
@@ -48,18 +51,37 @@ class Planner:
     def __init__(self, editor) -> None:
         self.editor = editor
 
-    def check(self, prompt, target, subject=None, supersedes=None, new_fact=False) -> EditRequest:
-        """Validate one edit request (nothing is computed or changed)."""
+    def check(self, prompt, target, subject=None, supersedes=None, new_fact=False, aliases=()) -> EditRequest:
+        """Validate one edit request (nothing is computed or changed). With key="subject" and `infer_subject`, an
+        edit without a subject takes the name its prompts share (`sola.routing.names.infer_subject`)."""
         editor = self.editor
         prompts, encoded, target, targets = check_texts(editor._encode, editor.task, prompt, target, subject)
-        if editor.router.keys.needs_subject and subject is not None:
+        aliases = tuple(check_text(a, "alias").strip() for a in ([aliases] if isinstance(aliases, str) else aliases))
+        subject, inferred = self.subject_of(prompts, subject)
+        if aliases and subject is None:
+            raise InvalidEditError("aliases are other names of the edit's subject; pass subject= as well (or a prompt "
+                                   "that names it, with key='subject')")
+        if supersedes is not None and new_fact:
+            raise InvalidEditError("pass either supersedes=ID (an update) or new_fact=True, not both")
+        return EditRequest(tuple(prompts), tuple(encoded), target, tuple(targets), subject, supersedes, new_fact,
+                           aliases, inferred)
+
+    def subject_of(self, prompts: list[str], subject: str | None) -> tuple[str | None, bool]:
+        """(the edit's subject, whether it was inferred): a given subject, checked to occur in every prompt (key=
+        "subject"); else, with `infer_subject`, the name the first prompt gives if every prompt names it."""
+        editor = self.editor
+        if not editor.router.keys.needs_subject:
+            return subject, False
+        if subject is not None:
             for p in prompts:
                 if not _names(p, subject):
                     raise InvalidEditError(f"the subject {subject!r} does not occur in the prompt {p!r}; key='subject' "
                                            "needs it written in every prompt (as whole words)")
-        if supersedes is not None and new_fact:
-            raise InvalidEditError("pass either supersedes=ID (an update) or new_fact=True, not both")
-        return EditRequest(tuple(prompts), tuple(encoded), target, tuple(targets), subject, supersedes, new_fact)
+            return subject, False
+        guess = infer_subject(prompts[0]) if editor.config.infer_subject else None
+        if guess is not None and all(_names(p, guess) for p in prompts):
+            return guess, True
+        return None, False
 
     def plan(self, request: EditRequest) -> EditPlan:
         """Keys, the edit it supersedes (against the committed edits) and its training rows."""

@@ -16,7 +16,8 @@ TARGET_FIELDS = ("target", "target_new", "alt", "answer")  # ours, EasyEdit's, z
 
 
 def parse_request(request: Any, index: int) -> dict[str, Any]:
-    """One request (`index`: its place in the batch, from 0) -> {prompt, target, subject, supersedes, new_fact}, its
+    """One request (`index`: its place in the batch, from 0) -> {prompt, target, subject, aliases, supersedes,
+    new_fact}, its
     texts checked. Raises `RequestError` naming the request counted from 1."""
     if not isinstance(request, dict):
         raise RequestError(index, f"must be a JSON object (dict) with 'prompt' and 'target', got "
@@ -34,13 +35,18 @@ def parse_request(request: Any, index: int) -> dict[str, Any]:
         check_text(target, "target")
         if request.get("subject") is not None:
             check_text(request["subject"], "subject")
+        aliases = request.get("aliases") or []
+        if not isinstance(aliases, list):
+            raise InvalidEditError(f"aliases must be a list of names, got {type(aliases).__name__}")
+        for alias in aliases:
+            check_text(alias, "alias")
         if request.get("supersedes") is not None and not isinstance(request["supersedes"], str):
             raise InvalidEditError(f"supersedes must be an edit id such as \"e3\", got {request['supersedes']!r}")
     except InvalidEditError as err:
         raise RequestError(index, str(err)) from None
     if isinstance(prompt, list) and not prompt:
         raise RequestError(index, "'prompts' is an empty list; give at least one prompt")
-    return {"prompt": prompt, "target": target, "subject": request.get("subject"),
+    return {"prompt": prompt, "target": target, "subject": request.get("subject"), "aliases": tuple(aliases),
             "supersedes": request.get("supersedes"), "new_fact": bool(request.get("new_fact", False))}
 
 

@@ -71,12 +71,13 @@ def rephrase_form(record: Record) -> str | None:
 
     The difference matters on EasyEdit's CounterFact file: most of its `rephrase_prompt`s are plain prompts of
     ROME's generation kind, many about another relation of the subject ("Max Blecher was born in" for the edit
-    "Max Blecher speaks" -> "Spanish"), which the target cannot continue; the prefixed ones are rewordings."""
+    "Max Blecher speaks" -> "Spanish"), which the target cannot continue; the prefixed ones are rewordings. The
+    subject counts only as written (not a shortened form), so the subsets do not move with the router's rules."""
     from ..routing.subjects import clause_naming
 
     if not record.rephrases or not record.subject:
         return None
-    prefixed = all(clause_naming(r, record.subject).strip() != r.strip() for r in record.rephrases)
+    prefixed = all(clause_naming(r, record.subject, exactly=True).strip() != r.strip() for r in record.rephrases)
     return "prefixed" if prefixed else "plain"
 
 

@@ -100,6 +100,9 @@ class Evaluator:
             row.update(gen_tf=M.mean(s.accuracy for _, s, _ in found), gen_em=M.mean(
                 M.exact_match(a, target) for _, _, a in found), gen_f1=M.mean(M.token_f1(a, target) for _, _, a in found),
                 gen_answers=[a for _, _, a in found])
+        alias_pairs = [(i, a) for i, it in enumerate(items) for a in it.aliases]
+        if alias_pairs:
+            self._add_aliases(rows, items, alias_pairs, with_routes)
         # locality, on the same grid of batches as the base run
         count = sum(1 for i, _, _ in self.flat if i < upto)
         span = _grid(count, self.spec.batch_size)
@@ -135,6 +138,24 @@ class Evaluator:
         if with_routes:
             self._add_routes(rows, items, gen_pairs, flat, upto, probe_routes)
         return rows
+
+    def _add_aliases(self, rows, items, pairs, with_routes: bool) -> None:
+        """The subject-alias prompts: answered like the prompt (teacher-forced and generated), and routed to the
+        record's own edit."""
+        scores = self._score([a for _, a in pairs], [items[i].record.target for i, _ in pairs])
+        answers = self._generate([a for _, a in pairs])
+        routes = self.method.routes([a for _, a in pairs]) if with_routes else None
+        found: dict[int, list] = {}
+        for n, ((i, _), score, answer) in enumerate(zip(pairs, scores, answers)):
+            found.setdefault(i, []).append((score, answer, routes[n] if routes else None))
+        for i, parts in found.items():
+            target, row = items[i].record.target, rows[i]
+            row.update(alias_tf=M.mean(s.accuracy for s, _, _ in parts),
+                       alias_em=M.mean(M.exact_match(a, target) for _, a, _ in parts),
+                       alias_answers=[a for _, a, _ in parts])
+            if routes is not None:
+                row["alias_routes"] = [{"distance": r.distance, "routed": r.routed,
+                                        "own": bool(r.routed and r.edit_id == row["edit"])} for _, _, r in parts]
 
     @property
     def _unrouted_from_base(self) -> bool:

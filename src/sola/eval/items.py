@@ -4,10 +4,11 @@ questions a threshold is calibrated on."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data import Dataset, Probe, Record, load_dataset
+from ..data.aliases import alias_probes, common_words
 from ..data.probes import normalise, relation_groups, relation_probes, subject_probes
 from ..errors import DataError
 from .spec import BenchSpec
@@ -19,6 +20,7 @@ PROBE_KINDS = ("unrelated", "relation", "subject")
 class Item:
     record: Record
     probes: dict[str, list[Probe]]
+    aliases: list[str] = field(default_factory=list)  # the prompt naming the subject another way (should answer)
 
 
 def nq_pool(spec: BenchSpec) -> list[Record]:
@@ -31,13 +33,15 @@ def nq_pool(spec: BenchSpec) -> list[Record]:
 
 def build_items(dataset: Dataset, nq: list[Record], seed: int, subject_count: int) -> list[Item]:
     """The probes of every record. QA sets (zsRE) carry unrelated NQ questions as their locality; CounterFact carries
-    same-relation prompts. The other faces are built from the records' own templates (and NQ questions)."""
+    same-relation prompts. The other faces are built from the records' own templates (and NQ questions), and the
+    subject-alias prompts from the subjects' names (`sola.data.aliases`)."""
     records = dataset.records
     groups = relation_groups(records) if dataset.kind in ("qa", "completion") else {}
     used = {_question(p.prompt) for r in records for p in r.locality}
     spare = [q for q in nq if normalise(q.prompt) not in used]
     rng = random.Random(f"{seed}:unrelated")
     unrelated_for_completion = rng.sample(spare, min(len(spare), len(records))) if dataset.kind == "completion" else []
+    common = common_words() if dataset.kind in ("qa", "completion") else set()
     items = []
     for index, record in enumerate(records):
         probes: dict[str, list[Probe]] = {kind: [] for kind in PROBE_KINDS}
@@ -52,7 +56,7 @@ def build_items(dataset: Dataset, nq: list[Record], seed: int, subject_count: in
                 probes["relation"] = list(relation_probes(record, records, 1, seed))
         if groups:
             probes["subject"] = list(subject_probes(record, records, groups, subject_count, seed))
-        items.append(Item(record, probes))
+        items.append(Item(record, probes, list(alias_probes(record, common)) if common else []))
     return items
 
 

@@ -19,6 +19,7 @@ HEADLINE = [
     ("Loc NQ AR", "autoregressive", "loc_unrelated"), ("Loc rel AR", "autoregressive", "loc_relation"),
     ("Loc subj AR", "autoregressive", "loc_subject"),
     ("ES", "paper", "ES"), ("ERR F1", "paper", "ERR"),
+    ("Alias TF", "teacher_forced", "alias"), ("Alias EM", "autoregressive", "alias_em"),
 ]
 
 
@@ -56,7 +57,7 @@ def routing_table(rows: list[tuple[str, dict]]) -> str:
     names = [("rephrase routed", "rephrase_routed"), ("to own edit", "rephrase_own_edit"),
              ("to right target", "rephrase_right_target"), ("Gen EM given right route", "gen_em_given_right_route"),
              ("NQ activated", "unrelated_activated"), ("same-relation activated", "relation_activated"),
-             ("same-subject activated", "subject_activated")]
+             ("same-subject activated", "subject_activated"), ("alias to own edit", "alias_own_edit")]
     lines = ["| run | " + " | ".join(n for n, _ in names) + " |", "|" + "---|" * (len(names) + 1)]
     for label, metrics in rows:
         routing = metrics.get("routing", {})

@@ -12,6 +12,8 @@ and provenance (provenance.py), and the report (report.py).
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import time
 from dataclasses import asdict
@@ -167,7 +169,7 @@ def _edit_stream(method, evaluator: Evaluator, rundir: RunDir, dataset: Dataset,
     try:
         for index in range(len(done), spec.edits):
             record = dataset.records[index]
-            info = method.edit(record)
+            info = method.edit(dataclasses.replace(record, subject=None) if spec.withhold_subject else record)
             edit_of[record.id] = info["id"]
             row = _edited_row(method, record, info, spec)
             row["wall_s"] = wall()

@@ -29,4 +29,5 @@ class BenchSpec:
     # methods whose unrouted inputs compute exactly the base model (SoLA; `EditingMethod.unrouted_is_base`)
     full_locality: bool = False
     prompt_format: str = "raw"
+    withhold_subject: bool = False  # True: edits are made without the records' subjects (the editor infers them)
     config: dict[str, Any] = field(default_factory=dict)  # further EditConfig fields (e.g. {"rank": 8})

@@ -24,7 +24,8 @@ def label(results: dict) -> str:
     """How a run is named in the tables: the method, its key strategy or radius, and its threshold."""
     from ..methods.registry import bench_naming
 
-    return bench_naming(results["method"]).bench_label(results["config"], results["threshold"]["value"])
+    name = bench_naming(results["method"]).bench_label(results["config"], results["threshold"]["value"])
+    return name + (", subject withheld" if results.get("spec", {}).get("withhold_subject") else "")
 
 
 def archive(results: dict, directory: Path) -> Path:
@@ -36,6 +37,8 @@ def archive(results: dict, directory: Path) -> Path:
     given = results.get("spec", {}).get("threshold")
     if isinstance(given, (int, float)):  # a threshold chosen by hand: its own file
         parts.append(f"thr{given:g}")
+    if results.get("spec", {}).get("withhold_subject"):
+        parts.append("nosubject")
     parts.append(str(results["edits"]))
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / ("-".join(parts) + ".json")

@@ -15,9 +15,11 @@ def summarise(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
     out: dict[str, Any] = {"records": len(rows)}
     out["teacher_forced"] = {"rel": avg("rel_tf"), "gen": avg("gen_tf"),
-                             **{f"loc_{k}": avg(f"loc_{k}_tf") for k in PROBE_KINDS}}
+                             **{f"loc_{k}": avg(f"loc_{k}_tf") for k in PROBE_KINDS}, "alias": avg("alias_tf")}
     out["autoregressive"] = {"rel_em": avg("rel_em"), "rel_f1": avg("rel_f1"), "gen_em": avg("gen_em"),
-                             "gen_f1": avg("gen_f1"), **{f"loc_{k}": avg(f"loc_{k}_ar") for k in PROBE_KINDS}}
+                             "gen_f1": avg("gen_f1"), **{f"loc_{k}": avg(f"loc_{k}_ar") for k in PROBE_KINDS},
+                             "alias_em": avg("alias_em")}
+    out["alias_records"] = sum(1 for r in rows if r.get("alias_tf") is not None)
     out["paper"] = {"ES": avg("es_em"), "ES_tf": avg("es_tf"), "ERR": avg("rel_f1"), "TRR": avg("trr_f1"),
                     "TRR_base": avg("trr_f1_base")}
     if kind == "hallucination":
@@ -36,6 +38,9 @@ def summarise(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
             "gen_em_given_right_route": M.mean(given_right), "records_with_right_route": len(given_right),
             "rephrase_distance": M.quantiles([x["distance"] for x in routed if x["distance"] is not None]),
         }
+        aliases = [x for r in rows for x in r.get("alias_routes", [])]
+        if aliases:
+            out["routing"]["alias_own_edit"] = M.mean(float(x["own"]) for x in aliases)
         for k in PROBE_KINDS:
             probes = [x for r in rows for x in r.get("probe_routes", {}).get(k, [])]
             if probes:

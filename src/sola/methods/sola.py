@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ class SolaMethod(EditorMethod):
                 raise ValueError(f"--reuse-adapters {self._reuse_store.path}: its edit {source.id} is "
                                  f"{source.prompt!r} -> {source.target!r}, but record {record.id} is {record.prompt!r} "
                                  f"-> {record.target!r}; reuse a run over the same records in the same order")
+            # the subject is this record's (None when the bench withholds it: the editor infers one, as edit does)
+            source = dataclasses.replace(source, subject=record.subject, subject_inferred=False)
             edit = self.editor.import_edit(source, self._reuse_store.read_tensors(source.id))
         return self._info(edit)
 

@@ -49,17 +49,18 @@ class Router:
         return len(self.table)
 
     # -- per-edit state ----------------------------------------------------------------------------------------------
-    def add(self, slot: int, keys: torch.Tensor, subject: str | None) -> None:
-        self._claim(slot, subject)
+    def add(self, slot: int, keys: torch.Tensor, subject: str | None, aliases: tuple[str, ...] = ()) -> None:
+        self._claim(slot, subject, aliases)
         self.table.add(keys, slot)
 
-    def add_many(self, slots: list[int], keys: torch.Tensor, counts: torch.Tensor, subjects: list[str | None]) -> None:
+    def add_many(self, slots: list[int], keys: torch.Tensor, counts: torch.Tensor, subjects: list[str | None],
+                 aliases: list[tuple[str, ...]] | None = None) -> None:
         """Many edits at once (opening a store): `keys` stacked in slot order, `counts[i]` rows for `slots[i]`."""
-        for slot, subject in zip(slots, subjects):
-            self._claim(slot, subject)
+        for slot, subject, names in zip(slots, subjects, aliases or [()] * len(slots)):
+            self._claim(slot, subject, names)
         self.table.add_rows(keys, torch.repeat_interleave(torch.tensor(slots, dtype=torch.long), counts))
 
-    def _claim(self, slot: int, subject: str | None) -> None:
+    def _claim(self, slot: int, subject: str | None, aliases: tuple[str, ...] = ()) -> None:
         if slot >= len(self._answer):
             grown = max(8, 2 * len(self._answer), slot + 1)
             self._answer = torch.cat([self._answer, torch.arange(len(self._answer), grown)])
@@ -69,7 +70,7 @@ class Router:
             if subject is None:
                 self.unnamed.add(slot)
             else:
-                self.subjects.add(subject, slot)
+                self.subjects.add(subject, slot, aliases)
 
     def remove(self, slot: int) -> None:
         self.table.remove_slot(slot)

@@ -3,73 +3,106 @@ about the same relation.
 
 The key of an edit is the sentence encoder's embedding of its *relation*: the clause of the prompt that names the
 subject, with the subject replaced by a neutral word ("The mother tongue of Danielle Darrieux is" -> "The mother
-tongue of something is"). An input is compared only with edits whose subject it contains as whole words, and with each
-such edit by the embedding of its own clause masked the same way. This keeps out both hard kinds of locality prompts:
-the same relation about another subject (no subject match) and another relation about the same subject (the relation
-embeddings differ).
+tongue of something is"). An input is compared only with edits whose subject it names, and with each such edit by the
+embedding of its own clause masked the same way. This keeps out both hard kinds of locality prompts: the same relation
+about another subject (no subject match) and another relation about the same subject (the relation embeddings
+differ).
+
+An input names a subject when it contains one of its full forms (`names.forms`: as written, in any case, without
+accents, a parenthetical or a leading "The"; or a user-given alias), or when one of its names is exactly a shortened
+form (`names.short_forms`: "Darrieux" for "Danielle Darrieux") that no other edited subject shares.
 """
 
 from __future__ import annotations
 
 import re
 
+from .names import folded_words, forms, locate, names, short_forms
+
 PLACEHOLDER = "something"
 
 
 def words(text: str) -> tuple[str, ...]:
-    return tuple(re.findall(r"\w+", text.lower()))
+    return folded_words(text)
 
 
-def _subject_pattern(subject: str) -> re.Pattern:
-    parts = [re.escape(w) for w in re.findall(r"\w+", subject)]
-    return re.compile(r"(?<!\w)" + r"\W+".join(parts) + r"(?!\w)", re.IGNORECASE)
+def _spans(text: str, subject: str) -> list[tuple[int, int]]:
+    """Where `text` names `subject`: the spans of its longest full form found, else of a short form."""
+    for group in (forms(subject), short_forms(subject)):
+        for form in sorted(group, key=len, reverse=True):
+            found = locate(text, form)
+            if found:
+                return found
+    return []
 
 
-def clause_naming(text: str, subject: str) -> str:
+def clause_naming(text: str, subject: str, exactly: bool = False) -> str:
     """The clause of `text` that names `subject` (the last one, if several; all of `text` if none does).
-    Benchmarks' paraphrases often put an unrelated sentence first; it is not part of the clause."""
-    pattern = _subject_pattern(subject)
+    Benchmarks' paraphrases often put an unrelated sentence first; it is not part of the clause. `exactly`: only
+    the subject as written counts (any case), not its other forms."""
     clauses = [c for c in re.split(r"(?<=[.!?;])\s+|\n+", text) if c.strip()]
-    return next((c for c in reversed(clauses) if pattern.search(c)), text)
+    names_it = (lambda c: locate(c, folded_words(subject))) if exactly else (lambda c: _spans(c, subject))
+    return next((c for c in reversed(clauses) if names_it(c)), text)
 
 
 def relation_text(text: str, subject: str) -> str:
     """The clause of `text` that names `subject`, with the subject replaced by a neutral word."""
-    return _subject_pattern(subject).sub(PLACEHOLDER, clause_naming(text, subject), count=1)
+    clause = clause_naming(text, subject)
+    spans = _spans(clause, subject)
+    if not spans:
+        return clause
+    start, end = spans[0]
+    return clause[:start] + PLACEHOLDER + clause[end:]
 
 
 class SubjectIndex:
-    """Which edits' subjects a text names, as whole words (case-insensitive), by looking up its word n-grams."""
+    """Which edits' subjects a text names (see the module's docstring), by looking up its word n-grams."""
 
     def __init__(self) -> None:
-        self._slots: dict[tuple[str, ...], set[int]] = {}
+        self._full: dict[tuple[str, ...], set[int]] = {}
+        self._short: dict[tuple[str, ...], set[int]] = {}
+        self._forms_of: dict[int, tuple[set, set]] = {}
         self._subject_of: dict[int, str] = {}
         self._longest = 0
 
-    def add(self, subject: str, slot: int) -> None:
-        key = words(subject)
-        if not key:
+    def add(self, subject: str, slot: int, aliases: tuple[str, ...] | list[str] = ()) -> None:
+        full = set().union(*(forms(name) for name in (subject, *aliases)))
+        if not full:
             raise ValueError(f"subject {subject!r} has no words")
-        self._slots.setdefault(key, set()).add(slot)
-        self._subject_of[slot] = subject
-        self._longest = max(self._longest, len(key))
+        short = set().union(*(short_forms(name) for name in (subject, *aliases))) - full
+        for form in full:
+            self._full.setdefault(form, set()).add(slot)
+            self._longest = max(self._longest, len(form))
+        for form in short:
+            self._short.setdefault(form, set()).add(slot)
+        self._forms_of[slot], self._subject_of[slot] = (full, short), subject
 
     def remove(self, slot: int) -> None:
-        subject = self._subject_of.pop(slot, None)
-        if subject is not None:
-            slots = self._slots[words(subject)]
-            slots.discard(slot)
-            if not slots:
-                del self._slots[words(subject)]
+        full, short = self._forms_of.pop(slot, (set(), set()))
+        self._subject_of.pop(slot, None)
+        for table, group in ((self._full, full), (self._short, short)):
+            for form in group:
+                table[form].discard(slot)
+                if not table[form]:
+                    del table[form]
+
+    def subject_of(self, slot: int) -> str | None:
+        return self._subject_of.get(slot)
 
     def find(self, text: str) -> dict[str, list[int]]:
-        """{subject as stored: slots of the edits about it} for every edited subject the text names."""
-        tokens = words(text)
-        found: dict[str, list[int]] = {}
+        """{the form the text names, as words: slots of the edits it names} for every edited subject the text names."""
+        tokens = folded_words(text)
+        found: dict[str, set[int]] = {}
         for start in range(len(tokens)):
             for length in range(1, min(self._longest, len(tokens) - start) + 1):
-                slots = self._slots.get(tokens[start:start + length])
-                if slots:
-                    ordered = sorted(slots)
-                    found.setdefault(self._subject_of[ordered[0]], []).extend(ordered)
-        return {subject: sorted(set(slots)) for subject, slots in found.items()}
+                form = tokens[start:start + length]
+                if form in self._full:
+                    found.setdefault(" ".join(form), set()).update(self._full[form])
+        named = set().union(*found.values()) if found else set()
+        for name in names(text):
+            name = name[1:] if len(name) > 1 and name[0] == "the" else name
+            slots = self._short.get(name, set()) - named
+            subjects = {frozenset(self._forms_of[slot][0]) for slot in slots}
+            if len(subjects) == 1:  # a shortened name that only one edited subject has
+                found.setdefault(" ".join(name), set()).update(slots)
+        return {form: sorted(slots) for form, slots in found.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -12,6 +13,30 @@ class Route(NamedTuple):
 
     edit_id: str
     distance: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why an input runs as it does (`Editor.explain`): the edit that answered it, or else the nearest edit that did
+    not and why. `distance` and `threshold` are on one scale: an input is routed exactly when distance < threshold."""
+
+    routed: bool
+    edit_id: str | None  # the answering edit if routed, else the nearest live edit (None if there is none to compare)
+    distance: float | None
+    threshold: float
+    reason: str  # "routed", "too far", "names no edited subject", "no edits", "editing disabled"
+
+    def __str__(self) -> str:
+        if self.routed:
+            return f"edit {self.edit_id}, distance {self.distance:.3f} < threshold {self.threshold:.3f}"
+        if self.edit_id is not None:
+            return (f"base model: nearest edit {self.edit_id} at distance {self.distance:.3f} >= threshold "
+                    f"{self.threshold:.3f}")
+        return f"base model: {self.reason}"
+
+    def to_dict(self) -> dict:
+        return {"routed": self.routed, "edit": self.edit_id, "distance": self.distance, "threshold": self.threshold,
+                "reason": self.reason}
 
 
 # Cosine tables of at least this many keys search in two stages: half-precision scores of every key, then exact float32

@@ -92,14 +92,15 @@ class EditService:
 
     def ask(self, prompt: str, max_new_tokens: int = 32, *, with_base: bool = True) -> dict[str, Any]:
         with self.reading() as editor:
-            route = editor.route(prompt)
+            why = editor.explain(prompt)
             answer = editor.generate(prompt, max_new_tokens, stop_at_newline=True)
             base = None
             if with_base:
                 with editor.disabled():
                     base = editor.generate(prompt, max_new_tokens, stop_at_newline=True)
         return {"prompt": prompt, "answer": answer, "base_answer": base,
-                "route": {"edit_id": route.edit_id, "distance": route.distance} if route else None}
+                "route": {"edit_id": why.edit_id, "distance": why.distance} if why.routed else None,
+                "explanation": {**why.to_dict(), "text": str(why)}}
 
     # -- changing ----------------------------------------------------------------------------------------------------
     def submit_edits(self, requests: list[dict[str, Any]]) -> Job:

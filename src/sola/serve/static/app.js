@@ -32,7 +32,7 @@ async function ask(prompt) {
     $("base-answer").textContent = result.base_answer;
     $("route").textContent = result.route
       ? `answered by edit ${result.route.edit_id} (distance ${result.route.distance.toFixed(2)})`
-      : "base model (no edit is routed)";
+      : `base model (${result.explanation.text.replace(/^base model: /, "")})`;
     $("route").dataset.edit = result.route ? result.route.edit_id : "";
     recentAsks.push(Boolean(result.route));
     if (recentAsks.length > 20) recentAsks.shift();

@@ -1,0 +1,75 @@
+"""Names in prompts: the subject a prompt without one is given, and which inputs name an edited subject."""
+
+from __future__ import annotations
+
+import pytest
+
+from sola.data.aliases import alias_probes, variants
+from sola.data.records import Record
+from sola.routing.names import infer_subject, short_forms
+from sola.routing.subjects import SubjectIndex, relation_text
+
+
+@pytest.mark.parametrize("prompt, subject", [
+    ("Who is the CEO of Zelkova Pumps?", "Zelkova Pumps"),
+    ("What is the native language of Danielle Darrieux?", "Danielle Darrieux"),
+    ("Danielle Darrieux's mother tongue is", "Danielle Darrieux"),
+    ("The mother tongue of Leonardo da Vinci is", "Leonardo da Vinci"),
+    ("What war did Carlos W. Colby fight in?", "Carlos W. Colby"),
+    ("Which corporation created USS Leedstown (APA-56)?", "USS Leedstown (APA-56)"),
+    ("Arthur Wellesley, 1st Duke of Wellington worked in", "Arthur Wellesley, 1st Duke of Wellington"),
+    ("In the film Mr. Smith Carries On, who was the star?", "Mr. Smith Carries On"),
+    ("what is the boiling point of water", None),
+])
+def test_the_subject_of_a_prompt_is_its_longest_name(prompt, subject):
+    assert infer_subject(prompt) == subject
+
+
+def test_a_subject_is_named_in_any_case_without_accents_parentheticals_or_article():
+    index = SubjectIndex()
+    index.add("Björk Guðmundsdóttir", 0)
+    index.add("USS Leedstown (APA-56)", 1)
+    index.add("The Beatles", 2)
+    assert index.find("Where was bjork gudmundsdottir born?") == {"bjork gudmundsdottir": [0]}
+    assert index.find("Who built USS Leedstown?") == {"uss leedstown": [1]}
+    assert index.find("Who managed Beatles?") == {"beatles": [2]}
+    assert relation_text("Where was Bjork Gudmundsdottir born?", "björk guðmundsdóttir") == "Where was something born?"
+
+
+def test_a_shortened_name_reaches_only_its_own_subject():
+    index = SubjectIndex()
+    index.add("Danielle Darrieux", 0)
+    index.add("Paris Hilton", 1)
+    assert index.find("The mother tongue of Darrieux is") == {"darrieux": [0]}
+    assert index.find("Hilton was born in") == {"hilton": [1]}
+    # the text's name is longer than the shortened form: another person of that name, not the edit's subject
+    assert index.find("Conrad Hilton was born in") == {}
+    assert index.find("The hilton hotel is in") == {}  # not written as a name
+    index.add("Rick Hilton", 2)
+    assert index.find("Hilton was born in") == {}  # two edited subjects share the short form: neither is named
+    index.remove(2)
+    assert index.find("Hilton was born in") == {"hilton": [1]}
+
+
+def test_user_aliases_reach_the_edit_and_leave_with_it():
+    index = SubjectIndex()
+    index.add("John F. Kennedy", 0, aliases=("JFK",))
+    assert index.find("Where was JFK born?") == {"jfk": [0]}
+    assert relation_text("Where was JFK born?", "jfk") == "Where was something born?"
+    index.remove(0)
+    assert index.find("Where was JFK born?") == {}
+
+
+def test_short_forms_are_first_and_last_words_of_a_capitalised_name():
+    assert short_forms("Danielle Darrieux") == {("danielle",), ("darrieux",)}
+    assert short_forms("Björk") == set()
+    assert short_forms("black tea") == set()
+
+
+def test_alias_probes_skip_common_words():
+    common = {"station", "cars"}
+    assert variants("Toodyay Fire Station", common) == []
+    assert variants("Danielle Darrieux", common) == ["Darrieux"]
+    assert variants("Carolina Rodríguez", common) == ["Carolina Rodriguez", "Rodríguez"]
+    record = Record("r", "The mother tongue of Danielle Darrieux is", "English", subject="Danielle Darrieux")
+    assert alias_probes(record, common) == ("The mother tongue of Darrieux is",)
