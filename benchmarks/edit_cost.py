@@ -3,7 +3,7 @@
 Makes N sequential zsRE edits (first N records with distinct subjects), then times greedy generation of a fixed
 number of new tokens on unrelated NQ questions with: the bare model, the editor with no edits, the editor with N
 edits (the questions route to no edit, so they measure the routing and wrapper overhead). Prints the figures and writes
-JSON. Run: .venv/bin/python benchmarks/edit_cost.py --edits 20 --out results/edit_cost.json
+JSON. Run: .venv/bin/python benchmarks/edit_cost.py --edits 20 [--prompt-format auto] --out results/edit_cost.json
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--edits", type=int, default=20)
-    parser.add_argument("--key", default="encoder")
+    parser.add_argument("--key", default="subject", help="key strategy (default: the library's, subject)")
+    parser.add_argument("--prompt-format", default="raw",
+                        help="raw (the benchmarks'), or auto/chat (what Editor.from_pretrained() gives an instruct "
+                        "model); edits are made without a subject, as a user who passes none")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--data", default=None)
@@ -51,7 +54,7 @@ def main() -> None:
     from sola.data import load_zsre
 
     torch.manual_seed(0)
-    editor = Editor.from_pretrained(args.model, config=EditConfig(key=args.key, prompt_format="raw"))
+    editor = Editor.from_pretrained(args.model, config=EditConfig(key=args.key, prompt_format=args.prompt_format))
     records = load_zsre(args.data).records
     questions = [r.locality[0].prompt.removeprefix("nq question: ") for r in records[-8:]]
     seen, facts = set(), []

@@ -506,3 +506,30 @@ def test_a_resumed_run_counts_the_time_of_earlier_sessions(tmp_path, tiny_dir, t
     old = run(spec, tmp_path / "run", progress=False)  # progress from before rows carried their time
     assert old["timings"]["earlier_sessions_unrecorded"] is True
     assert "Wall time >= " in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_alias_probes_and_withheld_subjects_in_a_run(tmp_path, tiny_dir, tiny_data):
+    """A record whose subject has a shortened name gets an alias probe (its prompt naming the subject so), scored
+    like a rephrase and routed; --withhold-subject makes the edits without subjects, and the subject key then gates on
+    the name it reads from each prompt, which reaches the same edits as the data's subjects here."""
+    from sola.eval.items import build_items
+    from sola.data import load_dataset as load
+
+    path = tiny_data / "zsre" / "zsre_mend_eval.json"
+    records = json.loads(path.read_text())
+    records[1].update(src="Who founded Zelkova Quillon?", rephrase="Who was the founder of Zelkova Quillon?",
+                      subject="Zelkova Quillon")
+    path.write_text(json.dumps(records))
+    items = build_items(load("zsre", tiny_data), [], seed=0, subject_count=1)
+    assert [it.aliases for it in items][:2] == [[], ["Who founded Quillon?"]]
+    config = {"learning_rate": 0.05, "max_steps": 200, "threshold": 0.6}
+    given = run(_spec(tiny_dir, tiny_data, key="subject", checkpoints=[], config=config), tmp_path / "given",
+                progress=False)
+    withheld = run(_spec(tiny_dir, tiny_data, key="subject", checkpoints=[], config=config, withhold_subject=True),
+                   tmp_path / "withheld", progress=False)
+    for results in (given, withheld):
+        metrics = results["metrics"]["all"]
+        assert metrics["alias_records"] == 1 and metrics["routing"]["alias_own_edit"] == 1.0
+        assert metrics["teacher_forced"]["alias"] is not None
+    assert withheld["spec"]["withhold_subject"] and study_label(withheld).endswith(", subject withheld")
+    assert _metrics(withheld) == _metrics(given)  # every inferred subject is the data's subject here
