@@ -43,6 +43,25 @@ def test_cli_round_trip(tiny_dir, tmp_path, capsys):
         "error: edit 'e1' was already rolled back; live edits: e2 (see `sola list`)"]
 
 
+def test_cli_shows_the_subject_it_read_and_explains_each_answer(tiny_dir, tmp_path, capsys):
+    from sola import Editor
+
+    store = tmp_path / "store"
+    Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir, key="subject", threshold=0.6), store=store)
+    common = ["--store", str(store), "--model", str(tiny_dir("llama"))]
+    code, out, _ = run(capsys, "edit", "Who is the CEO of Zelkova Pumps?", "Ada Brandt", *common)
+    assert code == 0 and "subject 'Zelkova Pumps' (read from the prompt; pass --subject to set it)" in out
+    code, out, _ = run(capsys, "edit", "Who founded Quillon Robotics?", "Mara Vey", "--alias", "QR Labs", *common,
+                       "--json")
+    assert code == 0 and json.loads(out)[0]["aliases"] == ["QR Labs"]
+    code, out, _ = run(capsys, "ask", "Who is the CEO of Zelkova Pumps?", *common)
+    assert code == 0 and "[edit e1, distance " in out and "< threshold 0.600]" in out
+    code, out, _ = run(capsys, "ask", "Who is the CEO of Birch Valves?", *common)
+    assert code == 0 and out.rstrip().endswith("[base model: names no edited subject]")
+    code, out, _ = run(capsys, "ask", "Who founded QR Labs?", *common, "--json")
+    assert json.loads(out)["explanation"]["edit"] == "e2" and json.loads(out)["explanation"]["routed"]
+
+
 def test_cli_updates_and_history(tiny_dir, tmp_path, capsys):
     from sola import Editor
 

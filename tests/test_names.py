@@ -19,6 +19,7 @@ from sola.routing.subjects import SubjectIndex, relation_text
     ("Which corporation created USS Leedstown (APA-56)?", "USS Leedstown (APA-56)"),
     ("Arthur Wellesley, 1st Duke of Wellington worked in", "Arthur Wellesley, 1st Duke of Wellington"),
     ("In the film Mr. Smith Carries On, who was the star?", "Mr. Smith Carries On"),
+    ("Martin Luther King Jr. was born in", "Martin Luther King Jr."),
     ("what is the boiling point of water", None),
 ])
 def test_the_subject_of_a_prompt_is_its_longest_name(prompt, subject):
@@ -62,6 +63,7 @@ def test_user_aliases_reach_the_edit_and_leave_with_it():
 
 def test_short_forms_are_first_and_last_words_of_a_capitalised_name():
     assert short_forms("Danielle Darrieux") == {("danielle",), ("darrieux",)}
+    assert short_forms("Edwin of Northumbria") == {("edwin",)}  # after a particle comes a place or a title
     assert short_forms("Björk") == set()
     assert short_forms("black tea") == set()
 

@@ -66,6 +66,11 @@ def _capitalised(word: str) -> bool:
     return word[:1].isupper() or word[:1].isdigit() or any(c.isupper() for c in word[1:])
 
 
+def _abbreviation(word: str) -> bool:
+    """An initial ("W", "R.A") or a word like "Mr", after which a full stop does not end the sentence."""
+    return bool(re.fullmatch(r"\w(\.\w)*", word)) or word.lower() in ABBREVIATIONS
+
+
 def name_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) character spans of the names in `text`, in order."""
     spans: list[tuple[int, int]] = []
@@ -73,11 +78,11 @@ def name_spans(text: str) -> list[tuple[int, int]]:
     sentence_start = True
     previous = ""
     for match in _TOKEN.finditer(text):
-        token, previous = match.group(), previous
-        if token == "." and (re.fullmatch(r"\w(\.\w)*", previous) or previous.lower() in ABBREVIATIONS):
-            previous = token
-            continue  # an initial or an abbreviation: the name goes on
+        token = match.group()
+        abbreviated = token == "." and _abbreviation(previous)
         previous = token
+        if abbreviated:
+            continue  # the full stop of an initial or an abbreviation: the name goes on
         if token == "," and start is not None:
             continue  # "Arthur Wellesley, 1st Duke of Wellington": a capitalised word after it goes on with the name
         if not token[0].isalnum() and token != "_":  # a sentence or clause ends
@@ -117,13 +122,15 @@ def forms(subject: str) -> set[tuple[str, ...]]:
 
 
 def short_forms(subject: str) -> set[tuple[str, ...]]:
-    """The first and the last word of a name of two words or more (each at least 3 letters, not a particle)."""
+    """The first and the last word of a name of two words or more (each at least 3 letters); only the first if the
+    name has particles ("Edwin of Northumbria": "Northumbria" names a place, not Edwin)."""
     bare = re.sub(r"\s*\([^)]*\)", "", subject).strip()
-    words = [w for w in _WORD.findall(bare)]
+    words = _WORD.findall(bare)
     if len(words) < 2 or not all(_capitalised(w) or w.lower() in PARTICLES for w in words):
         return set()
+    joined = any(w.lower() in PARTICLES for w in words[1:])
     found = set()
-    for word in (words[0], words[-1]):
+    for word in (words[0],) if joined else (words[0], words[-1]):
         if len(word) >= 3 and word.isalpha() and word.lower() not in PARTICLES | OPENERS:
             found.add((fold(word),))
     return found - forms(subject)
@@ -145,6 +152,6 @@ def infer_subject(prompt: str) -> str | None:
     parenthetical = re.match(r"\s*\([^()]*\)", prompt[end:])  # "USS Leedstown (APA-56)"
     if parenthetical:
         end += parenthetical.end()
-    elif prompt[end:end + 1] == ".":  # "Carlos W. Colby Jr." keeps its last full stop
-        end += len(previous) if (previous := prompt[:end].split()[-1]) and len(previous) == 1 else 0
+    elif prompt[end:end + 1] == "." and _abbreviation(prompt[start:end].split()[-1]):
+        end += 1  # "Martin Luther King Jr." keeps its last full stop
     return prompt[start:end]
