@@ -274,6 +274,26 @@ def test_an_edit_without_a_subject_is_gated_by_the_name_in_its_prompt(tiny_dir, 
         editor.edit("what is the boiling point of water", "100 C", aliases=["H2O"])
 
 
+def test_edits_made_before_subjects_were_read_are_still_skipped_as_committed(tiny_dir, tmp_path):
+    """A store whose edits were made without subjects (subject None), then the same file again with the subject read
+    from each prompt: skip_committed recognises them, nothing is trained twice."""
+    from conftest import tiny_config
+
+    config = tiny_config(tiny_dir, key="subject", threshold=0.6, infer_subject=False)
+    old = Editor.from_pretrained(tiny_dir("llama"), config=config, store=tmp_path / "store")
+    requests = [{"prompt": "Who is the CEO of Zelkova Pumps?", "target": "Ada Brandt"}]
+    (made,) = old.edit_many(requests)
+    assert made.subject is None
+    reopened = Editor.from_pretrained(tiny_dir("llama"), store=tmp_path / "store")
+    reopened.config = reopened.config.replace(infer_subject=True)  # as a store made before the field existed
+    seen = []
+    reopened.edit_many(requests, skip_committed=True, on_result=lambda i, edit, status: seen.append(status))
+    assert seen == ["skipped"] and len(reopened.edits()) == 1
+    with pytest.raises(InvalidEditError, match="key='subject'"):
+        Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir)).edit(
+            "Who founded Acme?", "Jane Roe", subject="Acme", aliases=["Acme Corp"])
+
+
 def test_explain_says_why_an_input_runs_on_the_base_model(make_editor):
     editor = make_editor("llama")
     assert editor.explain("Who founded Acme?").reason == "no edits"

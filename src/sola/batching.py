@@ -89,6 +89,15 @@ def import_edit(editor, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
         return commit(editor, record, keys, factors)
 
 
+def _committed(editor, request: EditRequest) -> Edit | None:
+    """The live edit made from this request, if any; for a subject read from the prompt, also one made before
+    subjects were read (with none)."""
+    found = editor.ledger.committed_as(request.prompts, request.target, request.subject)
+    if found is None and request.subject_inferred:
+        found = editor.ledger.committed_as(request.prompts, request.target, None)
+    return found
+
+
 def check_requests(editor, requests: Iterable[dict[str, Any]]) -> list[EditRequest]:
     """Every request parsed and checked (texts, token limits, subject named) before anything is trained; a bad one
     raises naming the request counted from 1."""
@@ -158,8 +167,7 @@ def edit_many(editor, requests: Iterable[dict[str, Any]], progress: bool, batch_
                 started, pending = time.perf_counter(), []
                 while index < len(checked) and len(pending) < max(1, batch_size):
                     request = checked[index]
-                    done = editor.ledger.committed_as(request.prompts, request.target, request.subject) \
-                        if skip_committed else None
+                    done = _committed(editor, request) if skip_committed else None
                     if done is not None:
                         settle(index, done, "skipped")
                         index += 1

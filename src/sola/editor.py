@@ -240,7 +240,8 @@ class Editor(BaseEditor):
             self.decision.clear()
 
     def route(self, prompt: str) -> Route | None:
-        """The edit this prompt is routed to and its key distance, or None if it runs on the base model."""
+        """The edit this prompt is routed to and its key distance, or None if it runs on the base model (`explain`
+        says why, and which edit was nearest)."""
         found = self.nearest(prompt)
         return found if found is not None and found.distance < self.config.resolved_threshold() else None
 

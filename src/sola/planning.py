@@ -58,6 +58,9 @@ class Planner:
         prompts, encoded, target, targets = check_texts(editor._encode, editor.task, prompt, target, subject)
         aliases = tuple(check_text(a, "alias").strip() for a in ([aliases] if isinstance(aliases, str) else aliases))
         subject, inferred = self.subject_of(prompts, subject)
+        if aliases and not editor.router.keys.needs_subject:
+            raise InvalidEditError(f"aliases reach an edit through the subject gate, which key={editor.config.key!r} "
+                                   "does not have; use key='subject' (the default) or leave aliases out")
         if aliases and subject is None:
             raise InvalidEditError("aliases are other names of the edit's subject; pass subject= as well (or a prompt "
                                    "that names it, with key='subject')")

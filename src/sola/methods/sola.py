@@ -22,13 +22,16 @@ class SolaMethod(EditorMethod):
 
     @classmethod
     def bench_label(cls, config: dict[str, Any], threshold) -> str:
-        """How a run is named in result tables: its key strategy and threshold (`sola.eval.study`)."""
+        """How a run is named in result tables: its key strategy and threshold (`sola.eval.study`); subject-key runs
+        made with the name rules (`sola.routing.names`, which came with `infer_subject`) say "names"."""
         update = ", updates supersede" if config.get("supersede") == "auto" else ""
-        return f"sola {config['key']} (thr {threshold:.3f}{update})"
+        names = " + names" if _names(config) else ""
+        return f"sola {config['key']}{names} (thr {threshold:.3f}{update})"
 
     @classmethod
     def bench_name_parts(cls, config: dict[str, Any]) -> list[str]:
-        return [config["key"], *(["supersede"] if config.get("supersede") == "auto" else [])]
+        return [config["key"], *(["names"] if _names(config) else []),
+                *(["supersede"] if config.get("supersede") == "auto" else [])]
 
     def __init__(self, editor: Editor, reuse: Store | None = None) -> None:
         self.editor = editor
@@ -71,6 +74,12 @@ class SolaMethod(EditorMethod):
             else:
                 found.append(MethodRoute(nearest.edit_id, nearest.distance, nearest.distance < threshold))
         return found
+
+
+def _names(config: dict[str, Any]) -> bool:
+    """A subject-key run whose router reads names: made since `infer_subject` existed (runs before it matched the
+    subject's words exactly)."""
+    return config.get("key") == "subject" and "infer_subject" in config
 
 
 def _edits_of(store: Store):
