@@ -75,3 +75,14 @@ def test_alias_probes_skip_common_words():
     assert variants("Carolina Rodríguez", common) == ["Carolina Rodriguez", "Rodríguez"]
     record = Record("r", "The mother tongue of Danielle Darrieux is", "English", subject="Danielle Darrieux")
     assert alias_probes(record, common) == ("The mother tongue of Darrieux is",)
+
+
+def test_initials_do_not_split_a_clause_and_both_sides_mask_alike():
+    """An edit's key is its prompt masked with the subject as given; a query is masked with the form the gate found
+    (folded words). Both must give the same relation text, initials and abbreviations included."""
+    prompt = "Who was the architect involved with A. P. Johnson House?"
+    assert relation_text(prompt, "A. P. Johnson House") == relation_text(prompt, "a p johnson house") \
+        == "Who was the architect involved with something?"
+    assert relation_text("Noise. What created Mr. Duck Steps Out?", "Mr. Duck Steps Out") == "What created something?"
+    # the full form in an earlier clause wins over a shortened one in a later clause
+    assert relation_text("Danielle Darrieux spoke. Darrieux wrote", "Danielle Darrieux") == "something spoke."

@@ -71,6 +71,20 @@ def _abbreviation(word: str) -> bool:
     return bool(re.fullmatch(r"\w(\.\w)*", word)) or word.lower() in ABBREVIATIONS
 
 
+def clauses(text: str) -> list[str]:
+    """The sentences and clauses of `text` (split after . ! ? ; and at line breaks), not after an initial or an
+    abbreviation ("Who designed A. P. Johnson House?" is one clause)."""
+    found, start = [], 0
+    for mark in re.finditer(r"[.!?;]\s+|\n+", text):
+        before = re.findall(r"[\w.]+$", text[:mark.start()])
+        if mark.group()[0] == "." and before and _abbreviation(before[0]):
+            continue
+        found.append(text[start:mark.start() + 1].strip())
+        start = mark.end()
+    found.append(text[start:].strip())
+    return [c for c in found if c]
+
+
 def name_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) character spans of the names in `text`, in order."""
     spans: list[tuple[int, int]] = []

@@ -15,9 +15,8 @@ form (`names.short_forms`: "Darrieux" for "Danielle Darrieux") that no other edi
 
 from __future__ import annotations
 
-import re
 
-from .names import folded_words, forms, locate, names, short_forms
+from .names import clauses, folded_words, forms, locate, names, short_forms
 
 PLACEHOLDER = "something"
 
@@ -27,7 +26,8 @@ def words(text: str) -> tuple[str, ...]:
 
 
 def _spans(text: str, subject: str) -> list[tuple[int, int]]:
-    """Where `text` names `subject`: the spans of its longest full form found, else of a short form."""
+    """Where `text` names `subject`: the spans of its longest full form found, else of a short form. (Short forms
+    need a capitalised subject; the gate's matched forms come folded, so they mask by their full form only.)"""
     for group in (forms(subject), short_forms(subject)):
         for form in sorted(group, key=len, reverse=True):
             found = locate(text, form)
@@ -40,9 +40,13 @@ def clause_naming(text: str, subject: str, exactly: bool = False) -> str:
     """The clause of `text` that names `subject` (the last one, if several; all of `text` if none does).
     Benchmarks' paraphrases often put an unrelated sentence first; it is not part of the clause. `exactly`: only
     the subject as written counts (any case), not its other forms."""
-    clauses = [c for c in re.split(r"(?<=[.!?;])\s+|\n+", text) if c.strip()]
-    names_it = (lambda c: locate(c, folded_words(subject))) if exactly else (lambda c: _spans(c, subject))
-    return next((c for c in reversed(clauses) if names_it(c)), text)
+    parts = clauses(text)
+    groups = [{folded_words(subject)}] if exactly else [forms(subject), short_forms(subject)]
+    for group in groups:  # a clause with a full form wins over a later one with a shortened form only
+        found = next((c for c in reversed(parts) if any(locate(c, form) for form in group)), None)
+        if found is not None:
+            return found
+    return text
 
 
 def relation_text(text: str, subject: str) -> str:
