@@ -15,7 +15,6 @@ form (`names.short_forms`: "Darrieux" for "Danielle Darrieux") that no other edi
 
 from __future__ import annotations
 
-
 from .names import clauses, folded_words, forms, locate, names, short_forms
 
 PLACEHOLDER = "something"
