@@ -72,12 +72,13 @@ class EditConfig:
     key: str = "subject"
     """How a prompt becomes a routing key. "subject" (default): an edit made with a `subject` is reached only by
     inputs that name that subject, compared by the sentence encoder's embedding of the prompt's clause with the
-    subject masked; an edit made without one is reached as with "encoder" (see `unnamed_threshold`). "encoder": the
+    subject masked (the subject read from the prompt when none is given, see `infer_subject`); an edit whose prompt
+    names nothing is reached as with "encoder" (see `unnamed_threshold`). "encoder": the
     sentence encoder's embedding of the whole prompt text. "mean_pool": the mean of the prompt's hidden states at the
     key module. "last_token": the last one (the SoLA paper's choice). Why "subject" is the default: at T=1,000 on
     the embedded model (docs/results.md) it keeps the other two faces of locality that whole-prompt keys lose (zsRE
     same-subject other-relation probes unchanged 0.90 of the time when generated, against 0.06 with "encoder"), for
-    1.4 points of zsRE Gen EM; without subjects it is "encoder"."""
+    1.4 points of zsRE Gen EM; for prompts that name nothing it is "encoder"."""
 
     infer_subject: bool = True
     """For key="subject": an edit made without a subject takes the longest name in its prompt as its subject
