@@ -11,8 +11,7 @@ The benchmark files carry no aliases, so the variants are made from the subject'
 
 from __future__ import annotations
 
-import re
-
+from ..routing.names import strip_accents, without_parenthetical
 from .records import Record
 
 
@@ -27,12 +26,12 @@ def common_words() -> set[str]:
 def variants(subject: str, common: set[str]) -> list[str]:
     """Other ways to write `subject` (none equal to it, ignoring case)."""
     found = []
-    bare = re.sub(r"\s*\([^)]*\)", "", subject).strip()
+    bare = without_parenthetical(subject)
     if bare and bare != subject:
         found.append(bare)
     if bare.lower().startswith("the ") and len(bare) > 4:
         found.append(bare[4:])
-    folded = _strip_accents(subject)
+    folded = strip_accents(subject)
     if folded != subject:
         found.append(folded)
     words = bare.split()
@@ -46,12 +45,6 @@ def variants(subject: str, common: set[str]) -> list[str]:
             seen.add(variant.lower())
             unique.append(variant)
     return unique
-
-
-def _strip_accents(text: str) -> str:
-    import unicodedata
-
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
 
 def alias_probes(record: Record, common: set[str]) -> tuple[str, ...]:

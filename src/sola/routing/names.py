@@ -37,10 +37,19 @@ _LETTERS = str.maketrans({"ð": "d", "þ": "th", "æ": "ae", "ø": "o", "œ": "o
                           "ı": "i", "ħ": "h"})
 
 
+def strip_accents(text: str) -> str:
+    """Without combining accents, case kept: "Rodríguez" -> "Rodriguez"."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
+def without_parenthetical(name: str) -> str:
+    """"USS Leedstown (APA-56)" -> "USS Leedstown"."""
+    return re.sub(r"\s*\([^)]*\)", "", name).strip()
+
+
 def fold(text: str) -> str:
     """Without accents, lower case: "Björk Guðmundsdóttir" -> "bjork gudmundsdottir"."""
-    decomposed = unicodedata.normalize("NFKD", text.lower())
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).translate(_LETTERS)
+    return strip_accents(text.lower()).translate(_LETTERS)
 
 
 def folded_words(text: str) -> tuple[str, ...]:
@@ -127,7 +136,7 @@ def names(text: str) -> list[tuple[str, ...]]:
 def forms(subject: str) -> set[tuple[str, ...]]:
     """The full forms that name `subject` exactly (folded words): as written, without a parenthetical, without a
     leading article."""
-    bare = re.sub(r"\s*\([^)]*\)", "", subject).strip()
+    bare = without_parenthetical(subject)
     found = {folded_words(subject), folded_words(bare)}
     for words in list(found):
         if len(words) > 1 and words[0] == "the":
@@ -138,7 +147,7 @@ def forms(subject: str) -> set[tuple[str, ...]]:
 def short_forms(subject: str) -> set[tuple[str, ...]]:
     """The first and the last word of a name of two words or more (each at least 3 letters); only the first if the
     name has particles ("Edwin of Northumbria": "Northumbria" names a place, not Edwin)."""
-    bare = re.sub(r"\s*\([^)]*\)", "", subject).strip()
+    bare = without_parenthetical(subject)
     words = _WORD.findall(bare)
     if len(words) < 2 or not all(_capitalised(w) or w.lower() in PARTICLES for w in words):
         return set()
