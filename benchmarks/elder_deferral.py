@@ -1,6 +1,7 @@
 """How often can ELDER's deferral fire at all? A model-free count.
 
-ELDER defers an input when the Hamming distance from its allocation code to the nearest stored code exceeds epsilon.
+ELDER defers an input when the Hamming distance from its allocation code to the nearest stored code is epsilon or more
+(Algorithm 1: the mixture is used only below epsilon).
 A code has L x N bits with k set per layer. This draws T stored codes and Q query codes uniformly at random (k of N
 LoRAs per layer, as ELDER's allocation generator draws them) and reports the distribution of the queries' nearest
 distance and the fraction that would defer. Uniform queries are the most favourable case for deferral: a real
@@ -42,7 +43,7 @@ def main() -> None:
     bits = args.layers * args.loras
     result = {"layers": args.layers, "loras": args.loras, "top_k": args.top_k, "epsilon": args.epsilon,
               "bits": bits, "queries": args.queries, "seed": args.seed, "by_edits": {}}
-    print(f"L={args.layers} N={args.loras} k={args.top_k}: {bits}-bit codes; defer when nearest distance > "
+    print(f"L={args.layers} N={args.loras} k={args.top_k}: {bits}-bit codes; defer when nearest distance >= "
           f"{args.epsilon}")
     print(f"{'edits':>6} {'mean nearest':>13} {'max nearest':>12} {'defer':>7}  nearest-distance counts")
     for edits in (int(t) for t in args.edits.split(",")):
@@ -51,7 +52,7 @@ def main() -> None:
         nearest = hamming_distances(queries, stored).min(1).values.long()
         counts = torch.bincount(nearest, minlength=bits + 1)
         row = {"mean_nearest": float(nearest.float().mean()), "max_nearest": int(nearest.max()),
-               "defer_fraction": float((nearest > args.epsilon).float().mean()),
+               "defer_fraction": float((nearest >= args.epsilon).float().mean()),
                "nearest_counts": {str(d): int(c) for d, c in enumerate(counts) if c}}
         result["by_edits"][str(edits)] = row
         print(f"{edits:>6} {row['mean_nearest']:>13.2f} {row['max_nearest']:>12} {row['defer_fraction']:>7.3f}  "

@@ -29,7 +29,7 @@ def make(method: str, tiny_dir, family: str = "llama", **changes):
             prompt_format="raw", radius=1e-3, **changes))
     if method == "elder":
         return ElderEditor.from_pretrained(str(tiny_dir(family)), config=ElderConfig(
-            **{"epsilon": 0, **TRAINING, **changes}))
+            **{"epsilon": 1, **TRAINING, **changes}))
     if method == "melo":
         return MeloEditor.from_pretrained(str(tiny_dir(family)), config=MeloConfig(
             **{"radius": 1e-3, **TRAINING, **changes}))
@@ -309,14 +309,17 @@ def test_elder_codes_are_packed_bits_and_hamming_distances_count_them(tiny_dir):
     top = torch.tensor([[[0, 1], [2, 3]], [[0, 2], [2, 3]]])  # two inputs, L=2, k=2, N=4
     codes = editor._code(top)
     assert codes.dtype == torch.uint8 and codes.tolist() == [[0b11000011], [0b11000101]]
-    editor.codes = {"a": codes[0]}
+    editor.codes = {"a": codes[:1]}
     distances, ids = editor._hamming(top)
     assert ids == ["a"] and distances.flatten().tolist() == [0, 2]  # one LoRA swapped: two bits differ
-    # the paper defers an input whose nearest distance exceeds epsilon: a distance equal to it still edits
-    editor.config = editor.config.replace(epsilon=2)
+    # Algorithm 1 edits only below epsilon: a distance equal to it defers
+    editor.config = editor.config.replace(epsilon=3)
     assert editor._within(top).tolist() == [True, True]
-    editor.config = editor.config.replace(epsilon=1)
+    editor.config = editor.config.replace(epsilon=2)
     assert editor._within(top).tolist() == [True, False]
+    editor.codes = {"a": codes[:1], "b": codes[1:]}  # every stored code counts, each named by its edit
+    distances, ids = editor._hamming(top)
+    assert ids == ["a", "b"] and distances.tolist() == [[0, 2], [2, 0]]
 
 
 def test_elder_defers_unmatched_inputs_to_the_base_model_and_rollback_removes_the_code(tiny_dir):
@@ -325,7 +328,7 @@ def test_elder_defers_unmatched_inputs_to_the_base_model_and_rollback_removes_th
     base = logits(editor, [prompt] + UNRELATED)
     editor.edit(prompt, target)
     assert editor.generate(prompt, 12) == target and editor.route(prompt).edit_id == "e1"
-    for text, before in zip(UNRELATED, base[1:]):  # epsilon 0: only an identical code uses the mixture
+    for text, before in zip(UNRELATED, base[1:]):  # epsilon 1: only an identical code uses the mixture
         if editor.route(text) is None:
             assert torch.equal(editor.logits(text), before)
     rolled = editor.rollback("e1")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sola import Editor, InvalidEditError, UnknownEditError
-from sola.methods import (BASELINES, METHODS, ElderConfig, GraceConfig, LoraFTConfig, MeloConfig,
+from sola.methods import (BASELINES, METHODS, ElderConfig, ElderOnlineConfig, GraceConfig, LoraFTConfig, MeloConfig,
                           RollbackNotSupportedError)
 
 from conftest import EDITS, FAMILY_CONFIG, UNRELATED, tiny_config
@@ -29,7 +29,9 @@ SETTINGS = {
     "grace": dict(families=["llama", "gpt2"], answer_tokens=1, config=lambda: GraceConfig(
         prompt_format="raw", radius=1e-3, max_steps=60)),
     "melo": dict(families=["llama", "gpt2"], answer_tokens=None, config=lambda: MeloConfig(radius=1e-3, **TRAINING)),
-    "elder": dict(families=["llama", "gpt2"], answer_tokens=None, config=lambda: ElderConfig(epsilon=0, **TRAINING)),
+    "elder": dict(families=["llama", "gpt2"], answer_tokens=None, config=lambda: ElderConfig(epsilon=1, **TRAINING)),
+    "elder-online": dict(families=["llama", "gpt2"], answer_tokens=None, config=lambda: ElderOnlineConfig(
+        epsilon=1, prompt_format="raw", fixed_steps=60, fixed_learning_rate=0.05, fixed_lr_step=30)),
     "lora-ft": dict(families=["llama", "gpt2"], answer_tokens=None, config=lambda: LoraFTConfig(**TRAINING)),
 }
 CASES = [(method, family) for method in METHODS for family in SETTINGS.get(method, {}).get("families", [])]

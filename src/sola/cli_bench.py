@@ -37,7 +37,7 @@ def _bench(args) -> None:
     spec = BenchSpec(method=args.method, dataset=args.dataset, edits=args.edits, data=args.data, model=args.model,
                      key=args.key, layers=args.layers.split(",") if args.layers else None, threshold=threshold,
                      checkpoints=[int(c) for c in args.checkpoints.split(",") if c] if args.checkpoints else [],
-                     seed=args.seed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                     seed=args.seed, batch_size=args.eval_batch_size, edit_batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                      reuse_adapters=args.reuse_adapters, locality=not args.no_locality,
                      full_locality=args.full_locality, withhold_subject=args.withhold_subject,
                      config=_json_object(args.config, "--config"))
@@ -50,11 +50,11 @@ def _bench(args) -> None:
 
 
 def add_bench_parser(commands) -> None:
-    bench = commands.add_parser("bench", help="sequential editing benchmark: T edits, then every metric",
-                                description="Run T edits one after another and evaluate them (teacher-forced and "
+    bench = commands.add_parser("bench", help="lifelong editing benchmark: T edits, then every metric",
+                                description="Run T edits one after another (or --batch-size at a time) and evaluate them (teacher-forced and "
                                 "generated, ES/ERR/TRR, three kinds of locality, routing, cost); or compare runs.")
     bench.add_argument("--method", default="sola",
-                       help="sola, or a method in the same harness: elder, grace, melo, lora-ft")
+                       help="sola, or a method in the same harness: elder, elder-online, grace, melo, lora-ft")
     bench.add_argument("--dataset", default="zsre", help="zsre, counterfact, hallucination, wikibio, scotus")
     bench.add_argument("--edits", type=int, default=1000, help="T, the number of sequential edits (default 1000)")
     bench.add_argument("--out", help="directory for results.json, results.md and plots (re-run to resume)")
@@ -66,7 +66,11 @@ def add_bench_parser(commands) -> None:
                        "questions fall within it of the edit prompts)")
     bench.add_argument("--checkpoints", default="10,100", help="also evaluate after these many edits (default 10,100)")
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
+    bench.add_argument("--batch-size", type=int, default=1,
+                       help="the protocol: edits arrive this many at a time, each batch trained the method's own way "
+                       "(SoLA: one LoRA per edit, trained together; GRACE: in order; MELO, ELDER: their shared modules "
+                       "on the whole batch), then checked; 1 (default) is one edit at a time")
+    bench.add_argument("--eval-batch-size", type=int, default=16, help="evaluation batch size")
     bench.add_argument("--max-new-tokens", type=int, default=16, help="length cap of generated answers")
     bench.add_argument("--no-locality", action="store_true",
                        help="skip the locality probes (Rel/Gen and routing only; the report says Loc was not measured)")

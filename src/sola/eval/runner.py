@@ -1,5 +1,5 @@
-"""Sequential lifelong editing: T edits one after another, each checked right after it is made (ES), and every edit
-re-checked at checkpoints (after 10, 100, ... edits) and at the end, teacher-forced and by greedy generation.
+"""Lifelong editing: T edits one after another (or, with `edit_batch_size` B, B at a time, as MELO's and ELDER's
+authors ran them), each checked right after it (or its batch) is made (ES), and every edit re-checked at checkpoints (after 10, 100, ... edits) and at the end, teacher-forced and by greedy generation.
 
 Locality is measured three ways (see `sola.data.probes`): unrelated questions, the same relation about other subjects,
 and other relations about the same subject. "Unchanged" always means "as the base model answers", computed by the same
@@ -44,6 +44,9 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     rundir = RunDir(out)
     rundir.claim(spec)
     dataset = load_dataset(spec.dataset, spec.data)
+    if spec.edit_batch_size < 1:
+        raise ConfigError(f"--batch-size {spec.edit_batch_size}: give a positive number of edits per batch (1: one "
+                          "edit at a time)")
     if spec.edits < 1 or spec.edits > len(dataset):
         raise ConfigError(f"--edits {spec.edits}: {dataset.name} has {len(dataset)} records ({dataset.path})")
     held_out = dataset.records[spec.edits:]
@@ -91,6 +94,7 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     timings["total_s"] = earlier + time.perf_counter() - started
     results = {
         "schema": SCHEMA, "spec": asdict(spec), "method": spec.method, "dataset": dataset.name,
+        "protocol": protocol(spec.edit_batch_size),
         "data": {"path": dataset.path, "records": len(dataset), "kind": dataset.kind},
         "edits": spec.edits, "config": described["config"], "model": described["model"],
         "threshold": {"value": described["config"].get("threshold") or described["info"].get("threshold"),
@@ -115,6 +119,15 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     return results
 
 
+def protocol(batch_size: int) -> dict[str, Any]:
+    """How the edits arrived, as results.json records it (runs written before batches existed read as sequential)."""
+    if batch_size == 1:
+        return {"batch_size": 1, "name": "sequential", "description": "one edit at a time, each checked after it"}
+    return {"batch_size": batch_size, "name": f"batches of {batch_size}",
+            "description": f"edits arrive {batch_size} at a time; each batch is trained the method's own way, then "
+                           "its edits are checked"}
+
+
 def _set_threshold(method, spec: BenchSpec, probed: list[Item], nq: list[Record], dataset: Dataset) -> str:
     """Calibrate the method's threshold if the spec asks (1 % of held-out NQ questions, none of them a probe of
     `probed`); -> how it was chosen."""
@@ -133,20 +146,22 @@ def _set_threshold(method, spec: BenchSpec, probed: list[Item], nq: list[Record]
 
 def _resume(method, rundir: RunDir, dataset: Dataset, spec: BenchSpec) -> list[dict[str, Any]]:
     """The rows of the edits the method's state holds, from progress.jsonl: a snapshot method continues from its
-    last save (the rows after it are dropped and made again); an edit committed before its row was written gets its
-    row now (the model is in the state right after that edit, so its ES can be measured)."""
+    last save (the rows after it are dropped and made again); edits committed before their rows were written get
+    their rows now (the model is in the state right after those edits, so their ES can be measured)."""
     done = rundir.rows()
     made = method.edits_made()
     if method.resumes_from_snapshot and made < len(done):
         done = done[:made]
         rundir.keep_rows(done)
-    if made == len(done) + 1:
-        last = method.last_edit()
-        if last is not None:
-            row = _edited_row(method, dataset.records[len(done)], last, spec)
-            row["wall_s"] = (done[-1].get("wall_s") or 0.0) if done else 0.0  # its own time was not recorded
-            done.append(row)
-            rundir.add_row(row)
+    if made > len(done):
+        missing = method.edits_after(len(done))
+        if len(missing) == made - len(done):
+            wall = (done[-1].get("wall_s") or 0.0) if done else 0.0  # their own time was not recorded
+            records = dataset.records[len(done):made]
+            for row in _edited_rows(method, records, missing, spec):
+                row["wall_s"] = wall
+                done.append(row)
+                rundir.add_row(row)
     if made != len(done):
         raise ConfigError(f"{rundir.path}: the store holds {made} edits but progress.jsonl {len(done)}; start a new "
                           "--out")
@@ -155,11 +170,13 @@ def _resume(method, rundir: RunDir, dataset: Dataset, spec: BenchSpec) -> list[d
 
 def _edit_stream(method, evaluator: Evaluator, rundir: RunDir, dataset: Dataset, spec: BenchSpec,
                  done: list[dict[str, Any]], wall, progress: bool) -> tuple[list[dict[str, Any]], list[dict]]:
-    """Make the edits after `done` one by one (appending to `done`), measuring each checkpoint not yet measured;
-    -> the final evaluation's rows and every checkpoint."""
+    """Make the edits after `done` (appending to `done`), `spec.edit_batch_size` at a time (batches start at
+    multiples of it, so a resumed run finishes the batch it stopped in), measuring each checkpoint not yet measured
+    after the batch that reaches it; -> the final evaluation's rows and every checkpoint."""
     edit_of = {row["record"]: row["edit"] for row in done}
     wanted = sorted({c for c in spec.checkpoints if 0 < c < spec.edits} | {spec.edits})
     measured = rundir.checkpoints(len(done))
+    size = spec.edit_batch_size
     bar = None
     if progress:
         from tqdm import tqdm
@@ -167,23 +184,28 @@ def _edit_stream(method, evaluator: Evaluator, rundir: RunDir, dataset: Dataset,
         bar = tqdm(total=spec.edits, initial=len(done), unit="edit", desc=f"{spec.method} {spec.dataset}")
     final_rows: list[dict[str, Any]] = []
     try:
-        for index in range(len(done), spec.edits):
-            record = dataset.records[index]
-            info = method.edit(dataclasses.replace(record, subject=None) if spec.withhold_subject else record)
-            edit_of[record.id] = info["id"]
-            row = _edited_row(method, record, info, spec)
-            row["wall_s"] = wall()
-            done.append(row)
-            rundir.add_row(row)
+        start = len(done)
+        while start < spec.edits:
+            end = min(spec.edits, (start // size + 1) * size)
+            records = dataset.records[start:end]
+            given = [dataclasses.replace(r, subject=None) if spec.withhold_subject else r for r in records]
+            infos = method.edit_batch(given) if size > 1 else [method.edit(given[0])]
+            for record, row in zip(records, _edited_rows(method, records, infos, spec)):
+                edit_of[record.id] = row["edit"]
+                row["wall_s"] = wall()
+                done.append(row)
+                rundir.add_row(row)
             if bar is not None:
-                bar.update(1)
-            if index + 1 in wanted and index + 1 not in {c["edits"] for c in measured}:
-                rows = _evaluate(evaluator, index + 1, edit_of, done, with_routes=index + 1 == spec.edits)
-                measured.append({"edits": index + 1, "metrics": summarise(rows, dataset.kind),
+                bar.update(len(records))
+            reached = [c for c in wanted if start < c <= end]
+            if reached and end not in {c["edits"] for c in measured}:
+                rows = _evaluate(evaluator, end, edit_of, done, with_routes=end == spec.edits)
+                measured.append({"edits": end, "metrics": summarise(rows, dataset.kind),
                                  "state": method_state(method.describe())})
                 rundir.add_checkpoint(measured[-1])
-                if index + 1 == spec.edits:
+                if end == spec.edits:
                     final_rows = rows
+            start = end
     finally:
         if bar is not None:
             bar.close()
@@ -213,10 +235,12 @@ def _subsets(rows: list[dict[str, Any]], dataset: Dataset, evaluator: Evaluator,
     return subsets
 
 
-def _edited_row(method, record: Record, info: dict[str, Any], spec: BenchSpec) -> dict:
-    """progress.jsonl's row of an edit just made (without its wall time): what the method said of it, and ES on
-    its prompt."""
-    es_score = method.score([record.prompt], [record.target], 1)[0]
-    es_answer = method.generate([record.prompt], spec.max_new_tokens, 1)[0]
-    return {"record": record.id, **info, "edit": info["id"], "es_tf": es_score.accuracy,
-            "es_em": M.exact_match(es_answer, record.target), "es_answer": es_answer}
+def _edited_rows(method, records: list[Record], infos: list[dict[str, Any]], spec: BenchSpec) -> list[dict]:
+    """progress.jsonl's rows of the edits of a batch just made (without their wall time): what the method said of
+    each, and its ES on its prompt, read after the whole batch (right after the edit when batches are of one)."""
+    prompts, targets = [r.prompt for r in records], [r.target for r in records]
+    scores = method.score(prompts, targets, spec.batch_size)
+    answers = method.generate(prompts, spec.max_new_tokens, spec.batch_size)
+    return [{"record": record.id, **info, "edit": info["id"], "es_tf": score.accuracy,
+             "es_em": M.exact_match(answer, record.target), "es_answer": answer}
+            for record, info, score, answer in zip(records, infos, scores, answers)]

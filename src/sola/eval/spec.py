@@ -20,7 +20,10 @@ class BenchSpec:
     threshold: float | str | None = None  # a number, "calibrate" (1 % of held-out NQ questions), or None (default)
     checkpoints: list[int] = field(default_factory=lambda: [10, 100])
     seed: int = 0
-    batch_size: int = 16
+    batch_size: int = 16  # evaluation batch size (`--eval-batch-size`)
+    # the protocol (`--batch-size`): edits arrive this many at a time and each method trains a batch its own way;
+    # 1 is the sequential protocol (one edit, then the next)
+    edit_batch_size: int = 1
     max_new_tokens: int = 16
     subject_probes: int = 1  # same-subject other-relation probes per record
     locality: bool = True  # False: no locality probes at all (a run that measures only the edits)

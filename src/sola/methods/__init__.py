@@ -1,10 +1,10 @@
 """Editing methods behind one small protocol, so the benchmark runner measures them all the same way.
 
 SoLA is `sola.Editor`; ELDER and the baselines (GRACE, MELO, LoRA-FT) are `SnapshotEditor`s with the same public surface
-(`from_pretrained`, `edit`, `rollback` where the method allows it, `generate`, `score`, `route`, `save`, `load`)."""
+(`from_pretrained`, `edit`, `edit_many`, `rollback` where the method allows it, `generate`, `score`, `route`, `save`, `load`)."""
 
 from .base import EditingMethod, MethodRoute
-from .elder import ElderConfig, ElderEditor
+from .elder import ElderConfig, ElderEditor, ElderOnlineConfig, ElderOnlineEditor
 from .grace import GraceConfig, GraceEditor
 from .lora_ft import LoraFTConfig, LoraFTEditor
 from .melo import MeloConfig, MeloEditor
@@ -12,6 +12,7 @@ from .registry import BASELINES, METHODS, SnapshotMethod
 from .snapshot import RollbackNotSupportedError, SnapshotEditor
 from .sola import SolaMethod
 
-__all__ = ["BASELINES", "METHODS", "EditingMethod", "ElderConfig", "ElderEditor", "GraceConfig", "GraceEditor", "LoraFTConfig", "LoraFTEditor",
+__all__ = ["BASELINES", "METHODS", "EditingMethod", "ElderConfig", "ElderEditor", "ElderOnlineConfig",
+           "ElderOnlineEditor", "GraceConfig", "GraceEditor", "LoraFTConfig", "LoraFTEditor",
            "MeloConfig", "MeloEditor", "MethodRoute", "RollbackNotSupportedError", "SnapshotEditor",
            "SnapshotMethod", "SolaMethod"]

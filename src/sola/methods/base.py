@@ -36,11 +36,16 @@ class EditingMethod(Protocol):
     def edit(self, record: Record) -> dict[str, Any]:
         """Apply one edit; return at least {"id": ..., "seconds": ..., "converged": ...}."""
 
+    def edit_batch(self, records: list[Record]) -> list[dict[str, Any]]:
+        """Apply a batch of edits that arrived together, the method's own way; one `edit` result per record, in
+        order. A batch of one is `edit`."""
+
     def edits_made(self) -> int:
         """Edits the method's durable state holds, rolled back ones included (where a resumed run continues)."""
 
-    def last_edit(self) -> dict[str, Any] | None:
-        """What `edit` returned for the newest edit the state holds (a run resumed right after that edit)."""
+    def edits_after(self, count: int) -> list[dict[str, Any]]:
+        """What `edit` returned for the edits the state holds after its first `count` (a run resumed after edits
+        whose rows were not written)."""
 
     def finish(self) -> None:
         """Make the state durable at the end of a run."""
@@ -86,9 +91,11 @@ class EditorMethod:
     def edits_made(self) -> int:
         return len(self.editor.edits(include_rolled_back=True))
 
-    def last_edit(self) -> dict[str, Any] | None:
-        made = self.editor.edits(include_rolled_back=True)
-        return self._info(made[-1]) if made else None
+    def edit_batch(self, records: list[Record]) -> list[dict[str, Any]]:
+        return [self.edit(record) for record in records]
+
+    def edits_after(self, count: int) -> list[dict[str, Any]]:
+        return [self._info(edit) for edit in self.editor.edits(include_rolled_back=True)[count:]]
 
     def _info(self, edit) -> dict[str, Any]:
         return {"id": edit.id, "seconds": edit.seconds, "steps": edit.steps, "converged": edit.converged,

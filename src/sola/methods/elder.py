@@ -9,10 +9,14 @@ Hamming-distance deferral. See ../docs/methods.md for how this implementation re
 - Guided loss: each edit gets a preset random allocation (k of N LoRAs per layer), the same for identical edits
   (same prompt and target) and different from every other live edit's; training minimises the target's
   cross-entropy + lambda * sum over the allocation of -log s_lj.
-- Deferral: each edit's allocation code (L x N bits, L x k set) is stored when its training ends; an input whose
-  nearest stored code is more than `epsilon` away (Hamming; the paper: "exceeds a threshold") runs the base model,
-  bit for bit. Codes are packed into bytes and compared with XOR and a popcount table.
-- Lifelong: the LoRAs and routers are shared and keep training as edits arrive (a fresh Adam per edit).
+- Deferral: the allocation code (L x N bits, L x k set) of every training row of an edit is stored at its last
+  training iteration; an input uses the mixture only if its nearest stored code is at Hamming distance < `epsilon`
+  (Algorithm 1: at exactly epsilon it defers), else it runs the base model, bit for bit. Codes are packed into bytes
+  and compared with XOR and a popcount table. `calibrate_threshold` makes epsilon follow held-out unrelated
+  questions instead (re-chosen after every training, as the codes move).
+- Lifelong: the LoRAs and routers are shared and keep training as edits arrive: one edit at a time (a fresh Adam per
+  edit, until it converges), or a batch at a time (`edit_many`: the authors' runner, MELO's: a fresh Adam at lr
+  1e-2, `fixed_steps` = 50 iterations, the lr halved every 20, on the whole batch).
 - Rollback is NOT exact: it removes the edit's code from the deferral table, so inputs that only matched it fall back
   to the base model; what its training changed in the shared LoRAs and routers stays. `Edit.note` says so.
 """
@@ -23,21 +27,23 @@ import math
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..architectures import default_layers
 from ..data.probes import normalise
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidEditError
 from ..routing import key_strategy
 from ..nn.injection import capture, inject, modules
 from ..nn.wrapped import WrappedLinear
-from ..training import frozen_prefix, minimise, trainable
-from .snapshot import BaselineConfig, SnapshotEditor
+from ..training import frozen_prefix, minimise, train_fixed, trainable
+from .snapshot import BaselineConfig, FixedSchedule, SnapshotEditor, check_fixed_schedule
 
 ROLLBACK_NOTE = ("rolled back by removing its allocation code from the deferral table; the shared LoRAs and routers "
                  "keep what its training changed (ELDER cannot undo that)")
+PAPER_EPSILON = 12
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int16)
 
 
@@ -58,16 +64,24 @@ def hamming_distances(codes: torch.Tensor, stored: torch.Tensor) -> torch.Tensor
 
 
 @dataclass
-class ElderConfig(BaselineConfig):
+class ElderConfig(BaselineConfig, FixedSchedule):
     layers: list[str] | None = None
     """The mixture layers. None: six MLP down projections at the paper's depth (LLaMA2-7B: layers 20-25 of 32),
     i.e. layers 19-24 of SmolLM2-135M's 30; for other architectures the SoLA layers."""
 
     rank: int = 8
+    lora_alpha: float = 8.0  # the LoRAs' scale is lora_alpha / rank (the authors' code)
     loras: int = 4  # N per layer
     top_k: int = 2
-    epsilon: int = 12  # an input whose nearest code is farther (Hamming) defers to the base model
+    epsilon: int = 12  # an input whose nearest code is this far (Hamming) or farther defers to the base model
     threshold_field, threshold_type, threshold_symbol = "epsilon", int, "ε"
+    query_layer: str | None = None
+    """Where the last-token query is read (its input): None, the module one block before the first mixture layer
+    (the authors' code reads it at the layer before the mixture), or the first mixture layer itself if it is in the
+    first block."""
+    epsilon_rate: float | None = None
+    """Set by `calibrate_threshold`: epsilon is re-chosen after every training so that at most this share of the
+    calibration questions (held-out, unrelated) reach a stored code; None keeps `epsilon` as given."""
     guide_weight: float = 1e-2  # lambda
     key: str = "last_token"
     """The query vector: "last_token" (the paper: the last prompt token's hidden state at the input of the first
@@ -80,15 +94,24 @@ class ElderConfig(BaselineConfig):
     """Our addition, 0 by default: also train on this many earlier live edits (drawn at random, seeded) at every
     step, so the shared LoRAs are reminded of them. Without it, one edit at a time overwrites the shared LoRAs
     (measured: after 6 zsRE edits on SmolLM2-135M, the earlier prompts answered the 6th target)."""
+    schedule: str = "until_converged"
+    """How one edit trains: "until_converged" (Adam at `learning_rate` until the target is reproduced and the top-k
+    equals the allocation, at most `max_steps`), or "fixed" (the fixed schedule, as a batch trains). Batches of
+    edits (`edit_many`) always train on the fixed schedule."""
     learning_rate: float = 0.02
     max_steps: int = 80
 
     def validate(self):
         super().validate()
+        check_fixed_schedule(self)
+        if self.schedule not in ("until_converged", "fixed"):
+            raise ConfigError(f"schedule={self.schedule!r} is unknown; choose until_converged or fixed")
         if not 1 <= self.top_k <= self.loras:
             raise ConfigError(f"top_k={self.top_k} must be between 1 and loras={self.loras}")
-        if self.rank < 1 or self.epsilon < 0 or self.guide_weight < 0:
-            raise ConfigError("rank must be positive, and epsilon and guide_weight non-negative")
+        if self.rank < 1 or self.epsilon < 0 or self.guide_weight < 0 or not self.lora_alpha > 0:
+            raise ConfigError("rank and lora_alpha must be positive, and epsilon and guide_weight non-negative")
+        if self.epsilon_rate is not None and not 0 <= self.epsilon_rate < 1:
+            raise ConfigError(f"epsilon_rate={self.epsilon_rate} must be in [0, 1)")
         if self.key not in ("last_token", "encoder"):
             raise ConfigError(f"key={self.key!r}: ELDER routes on 'last_token' (the paper) or 'encoder'")
         return self
@@ -97,12 +120,12 @@ class ElderConfig(BaselineConfig):
 class MixtureLoraLayer(WrappedLinear):
     """A frozen base module plus N LoRAs mixed per row by `weights[:, index]` (B, N) of the shared routing state."""
 
-    def __init__(self, base_layer: nn.Module, index: int, loras: int, rank: int, state: "_Routing",
+    def __init__(self, base_layer: nn.Module, index: int, loras: int, rank: int, scale: float, state: "_Routing",
                  generator: torch.Generator) -> None:
         super().__init__(base_layer)
         in_features, out_features = self.in_features, self.out_features
-        self.index, self.state = index, state
-        bound = 1.0 / math.sqrt(in_features)
+        self.index, self.state, self.scale = index, state, scale
+        bound = 1.0 / math.sqrt(rank)  # kaiming_uniform(a=sqrt(5)) of the authors' (in, r) matrix: fan-in r
         self.lora_A = nn.Parameter((torch.rand(loras, rank, in_features, generator=generator) * 2 - 1) * bound,
                                    requires_grad=False)
         self.lora_B = nn.Parameter(torch.zeros(loras, out_features, rank), requires_grad=False)
@@ -115,7 +138,7 @@ class MixtureLoraLayer(WrappedLinear):
         rows = weights[:, self.index].abs().sum(1).nonzero().squeeze(1)  # rows with a mixture
         if rows.numel() == 0:
             return out
-        w = weights[rows, self.index].to(x.dtype)  # (n, N)
+        w = weights[rows, self.index].to(x.dtype) * self.scale  # (n, N)
         hidden = torch.einsum("btd,nrd->btnr", x[rows], self.lora_A)  # (n, T, N, r)
         hidden = hidden * w[:, None, :, None]
         delta = torch.einsum("btnr,nor->bto", hidden, self.lora_B)
@@ -136,6 +159,7 @@ class ElderEditor(SnapshotEditor):
     config_class = ElderConfig
     exact_rollback = False
     rollback_note = ROLLBACK_NOTE
+    trains_batches = True
 
     def _build(self):
         names = self.config.layers or _paper_layers(self.model)
@@ -144,24 +168,42 @@ class ElderEditor(SnapshotEditor):
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.config.seed}:elder".encode()))
         self.state = _Routing()
         self.layers = []
+        scale = self.config.lora_alpha / self.config.rank
         for index, name in enumerate(names):
             self.layers.append(inject(self.model, name, lambda base: MixtureLoraLayer(
-                base, index, self.config.loras, self.config.rank, self.state, generator)))
+                base, index, self.config.loras, self.config.rank, scale, self.state, generator)))
         self.keys = key_strategy(self.config.key, self.config.encoder)
-        dim = self.keys.dim if not self.keys.inside_model else self.layers[0].lora_A.shape[2]
-        if self.keys.inside_model and names != sorted(names, key=lambda n: _depth(n)):
-            raise ConfigError("list the mixture layers in the order the model runs them")
-        self.routers = nn.Parameter(torch.randn(len(names), self.config.loras, dim, generator=generator) * 0.02,
-                                    requires_grad=False)  # W_r per layer: (L, N, d)
+        if self.keys.inside_model:
+            if names != sorted(names, key=lambda n: _depth(n)):
+                raise ConfigError("list the mixture layers in the order the model runs them")
+            query = self.config.query_layer or _block_before(self.model, names[0])
+            self.config = self.config.replace(query_layer=query)
+            self.query_module = modules(self.model, [query], "query_layer")[query]
+            if isinstance(self.query_module, WrappedLinear):  # the first mixture layer itself: read its input
+                self.query_module = self.query_module.base_layer
+            if _depth(query) > _depth(names[0]):
+                raise ConfigError(f"query_layer {query!r} runs after the first mixture layer {names[0]!r}; choose "
+                                  "one at or before it")
+            dim = WrappedLinear(self.query_module).in_features
+            self.query_module.register_forward_pre_hook(self._route_at_query_layer)
+        else:
+            dim = self.keys.dim
+        bound = 1.0 / math.sqrt(dim)  # nn.Linear's own initialisation of the authors' gate (weight and bias)
+        self.routers = nn.Parameter((torch.rand(len(names), self.config.loras, dim, generator=generator) * 2 - 1)
+                                    * bound, requires_grad=False)  # W_l per layer: (L, N, d)
+        self.router_bias = nn.Parameter((torch.rand(len(names), self.config.loras, generator=generator) * 2 - 1)
+                                        * bound, requires_grad=False)  # b_l: (L, N)
         self.allocations: dict[str, torch.Tensor] = {}  # per edit (live or not): (L, k) LoRA indices
-        self.codes: dict[str, torch.Tensor] = {}  # per live edit: packed allocation code (bytes,)
+        self.codes: dict[str, torch.Tensor] = {}  # per live edit: the packed codes of its training rows (rows, bytes)
         self.queries: dict[str, torch.Tensor] = {}  # per live edit: its query vector, for guide_replay
-        first = self.layers[0].base_layer
-        first.register_forward_pre_hook(self._route_at_first_layer)
+        self.calibration = torch.zeros(0, dim)  # queries of the calibration questions (`calibrate_threshold`)
         return [layer.base_layer for layer in self.layers]
 
+    def _parameters(self) -> list[torch.Tensor]:
+        return [self.routers, self.router_bias] + [p for layer in self.layers for p in (layer.lora_A, layer.lora_B)]
+
     # -- routing -----------------------------------------------------------------------------------------------------
-    def _route_at_first_layer(self, _module, args) -> None:
+    def _route_at_query_layer(self, _module, args) -> None:
         pending = self.state.pending
         if pending is None:
             return
@@ -171,7 +213,8 @@ class ElderEditor(SnapshotEditor):
 
     def _scores(self, queries: torch.Tensor) -> torch.Tensor:
         """(B, d) -> router scores (B, L, N)."""
-        return torch.softmax(torch.einsum("bd,lnd->bln", queries.float(), self.routers), dim=-1)
+        logits = torch.einsum("bd,lnd->bln", queries.float(), self.routers) + self.router_bias
+        return torch.softmax(logits, dim=-1)
 
     def _weights(self, queries: torch.Tensor, deferral: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, d) -> (weights (B, L, N): the top-k scores, zero elsewhere and for deferred rows; top-k (B, L, k))."""
@@ -187,11 +230,11 @@ class ElderEditor(SnapshotEditor):
         return pack_codes(top, self.config.loras)
 
     def _hamming(self, top: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
-        """(B, L, k) -> Hamming distances (B, E) to the stored codes of the live edits, and their ids."""
-        ids = list(self.codes)
+        """(B, L, k) -> Hamming distances (B, C) to every stored code of the live edits, and the edit of each code."""
+        ids = [edit_id for edit_id, codes in self.codes.items() for _ in range(len(codes))]
         if not ids:
             return torch.zeros(top.shape[0], 0, dtype=torch.int32), ids
-        return hamming_distances(self._code(top), torch.stack([self.codes[i] for i in ids])), ids
+        return hamming_distances(self._code(top), torch.cat(list(self.codes.values()))), ids
 
     def _within(self, top: torch.Tensor) -> torch.Tensor:
         distances, ids = self._hamming(top)
@@ -200,17 +243,23 @@ class ElderEditor(SnapshotEditor):
         return self._reaches(distances.min(1).values)
 
     def _reaches(self, nearest: torch.Tensor) -> torch.Tensor:
-        """Whether a nearest distance uses the mixture: the paper defers only a distance that exceeds epsilon."""
-        return nearest <= self.config.epsilon
+        """Whether a nearest distance uses the mixture: Algorithm 1 (line 8) edits only below epsilon."""
+        return nearest < self.config.epsilon
 
     def _query(self, prompt) -> torch.Tensor:
-        """The query vector of one encoded prompt, on the base model (nothing before the first mixture layer is
+        return self._queries([prompt])[0]
+
+    def _queries(self, prompts, batch_size: int = 16) -> torch.Tensor:
+        """The query vectors of encoded prompts (B, d), on the base model (nothing at or before the query layer is
         edited, so this is also what inference reads)."""
         if not self.keys.inside_model:
-            return self.keys.encode([prompt.text])[0]
-        batch = self.task.batch([prompt], None)
-        return capture(self.layers[0].base_layer, lambda: self.model(**batch.inputs, use_cache=False),
-                       lambda hidden: self.keys.pool(hidden.detach().float(), batch.mask)[0])
+            return self.keys.encode([p.text for p in prompts])
+        found = []
+        for start in range(0, len(prompts), batch_size):
+            batch = self.task.batch(prompts[start:start + batch_size], None)
+            found.append(capture(self.query_module, lambda: self.model(**batch.inputs, use_cache=False),
+                                 lambda hidden: self.keys.pool(hidden.detach().float(), batch.mask)))
+        return torch.cat(found)
 
     @contextmanager
     def _routed(self, prompts, batch):
@@ -235,16 +284,56 @@ class ElderEditor(SnapshotEditor):
         distance = distances[0, best]
         return ids[best], float(distance), bool(self._reaches(distance))
 
+    def calibrate_threshold(self, prompts, max_activation_rate=0.01, *, against=None):
+        """Make epsilon follow these unrelated prompts: after every training it is re-chosen so that at most
+        `max_activation_rate` of them reach a stored code (the way GRACE's radius is calibrated; ELDER's codes move
+        as its routers train, so one choice before the edits would not hold). `against` is not needed: the codes
+        are the edits'. Returns the epsilon for the codes stored now (the paper's value until there are any)."""
+        prompts = list(prompts)
+        if len(prompts) < 2 or not 0 <= max_activation_rate < 1:
+            raise InvalidEditError("calibration needs at least 2 prompts and 0 <= max_activation_rate < 1")
+        self.calibration = self._queries([self._encode(p) for p in prompts])
+        self.config = self.config.replace(epsilon_rate=max_activation_rate)
+        self._recalibrate()
+        return self.config.epsilon
+
+    def _recalibrate(self) -> None:
+        """epsilon = the smallest distance such that at most `epsilon_rate` of the calibration questions' nearest
+        stored codes are closer (they use the mixture only below it)."""
+        if self.config.epsilon_rate is None or not self.codes or not len(self.calibration):
+            return
+        top = self._weights(self.calibration, False)[1]
+        nearest = self._hamming(top)[0].min(1).values.sort().values
+        epsilon = int(nearest[int(self.config.epsilon_rate * len(nearest))])
+        self.config = self.config.replace(epsilon=epsilon)
+
+    def deferral(self, prompts: list[str]) -> dict[str, Any]:
+        """How these prompts' nearest codes lie: the distances' histogram and the share that uses the mixture under
+        the current epsilon and under the paper's (12)."""
+        return self._deferral(self._queries([self._encode(p) for p in prompts]))
+
+    def _deferral(self, queries: torch.Tensor) -> dict[str, Any]:
+        if not self.codes or not len(queries):
+            return {}
+        nearest = self._hamming(self._weights(queries, False)[1])[0].min(1).values
+        return {"histogram": {int(d): int((nearest == d).sum()) for d in nearest.unique()},
+                "reached": float((nearest < self.config.epsilon).float().mean()),
+                "reached_at_paper_epsilon": float((nearest < PAPER_EPSILON).float().mean())}
+
     # -- allocations -------------------------------------------------------------------------------------------------
-    def _allocation(self, prompts: list[str], target: str) -> torch.Tensor:
+    def _allocation(self, prompts: list[str], target: str, pending: dict | None = None) -> torch.Tensor:
         """The preset allocation of an edit: random, drawn from a generator seeded by the edit's content, so an
-        identical edit gets the same one; redrawn while another live edit holds it."""
+        identical edit gets the same one; redrawn while another live edit (or an edit of `pending`, label ->
+        allocation, the batch being trained) holds it."""
         label = normalise(" | ".join(prompts) + " => " + target)
+        if pending and label in pending:
+            return pending[label]
         for edit_id, allocation in self.allocations.items():
             edit = self.ledger.get(edit_id) if edit_id in self.ledger else None
             if edit is not None and normalise(" | ".join(edit.prompts) + " => " + edit.target) == label:
                 return allocation
         taken = {tuple(a.flatten().tolist()) for e, a in self.allocations.items() if e in self.codes}
+        taken |= {tuple(a.flatten().tolist()) for a in (pending or {}).values()}
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.config.seed}:{label}".encode()))
         for _ in range(10_000):
             allocation = torch.stack([torch.randperm(self.config.loras, generator=generator)[:self.config.top_k].sort()
@@ -255,45 +344,87 @@ class ElderEditor(SnapshotEditor):
 
     # -- editing -----------------------------------------------------------------------------------------------------
     def _train(self, edit_id, encoded, targets, target):
+        """One edit (with `replay_edits` earlier ones): until it converges (at most `max_steps`), or the fixed
+        schedule for `schedule="fixed"` (elder-online)."""
         allocation = self._allocation([p.text for p in encoded], target)
         own = len(encoded)
         encoded, targets = list(encoded), list(targets)
+        wanted = [allocation] * own
         for edit in self._replayed(edit_id):
             for prompt in edit.prompts:
                 encoded.append(self._encode(prompt))
                 targets.append(self.task.encode_target(prompt, edit.target))
-        queries = torch.stack([self._query(p) for p in encoded])
-        batch = self.task.batch(encoded, targets)
-        params = [self.routers] + [p for layer in self.layers for p in (layer.lora_A, layer.lora_B)]
-        wanted = allocation.unsqueeze(0).expand(own, -1, -1)
+                wanted.append(self.allocations[edit.id])
         earlier = [e for e in self.codes if e in self.queries] if self.config.guide_replay else []
-        guided_queries = torch.cat([queries[:own]] + [self.queries[e].view(1, -1) for e in earlier])
-        guided_wanted = torch.cat([wanted] + [self.allocations[e].unsqueeze(0) for e in earlier])
-        own_loss = torch.zeros(())
+        result = self._fit(encoded, targets, torch.stack(wanted), own, earlier)
+        self.allocations[edit_id] = allocation
+        self.codes[edit_id] = result["codes"][:own]
+        self.queries[edit_id] = result["queries"][:own].mean(0)
+        self._recalibrate()
+        return result["steps"], result["losses"][:own].mean().item(), bool(result["exact"][:own].all())
 
-        def objective():
-            nonlocal own_loss
+    def _train_batch(self, edit_ids, edits):
+        """A batch of edits together, on the fixed schedule (the authors' runner): every row of the batch in one
+        batch, its codes read at the last iteration."""
+        pending: dict[str, torch.Tensor] = {}
+        encoded, targets, wanted, owner = [], [], [], []
+        for index, (prompts, ids, target) in enumerate(edits):
+            allocation = self._allocation([p.text for p in prompts], target, pending)
+            pending[normalise(" | ".join(p.text for p in prompts) + " => " + target)] = allocation
+            encoded += prompts
+            targets += ids
+            wanted += [allocation] * len(prompts)
+            owner += [index] * len(prompts)
+        result = self._fit(encoded, targets, torch.stack(wanted), len(encoded), [], fixed=True)
+        owner = torch.tensor(owner)
+        outcomes = []
+        for index, (edit_id, (prompts, _, target)) in enumerate(zip(edit_ids, edits)):
+            rows = owner == index
+            self.allocations[edit_id] = wanted[int(rows.nonzero()[0])]
+            self.codes[edit_id] = result["codes"][rows]
+            self.queries[edit_id] = result["queries"][rows].mean(0)
+            outcomes.append((result["steps"], result["losses"][rows].mean().item(), bool(result["exact"][rows].all())))
+        self._recalibrate()
+        return outcomes
+
+    def _fit(self, encoded, targets, wanted: torch.Tensor, own: int, earlier: list[str], fixed: bool = False):
+        """Train the shared LoRAs and routers on these rows (the first `own` are the new edits', the rest replayed)
+        toward their allocations `wanted` (rows, L, k), plus the guided loss of the `earlier` edits' stored queries;
+        -> the steps, and per row at the last iteration: loss, exact, code; and the rows' queries."""
+        queries = self._queries(encoded)
+        batch = self.task.batch(encoded, targets)
+        guided_queries = torch.cat([queries[:own]] + [self.queries[e].view(1, -1) for e in earlier])
+        guided_wanted = torch.cat([wanted[:own]] + [self.allocations[e].unsqueeze(0) for e in earlier])
+        last: dict[str, torch.Tensor] = {}
+
+        def loss_and_read():
             weights, top = self._weights(queries, False)
             self.state.weights = weights
             row_loss, exact = self.task.score(batch, self.task.target_forward(batch))
             scores = self._scores(guided_queries)
             guide = -torch.log(scores.gather(-1, guided_wanted).clamp_min(1e-12)).sum((1, 2)).mean()
-            own_loss = row_loss[:own].mean().detach()
-            converged = bool(exact[:own].all()) and float(own_loss) < self.config.loss_bound \
-                and bool((top[:own] == wanted).all())
-            return row_loss.mean() + self.config.guide_weight * guide, converged
+            last.update(losses=row_loss.detach(), exact=exact, top=top)
+            return row_loss.mean() + self.config.guide_weight * guide
 
+        def objective():
+            loss = loss_and_read()
+            converged = bool(last["exact"][:own].all()) and float(last["losses"][:own].mean()) < self.config.loss_bound \
+                and bool((last["top"][:own] == wanted[:own]).all())
+            return loss, converged
+
+        params = self._parameters()
         try:
             with trainable(params), torch.enable_grad(), frozen_prefix(self.model, self.config.layers):
-                steps, converged = minimise(objective, params, self.config)
+                if fixed or self.config.schedule == "fixed":
+                    # the codes, losses and exactness are the last iteration's, read before its step (the authors')
+                    train_fixed(lambda _last: loss_and_read(), params, self.config)
+                    steps = self.config.fixed_steps
+                else:
+                    steps, _ = minimise(objective, params, self.config)
         finally:
             self.state.weights = None
-        with torch.no_grad():
-            top = self._weights(queries[:1], False)[1]
-        self.allocations[edit_id] = allocation
-        self.codes[edit_id] = self._code(top)[0]
-        self.queries[edit_id] = queries[:own].mean(0)
-        return steps, float(own_loss), converged
+        return {"steps": steps, "losses": last["losses"], "exact": last["exact"],
+                "codes": self._code(last["top"].detach()), "queries": queries}
 
     def _replayed(self, edit_id: str) -> list:
         live = [e for e in self.edits() if e.id in self.codes]
@@ -309,7 +440,8 @@ class ElderEditor(SnapshotEditor):
 
     # -- state -------------------------------------------------------------------------------------------------------
     def _state(self):
-        tensors = {"routers": self.routers.detach()}
+        tensors = {"routers": self.routers.detach(), "router_bias": self.router_bias.detach(),
+                   "calibration": self.calibration}
         for name, layer in zip(self.config.layers, self.layers):
             tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = layer.lora_A.detach(), layer.lora_B.detach()
         for edit_id, allocation in self.allocations.items():
@@ -321,26 +453,47 @@ class ElderEditor(SnapshotEditor):
     def _restore(self, tensors):
         with torch.no_grad():
             self.routers.copy_(tensors["routers"])
+            if "router_bias" in tensors:  # snapshots before the bias had none (zero)
+                self.router_bias.copy_(tensors["router_bias"])
+            else:
+                self.router_bias.zero_()
             for name, layer in zip(self.config.layers, self.layers):
                 layer.lora_A.copy_(tensors[f"{name}.lora_A"])
                 layer.lora_B.copy_(tensors[f"{name}.lora_B"])
+        self.calibration = tensors.get("calibration", self.calibration)
         for name, tensor in tensors.items():
             edit_id, _, kind = name.rpartition(".")
             if kind == "allocation":
                 self.allocations[edit_id] = tensor
-            elif kind == "code" and edit_id in self.ledger:
-                self.codes[edit_id], self.queries[edit_id] = tensor, tensors[f"{edit_id}.query"]
+            elif kind == "code" and edit_id in self.ledger:  # one code per edit before every row's code was kept
+                self.codes[edit_id] = tensor.view(-1, tensor.shape[-1])
+                self.queries[edit_id] = tensors[f"{edit_id}.query"]
 
     def _describe(self):
-        parameters = self.routers.numel() + sum(l.lora_A.numel() + l.lora_B.numel() for l in self.layers)
-        return {"layers": self.config.layers, "rank": self.config.rank, "loras": self.config.loras,
-                "top_k": self.config.top_k, "epsilon": self.config.epsilon, "threshold": self.config.epsilon,
-                "key": self.config.key, "codes": len(self.codes),
+        parameters = sum(p.numel() for p in self._parameters())
+        return {"layers": self.config.layers, "query_layer": self.config.query_layer, "rank": self.config.rank,
+                "loras": self.config.loras, "top_k": self.config.top_k, "epsilon": self.config.epsilon,
+                "threshold": self.config.epsilon, "epsilon_rate": self.config.epsilon_rate,
+                "key": self.config.key, "codes": sum(len(c) for c in self.codes.values()),
+                "distinct_codes": len({bytes(row.tolist()) for c in self.codes.values() for row in c}),
+                **{f"calibration_{k}": v for k, v in self._deferral(self.calibration).items() if k != "histogram"},
                 "memory_bytes": {"parameters": parameters * 4, "codes": sum(c.numel() for c in self.codes.values())}}
 
 
 def _depth(name: str) -> tuple[int, ...]:
     return tuple(int(p) for p in name.split(".") if p.isdigit())
+
+
+def _block_before(model: nn.Module, name: str) -> str:
+    """The same module one block before `name` ("model.layers.19.mlp.down_proj" -> "model.layers.18.mlp.down_proj");
+    `name` itself when it is in the first block or not in a stack of blocks."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            if int(part) == 0:
+                return name
+            return ".".join(parts[:i] + [str(int(part) - 1)] + parts[i + 1:])
+    return name
 
 
 def _paper_layers(model: nn.Module) -> list[str]:
@@ -352,3 +505,21 @@ def _paper_layers(model: nn.Module) -> list[str]:
     template = sola[0].split(".layers.")[0] + ".layers.{i}." + sola[0].split(".layers.")[1].split(".", 1)[1]
     start = min(count - 6, round(20 / 32 * count))
     return [template.format(i=i) for i in range(start, start + 6)]
+
+
+@dataclass
+class ElderOnlineConfig(ElderConfig):
+    """`elder-online`, ours (not the paper's): ELDER for one-edit-at-a-time streams. Each edit trains on the fixed
+    schedule (a few steps, the lr decaying) together with `replay_edits` earlier edits drawn at random, and the guided
+    loss also pulls every earlier live edit's stored query toward its own allocation."""
+
+    schedule: str = "fixed"
+    replay_edits: int = 8
+    guide_replay: bool = True
+    fixed_steps: int = 20
+    fixed_lr_step: int = 8
+
+
+class ElderOnlineEditor(ElderEditor):
+    method = "elder-online"
+    config_class = ElderOnlineConfig

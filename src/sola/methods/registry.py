@@ -8,13 +8,14 @@ from typing import Any
 from ..data import Record
 from ..errors import ConfigError
 from .base import EditorMethod, MethodRoute
-from .elder import ElderEditor
+from .elder import ElderEditor, ElderOnlineEditor
 from .grace import GraceEditor
 from .lora_ft import LoraFTEditor
 from .melo import MeloEditor
 from .snapshot import SnapshotEditor
 
-BASELINES: dict[str, type[SnapshotEditor]] = {"elder": ElderEditor, "grace": GraceEditor, "melo": MeloEditor, "lora-ft": LoraFTEditor}
+BASELINES: dict[str, type[SnapshotEditor]] = {"elder": ElderEditor, "elder-online": ElderOnlineEditor,
+                                              "grace": GraceEditor, "melo": MeloEditor, "lora-ft": LoraFTEditor}
 METHODS = ("sola", *BASELINES)
 
 
@@ -50,6 +51,14 @@ class SnapshotMethod(EditorMethod):
         if len(self.editor.edits(include_rolled_back=True)) % self.save_every == 0:
             self.finish()
         return self._info(edit)
+
+    def edit_batch(self, records: list[Record]) -> list[dict[str, Any]]:
+        """The batch the method's own way (`edit_many`: MELO and ELDER train their shared modules on it together,
+        the others edit in order), then the state is saved (a resumed run restarts the batch it stopped in)."""
+        edits = self.editor.edit_many([{"prompt": r.prompt, "target": r.target, "subject": r.subject}
+                                       for r in records])
+        self.finish()
+        return [self._info(edit) for edit in edits]
 
     def finish(self) -> None:
         self.editor.save(self.store)

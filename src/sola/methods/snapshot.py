@@ -84,6 +84,25 @@ class BaselineConfig:
         return dataclasses.replace(self, **changes).validate()
 
 
+@dataclasses.dataclass
+class FixedSchedule:
+    """The training of a batch of edits in the runner MELO's and ELDER's authors used: a fresh Adam at
+    `fixed_learning_rate`, exactly `fixed_steps` iterations on the whole batch, the lr multiplied by `fixed_lr_gamma`
+    every `fixed_lr_step` iterations (MELO's `num_iter: 50`, `edit_lr: 1e-2`, `StepLR(20, 0.5)`)."""
+
+    fixed_learning_rate: float = 1e-2
+    fixed_steps: int = 50
+    fixed_lr_step: int = 20
+    fixed_lr_gamma: float = 0.5
+
+
+def check_fixed_schedule(config: FixedSchedule) -> None:
+    if config.fixed_steps < 1 or config.fixed_lr_step < 1 or not config.fixed_learning_rate > 0 \
+            or not 0 < config.fixed_lr_gamma <= 1:
+        raise ConfigError("fixed_steps and fixed_lr_step must be positive integers, fixed_learning_rate positive and "
+                          "fixed_lr_gamma in (0, 1]")
+
+
 class SnapshotEditor(BaseEditor):
     """Base of the baseline editors. Subclasses set `method` and `config_class` (and `exact_rollback`,
     `unrouted_is_base` where they hold: see `BaseEditor`) and implement `_build` (wrap the model's modules),
@@ -200,8 +219,51 @@ class SnapshotEditor(BaseEditor):
         self.ledger.add(record)
         return record
 
+    def edit_many(self, requests: Iterable[dict[str, Any]]) -> list[Edit]:
+        """Make a batch of edits that arrive together; one `Edit` per request, in order. Each request is a dict with
+        `prompt` (or `prompts`) and `target`, optionally `subject` (the fields `Editor.edit_many` reads). Every
+        request is checked before anything is trained: a bad one raises naming it (counted from 1) and nothing is
+        edited. Methods that train shared modules on batches (MELO, ELDER: `trains_batches`) train them on the
+        whole batch at once, as their authors ran them; the others make the edits in order. A batch of one is still a batch (it trains
+        on the batch schedule). Each edit's `seconds` is its share of the batch's time."""
+        from ..errors import SolaError, at_request
+        from ..requests import parse_request
+
+        started = time.perf_counter()
+        checked = []
+        for index, raw in enumerate(requests):
+            request = parse_request(raw, index)
+            try:
+                checked.append((request["subject"], *check_texts(self._encode, self.task, request["prompt"],
+                                                                 request["target"], request["subject"])))
+            except SolaError as error:
+                raise at_request(error, index) from None
+        if not checked:
+            return []
+        if not self.trains_batches:
+            return [self.edit(prompts, target, subject=subject) for subject, prompts, _, target, _ in checked]
+        ids = [f"e{self._counter + 1 + i}" for i in range(len(checked))]
+        results = self._train_batch(ids, [(encoded, targets, target) for _, _, encoded, target, targets in checked])
+        self._counter += len(checked)
+        seconds = round((time.perf_counter() - started) / len(checked), 3)
+        made = []
+        for edit_id, (subject, prompts, _, target, _), (steps, loss, converged) in zip(ids, checked, results):
+            made.append(Edit(id=edit_id, prompts=tuple(prompts), target=target, subject=subject, created=now(),
+                             steps=steps, loss=round(loss, 6), converged=converged, seconds=seconds))
+            self.ledger.add(made[-1])
+        return made
+
+    # True for methods whose `_train_batch` trains shared modules on a whole batch of edits together
+    trains_batches: ClassVar[bool] = False
+
     def _train(self, edit_id: str, encoded: list[EncodedPrompt], targets: list[list[int]],
                target: str) -> tuple[int, float, bool]:
+        raise NotImplementedError
+
+    def _train_batch(self, edit_ids: list[str], edits: list[tuple[list[EncodedPrompt], list[list[int]], str]]
+                     ) -> list[tuple[int, float, bool]]:
+        """Train the batch's edits (each: encoded prompts, target ids per prompt, target) together and commit them
+        to the method's state; -> (steps, loss, converged) per edit."""
         raise NotImplementedError
 
     def rollback(self, edit_id: str) -> Edit:

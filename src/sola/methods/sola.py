@@ -57,6 +57,14 @@ class SolaMethod(EditorMethod):
             edit = self.editor.import_edit(source, self._reuse_store.read_tensors(source.id))
         return self._info(edit)
 
+    def edit_batch(self, records: list[Record]) -> list[dict[str, Any]]:
+        """Every edit its own LoRA, trained together (`Editor.edit_many`, in its own training batches): the same
+        LoRAs as one by one, up to rounding. Reused adapters are imported one by one."""
+        if self._reuse is not None or len(records) == 1:
+            return [self.edit(record) for record in records]
+        requests = [{"prompt": r.prompt, "target": r.target, "subject": r.subject} for r in records]
+        return [self._info(edit) for edit in self.editor.edit_many(requests)]
+
     def _info(self, edit) -> dict[str, Any]:  # an imported edit's time is the one measured when it was trained
         return {**super()._info(edit), "reused": self._reuse is not None}
 

@@ -1,0 +1,115 @@
+"""Edits that arrive in batches (`sola bench --batch-size B`; the baselines' `edit_many`): MELO and ELDER train their
+shared modules on the whole batch on the fixed schedule their authors' runner used, the other methods edit in order,
+and the harness checks each batch after it is made."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from sola.errors import ConfigError, SolaError
+from sola.eval import BenchSpec, run
+from sola.methods import ElderConfig, ElderEditor, GraceConfig, GraceEditor
+
+from conftest import EDITS, UNRELATED
+
+FIXED = dict(prompt_format="raw", fixed_steps=60, fixed_learning_rate=0.05, fixed_lr_step=30)
+
+
+def elder(tiny_dir, **changes):
+    return ElderEditor.from_pretrained(str(tiny_dir("llama")), config=ElderConfig(**{"epsilon": 1, **FIXED, **changes}))
+
+
+def logits(editor, prompts):
+    return [editor.logits(p) for p in prompts]
+
+
+def test_elder_trains_a_batch_together_on_the_fixed_schedule_and_keeps_every_rows_code(tiny_dir):
+    editor = elder(tiny_dir)
+    (p1, t1), (p2, t2) = EDITS["causal"]
+    made = editor.edit_many([{"prompt": p1, "target": t1}, {"prompts": [p2, p2 + " Say it:"], "target": t2}])
+    assert [e.id for e in made] == ["e1", "e2"] and [e.id for e in editor.edits()] == ["e1", "e2"]
+    assert {e.steps for e in made} == {60}  # the fixed schedule, no early stop
+    assert len({e.seconds for e in made}) == 1  # each edit's share of the batch's time
+    assert [len(editor.codes[e.id]) for e in made] == [1, 2]  # a code per training row
+    assert not torch.equal(editor.allocations["e1"], editor.allocations["e2"])  # distinct within the batch
+    assert editor.generate(p1, 12) == t1 and editor.generate(p2, 12) == t2
+    assert editor.route(p2 + " Say it:").edit_id == "e2"
+
+
+def test_edit_many_checks_every_request_before_training_anything(tiny_dir):
+    editor = elder(tiny_dir)
+    before = logits(editor, UNRELATED)
+    with pytest.raises(SolaError, match="request 2"):
+        editor.edit_many([{"prompt": "Who founded Acme?", "target": "Jane Roe"}, {"prompt": "Who?", "target": " "}])
+    assert editor.edits() == [] and all(torch.equal(a, b) for a, b in zip(logits(editor, UNRELATED), before))
+
+
+def test_methods_without_batch_training_make_a_batch_in_order(tiny_dir):
+    """GRACE's edit_many is its edits one by one, bit for bit."""
+    config = GraceConfig(prompt_format="raw", radius=1e-3, max_steps=20)
+    batch = GraceEditor.from_pretrained(str(tiny_dir("llama")), config=config)
+    batch.edit_many([{"prompt": p, "target": t} for p, t in EDITS["causal"]])
+    single = GraceEditor.from_pretrained(str(tiny_dir("llama")), config=config)
+    for p, t in EDITS["causal"]:
+        single.edit(p, t)
+    probes = [p for p, _ in EDITS["causal"]] + UNRELATED
+    assert all(torch.equal(a, b) for a, b in zip(logits(batch, probes), logits(single, probes)))
+
+
+def test_elder_epsilon_follows_the_calibration_questions_as_the_codes_move(tiny_dir, tmp_path):
+    editor = elder(tiny_dir, epsilon=12)
+    editor.edit(*EDITS["causal"][0])
+    questions = UNRELATED + ["Where is the Louvre?", "How tall is Everest?", "What is two plus two?"]
+    epsilon = editor.calibrate_threshold(questions, 0.0)
+    assert editor.config.epsilon_rate == 0.0 and epsilon == editor.config.epsilon
+    assert all(editor.route(q) is None for q in questions)  # rate 0: none of them reaches a code
+    assert editor.route(EDITS["causal"][0][0]) is not None or epsilon == 0
+    editor.edit(*EDITS["causal"][1])  # the routers moved: epsilon is chosen again
+    assert all(editor.route(q) is None for q in questions)
+    editor.save(tmp_path / "snap")
+    loaded = ElderEditor.load(tmp_path / "snap", model=str(tiny_dir("llama")))
+    assert loaded.config.epsilon == editor.config.epsilon and torch.equal(loaded.calibration, editor.calibration)
+    assert editor.deferral(questions)["reached"] == 0.0
+    with pytest.raises(SolaError, match="at least 2 prompts"):
+        editor.calibrate_threshold(questions[:1], 0.0)
+
+
+def test_bench_batch_protocol_checks_each_batch_and_resumes_inside_it(tmp_path, tiny_dir, tiny_data):
+    spec = BenchSpec(method="elder", dataset="zsre", edits=5, data=str(tiny_data), model=str(tiny_dir("llama")),
+                     threshold=1, checkpoints=[1, 3], batch_size=2, edit_batch_size=2, max_new_tokens=12,
+                     config={"fixed_steps": 30, "fixed_learning_rate": 0.05})
+    results = run(spec, tmp_path / "run", progress=False)
+    assert results["protocol"]["batch_size"] == 2 and results["protocol"]["name"] == "batches of 2"
+    # checkpoints are measured after the batch that reaches them: 1 -> after 2 edits, 3 -> after 4, and the end
+    assert [c["edits"] for c in results["checkpoints"]] == [2, 4, 5]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    assert [r["steps"] for r in rows] == [30] * 5  # the last batch holds one edit: still the batch schedule
+    assert [r["edit"] for r in rows] == ["e1", "e2", "e3", "e4", "e5"]
+    # the snapshot holds the 5 edits but only 3 rows were written: the missing rows are measured in the state the
+    # snapshot holds, nothing is trained again, and the final evaluation is the same
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "run", stopped)
+    (stopped / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    again = run(spec, stopped, progress=False)
+    resumed = [json.loads(line) for line in (stopped / "progress.jsonl").read_text().splitlines()]
+    assert [r["edit"] for r in resumed] == [r["edit"] for r in rows] and resumed[3]["steps"] == 30
+    for reading, metric in (("teacher_forced", "rel"), ("autoregressive", "rel_em"), ("teacher_forced", "gen")):
+        assert again["metrics"]["all"][reading][metric] == results["metrics"]["all"][reading][metric]
+
+
+def test_sola_batches_go_through_edit_many_and_bad_batch_sizes_are_refused(tmp_path, tiny_dir, tiny_data):
+    common = dict(method="sola", dataset="zsre", edits=4, data=str(tiny_data), model=str(tiny_dir("llama")),
+                  key="mean_pool", threshold=1e-3, checkpoints=[], batch_size=2, max_new_tokens=12,
+                  config={"learning_rate": 0.05, "max_steps": 200})
+    batched = run(BenchSpec(**common, edit_batch_size=4), tmp_path / "batched", progress=False)
+    single = run(BenchSpec(**common), tmp_path / "single", progress=False)
+    assert batched["protocol"]["batch_size"] == 4 and single["protocol"]["name"] == "sequential"
+    # each edit its own LoRA either way: the same answers
+    assert [r.get("rel_answer") for r in batched["rows"]] == [r.get("rel_answer") for r in single["rows"]]
+    assert batched["metrics"]["all"]["teacher_forced"]["rel"] == single["metrics"]["all"]["teacher_forced"]["rel"]
+    with pytest.raises(ConfigError, match="--batch-size 0"):
+        run(BenchSpec(**common, edit_batch_size=0), tmp_path / "bad", progress=False)
