@@ -113,3 +113,42 @@ def test_sola_batches_go_through_edit_many_and_bad_batch_sizes_are_refused(tmp_p
     assert batched["metrics"]["all"]["teacher_forced"]["rel"] == single["metrics"]["all"]["teacher_forced"]["rel"]
     with pytest.raises(ConfigError, match="--batch-size 0"):
         run(BenchSpec(**common, edit_batch_size=0), tmp_path / "bad", progress=False)
+
+
+def test_melo_batches_train_one_new_block_each_and_route_through_its_vector_database(tiny_dir, tmp_path):
+    from sola.methods import MeloConfig, MeloEditor
+    from sola.methods.snapshot import RollbackNotSupportedError
+
+    editor = MeloEditor.from_pretrained(str(tiny_dir("llama")), config=MeloConfig(radius=1e-3, **FIXED))
+    before = logits(editor, UNRELATED)
+    made = editor.edit_many([{"prompt": p, "target": t} for p, t in EDITS["causal"]])
+    assert {e.steps for e in made} == {60} and editor.info()["blocks"] == 1
+    assert editor.info()["clusters"] == 2 and editor.db.block_of == {"e1": 0, "e2": 0}
+    for p, t in EDITS["causal"]:
+        assert editor.generate(p, 12) == t and editor.route(p) is not None
+    for text, base in zip(UNRELATED, before):  # outside every radius: the base model, bit for bit
+        assert editor.route(text) is None and torch.equal(editor.logits(text), base)
+    with pytest.raises(RollbackNotSupportedError, match="together with e2"):
+        editor.rollback("e1")
+    with pytest.raises(ConfigError, match="edited in batches"):
+        editor.edit("Who wrote Hamlet?", "Marlowe")
+    editor.save(tmp_path / "snap")
+    loaded = MeloEditor.load(tmp_path / "snap", model=str(tiny_dir("llama")))
+    probes = [p for p, _ in EDITS["causal"]] + UNRELATED
+    assert all(torch.equal(a, b) for a, b in zip(logits(loaded, probes), logits(editor, probes)))
+    assert loaded.db.labels == editor.db.labels and loaded.batches == 1
+
+
+def test_melo_vector_database_joins_same_answers_and_splits_conflicting_ones():
+    from sola.methods.vector_database import NO_BLOCK, VectorDatabase
+
+    db = VectorDatabase(init_radius=1.0)
+    db.add("e1", torch.tensor([0.0, 0.0]), "paris", 0)
+    db.add("e2", torch.tensor([1.5, 0.0]), "paris", 0)  # within radius + init_radius, same answer: joins
+    assert len(db) == 1 and db.points[0] == ["e1", "e2"] and torch.allclose(db.centres[0], torch.tensor([0.75, 0.0]))
+    assert float(db.radii[0]) == pytest.approx(1.0)  # the farthest point is 0.75 away: the radius stays init_radius
+    db.add("e3", torch.tensor([0.75, 1.0]), "rome", 1)  # 1.0 from the centre, another answer: the radii split
+    assert len(db) == 2 and db.conflicts == 1
+    assert float(db.radii[0]) == pytest.approx(0.5, abs=1e-4) and db.forgotten == {"e1", "e2"}  # both 0.75 > 0.5
+    blocks, _, answered = db.search(torch.tensor([[0.75, 1.1], [10.0, 10.0], [0.8, 0.0]]))
+    assert blocks.tolist() == [1, NO_BLOCK, NO_BLOCK] and answered == ["e3", None, None]  # cluster 0 has no points

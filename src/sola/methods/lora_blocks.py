@@ -14,7 +14,7 @@ from ..architectures import default_layers, default_rank
 from ..errors import ConfigError
 from ..nn import Decision, RoutedLoraLayer
 from ..nn.injection import inject, modules
-from ..training import train_edits
+from ..training import frozen_prefix, train_edits, train_fixed
 from .snapshot import BaselineConfig, SnapshotEditor, generators_for
 
 
@@ -64,6 +64,31 @@ class LoraBlocksEditor(SnapshotEditor):
         for layer, (A, B) in zip(self.layers, result.factors):
             layer.write_slot(block, A, B)
         return result.steps, result.loss, result.converged
+
+    def _train_block_fixed(self, seed_name: str, encoded, targets, block: int) -> dict[str, torch.Tensor]:
+        """Train `block` from fresh factors on all these rows together on the fixed schedule (the authors' runner:
+        `FixedSchedule`) and write it back; -> each row's loss and exactness at the last iteration."""
+        batch = self.task.batch(encoded, targets)
+        params = [p for layer in self.layers for p in layer.begin_training(generators_for(self.config.seed, seed_name))]
+        self.decision.fix(torch.zeros(len(encoded), dtype=torch.long), training=True)
+        last: dict[str, torch.Tensor] = {}
+
+        def objective(_last: bool) -> torch.Tensor:
+            row_loss, exact = self.task.score(batch, self.task.target_forward(batch))
+            last.update(losses=row_loss.detach(), exact=exact)
+            return row_loss.mean()
+
+        try:
+            with torch.enable_grad(), frozen_prefix(self.model, self.config.layers):
+                train_fixed(objective, params, self.config)
+            factors = [layer.trained_factors(0) for layer in self.layers]
+        finally:
+            self.decision.clear()
+            for layer in self.layers:
+                layer.end_training()
+        for layer, (A, B) in zip(self.layers, factors):
+            layer.write_slot(block, A, B)
+        return last
 
     def _route_all(self, rows: int, block: int | None) -> None:
         """A decision that sends each of `rows` rows to `block` (None: the base model)."""

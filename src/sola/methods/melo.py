@@ -11,6 +11,12 @@ it (the centre moved away, or another centre came nearer).
 
 Rollback is exact only for an edit that is its cluster's only member (the block and the centre go); an edit that
 shares a block cannot be separated from the others' training, so `rollback` refuses and says why.
+
+Batches (`edit_many`, `sola bench --batch-size B`) run as the authors' code does: each batch trains a new block from
+fresh factors on all its rows, on the fixed schedule (`num_edit_per_block: 100`, 50 iterations, Adam 1e-2,
+StepLR(20, 0.5)), and every edit's key goes into MELO's vector database (`sola.methods.vector_database`), which
+routes an input to the block of the nearest key of the nearest cluster within that cluster's radius. An editor is
+edited either one edit at a time or in batches, not both.
 """
 
 from __future__ import annotations
@@ -24,20 +30,28 @@ from ..errors import ConfigError
 from ..nn.injection import capture
 from ..routing.keys import HiddenStateKeys
 from .lora_blocks import LoraBlocksConfig, LoraBlocksEditor
-from .snapshot import RollbackNotSupportedError
+from ..data.probes import normalise
+from .snapshot import FixedSchedule, RollbackNotSupportedError, check_fixed_schedule
+from .vector_database import VectorDatabase
 
 
 @dataclass
-class MeloConfig(LoraBlocksConfig):
+class MeloConfig(LoraBlocksConfig, FixedSchedule):
     radius: float | None = None
-    """Cluster radius (Euclidean, on mean-pooled hidden states). MELO's 75 is for T5's activation scale; None means:
-    call `calibrate_threshold` or pass a value."""
+    """Cluster radius (Euclidean, on mean-pooled hidden states; in batches, the vector database's `init_radius`).
+    MELO's 75 is for T5's activation scale; None means: call `calibrate_threshold` or pass a value."""
 
     threshold_field = "radius"  # positive: checked by BaselineConfig.validate
+
+    def validate(self):
+        super().validate()
+        check_fixed_schedule(self)
+        return self
 
 
 class MeloEditor(LoraBlocksEditor):
     method = "melo"
+    trains_batches = True
     config_class = MeloConfig
     exact_rollback = False  # exact for an edit alone in its cluster
     unrouted_is_base = True  # rows outside every radius return the base layer's output untouched
@@ -50,15 +64,23 @@ class MeloEditor(LoraBlocksEditor):
         self.keys: dict[str, torch.Tensor] = {}  # per live edit
         self.cluster_of: dict[str, int] = {}
         self.centre_updates = 0
+        self.db: VectorDatabase | None = None  # MELO's vector database, once edits arrive in batches
+        self.batches = 0
         first = self.layers[0].base_layer
         first.register_forward_pre_hook(lambda _m, args: self.decision.decide_from(args[0]))
         return base
 
     # -- keys --------------------------------------------------------------------------------------------------------
     def _key(self, prompt) -> torch.Tensor:
-        batch = self.task.batch([prompt], None)
-        return capture(self.layers[0].base_layer, lambda: self.model(**batch.inputs, use_cache=False),
-                       lambda hidden: self.pooling.pool(hidden, batch.mask))[0]
+        return self._keys([prompt])[0]
+
+    def _keys(self, prompts, batch_size: int = 16) -> torch.Tensor:
+        found = []
+        for start in range(0, len(prompts), batch_size):
+            batch = self.task.batch(prompts[start:start + batch_size], None)
+            found.append(capture(self.layers[0].base_layer, lambda: self.model(**batch.inputs, use_cache=False),
+                                 lambda hidden: self.pooling.pool(hidden, batch.mask)))
+        return torch.cat(found)
 
     def _radius(self) -> float:
         if self.config.radius is None:
@@ -76,11 +98,16 @@ class MeloEditor(LoraBlocksEditor):
         return dist.min(1)
 
     def _router(self, hidden, mask):
+        if self.db is not None:
+            return self.db.search(self.pooling.pool(hidden, mask))[0]
         dist, block = self._nearest(self.pooling.pool(hidden, mask))
         return torch.where(dist <= self.config.radius, block, torch.full_like(block, -1))
 
     # -- editing -----------------------------------------------------------------------------------------------------
     def _train(self, edit_id, encoded, targets, target):
+        if self.db is not None:
+            raise ConfigError("this MELO editor was edited in batches (MELO's vector database); edit one at a time "
+                              "in a new editor, or pass this edit in a batch (edit_many)")
         radius = self._radius()
         key = torch.stack([self._key(p) for p in encoded]).mean(0)
         dist, block = self._nearest(key.unsqueeze(0))
@@ -102,7 +129,45 @@ class MeloEditor(LoraBlocksEditor):
             self.centre_updates += 1
         return steps, loss, converged
 
+    def _train_batch(self, edit_ids, edits):
+        """A new block for the batch, trained on all its rows on the fixed schedule; each edit's key into the
+        vector database, naming that block."""
+        if any(self.members):
+            raise ConfigError("this MELO editor was edited one edit at a time (a block per cluster); batches use "
+                              "MELO's vector database: make them in a new editor")
+        radius = self._radius()
+        if self.db is None:
+            self.db = VectorDatabase(radius)
+        block = self.batches
+        if block >= self._blocks():
+            self._grow(max(8, 2 * self._blocks()))
+        encoded = [p for prompts, _, _ in edits for p in prompts]
+        targets = [t for _, ids, _ in edits for t in ids]
+        owner = torch.tensor([i for i, (prompts, _, _) in enumerate(edits) for _ in prompts])
+        last = self._train_block_fixed(f"batch{block}", encoded, targets, block)
+        keys = self._keys(encoded)
+        outcomes = []
+        for index, (edit_id, (_, _, target)) in enumerate(zip(edit_ids, edits)):
+            rows = owner == index
+            self.db.add(edit_id, keys[rows].mean(0), normalise(target), block)
+            outcomes.append((self.config.fixed_steps, last["losses"][rows].mean().item(),
+                             bool(last["exact"][rows].all())))
+        self.batches += 1
+        return outcomes
+
     def _forget(self, edit_id):
+        if self.db is not None:
+            block = self.db.block_of[edit_id]
+            others = [e for e, b in self.db.block_of.items() if b == block and e != edit_id]
+            if others:
+                raise RollbackNotSupportedError(
+                    f"MELO cannot roll back {edit_id} exactly: its batch trained LoRA block {block} together with "
+                    f"{', '.join(others[:10])}, and their changes cannot be separated. Only an edit alone in its "
+                    "batch can be rolled back.")
+            for layer in self.layers:
+                layer.clear_slot(block)
+            self.db.remove(edit_id)
+            return
         cluster = self.cluster_of[edit_id]
         others = [e for e in self.members[cluster] if e != edit_id]
         if others:
@@ -116,9 +181,12 @@ class MeloEditor(LoraBlocksEditor):
         del self.keys[edit_id], self.cluster_of[edit_id]
 
     # -- routing -----------------------------------------------------------------------------------------------------
+    def _has_edits(self) -> bool:
+        return any(self.members) or (self.db is not None and bool(self.db.keys))
+
     @contextmanager
     def _routed(self, prompts, batch):
-        if not self._disabled and any(self.members):
+        if not self._disabled and self._has_edits():
             self._radius()
             self.decision.arm(batch.mask, self._router)
         try:
@@ -127,8 +195,13 @@ class MeloEditor(LoraBlocksEditor):
             self.decision.clear()
 
     def locate(self, prompt):
-        if not any(self.members):
+        if not self._has_edits():
             return None, None, False
+        if self.db is not None:
+            key = self._key(self._encode(prompt)).unsqueeze(0)
+            _, dist, answered = self.db.search(key)
+            nearest = answered[0] or self.db.opened_by[int(torch.cdist(key, self.db.centres).argmin())]
+            return nearest, float(dist[0]), answered[0] is not None
         dist, block = self._nearest(self._key(self._encode(prompt)).unsqueeze(0))
         cluster = int(block[0])
         return self.members[cluster][-1], float(dist[0]), bool(dist[0] <= self._radius())
@@ -144,6 +217,10 @@ class MeloEditor(LoraBlocksEditor):
 
     def mismatches(self) -> int:
         """Live edits whose own key no longer reaches the block that learned them."""
+        if self.db is not None:
+            ids = list(self.db.keys)
+            blocks = self.db.search(torch.stack([self.db.keys[e] for e in ids]))[0] if ids else []
+            return sum(1 for e, b in zip(ids, blocks) if int(b) != self.db.block_of[e])
         if not self.keys:
             return 0
         ids = list(self.keys)
@@ -153,6 +230,8 @@ class MeloEditor(LoraBlocksEditor):
     # -- state -------------------------------------------------------------------------------------------------------
     def _state(self):
         tensors = self._block_state()
+        if self.db is not None:
+            return {**tensors, **self.db.state(), "batches": torch.tensor([self.batches])}
         tensors["centres"] = self.centres
         tensors["centre_updates"] = torch.tensor([self.centre_updates])
         for edit_id, key in self.keys.items():
@@ -162,6 +241,10 @@ class MeloEditor(LoraBlocksEditor):
 
     def _restore(self, tensors):
         self._restore_blocks(tensors)
+        if "db.centres" in tensors:
+            self.db = VectorDatabase.restore(tensors, self._radius(), lambda e: normalise(self.ledger.get(e).target))
+            self.batches = int(tensors["batches"][0])
+            return
         self.centres = tensors["centres"].clone()
         self.centre_updates = int(tensors["centre_updates"][0])
         self.members = [[] for _ in range(len(self.centres))]
@@ -171,6 +254,12 @@ class MeloEditor(LoraBlocksEditor):
             self.members[cluster].append(edit.id)
 
     def _describe(self):
+        if self.db is not None:
+            return {"layers": self.config.layers, "rank": self.config.rank, "radius": self.config.radius,
+                    "threshold": self.config.radius, "clusters": len(self.db), "blocks": self.batches,
+                    "conflicts": self.db.conflicts, "forgotten_keys": len(self.db.forgotten),
+                    "mismatches": self.mismatches(),
+                    "memory_bytes": {**self._memory(), "centres": self.db.centres.nbytes}}
         return {"layers": self.config.layers, "rank": self.config.rank, "radius": self.config.radius,
                 "threshold": self.config.radius, "clusters": sum(1 for m in self.members if m),
                 "centre_updates": self.centre_updates,
