@@ -12,6 +12,7 @@ import torch
 
 from sola.errors import ConfigError, SolaError
 from sola.eval import BenchSpec, run
+from sola.eval.study import write_study
 from sola.methods import ElderConfig, ElderEditor, GraceConfig, GraceEditor
 
 from conftest import EDITS, UNRELATED
@@ -99,6 +100,12 @@ def test_bench_batch_protocol_checks_each_batch_and_resumes_inside_it(tmp_path, 
     assert [r["edit"] for r in resumed] == [r["edit"] for r in rows] and resumed[3]["steps"] == 30
     for reading, metric in (("teacher_forced", "rel"), ("autoregressive", "rel_em"), ("teacher_forced", "gen")):
         assert again["metrics"]["all"][reading][metric] == results["metrics"]["all"][reading][metric]
+    # results.md names the protocol and has a protocols section; the archive's name says it too
+    doc = tmp_path / "docs" / "results.md"
+    write_study([tmp_path / "run"], doc)
+    text = doc.read_text()
+    assert "## Protocols" in text and "| zsre | elder | batches of 2 |" in text
+    assert [p.name for p in (tmp_path / "docs" / "runs").glob("*.json")] == ["zsre-elder-thr1-b2-5.json"]
 
 
 def test_sola_batches_go_through_edit_many_and_bad_batch_sizes_are_refused(tmp_path, tiny_dir, tiny_data):

@@ -67,7 +67,14 @@ def routing_table(rows: list[tuple[str, dict]]) -> str:
 
 def _run_label(results: dict) -> str:
     config = results.get("config", {})
-    return f"{results['method']} {results['dataset']} T={results['edits']} key={config.get('key')}"
+    batches = protocol_of(results)["batch_size"]
+    return (f"{results['method']} {results['dataset']} T={results['edits']} key={config.get('key')}"
+            + (f", batches of {batches}" if batches > 1 else ""))
+
+
+def protocol_of(results: dict) -> dict:
+    """How a run's edits arrived (runs from before batches existed were sequential)."""
+    return results.get("protocol") or {"batch_size": 1, "name": "sequential"}
 
 
 def markdown(results: dict) -> str:

@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .report import _fmt, _get, headline_table, load_results, routing_table, wall_time
+from .report import _fmt, _get, headline_table, load_results, protocol_of, routing_table, wall_time
 
 GOAL = ("Goal (issue 4), on both datasets: Rel ≥ 0.99, Gen ≥ 0.90, Loc ≥ 0.99 teacher-forced; Rel ≥ 0.95, Gen ≥ 0.85 "
         "autoregressive. Published at T=1000 on LLaMA-2-7B (Rel/Gen/Loc, teacher-forced): WISE .77/.72/1.00, "
@@ -25,7 +25,9 @@ def label(results: dict) -> str:
     from ..methods.registry import bench_naming
 
     name = bench_naming(results["method"]).bench_label(results["config"], results["threshold"]["value"])
-    return name + (", subject withheld" if results.get("spec", {}).get("withhold_subject") else "")
+    batches = protocol_of(results)["batch_size"]
+    return (name + (", subject withheld" if results.get("spec", {}).get("withhold_subject") else "")
+            + (f", batches of {batches}" if batches > 1 else ""))
 
 
 def archive(results: dict, directory: Path) -> Path:
@@ -39,6 +41,8 @@ def archive(results: dict, directory: Path) -> Path:
         parts.append(f"thr{given:g}")
     if results.get("spec", {}).get("withhold_subject"):
         parts.append("nosubject")
+    if protocol_of(results)["batch_size"] > 1:
+        parts.append(f"b{protocol_of(results)['batch_size']}")
     parts.append(str(results["edits"]))
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / ("-".join(parts) + ".json")
@@ -100,8 +104,10 @@ def cost_table(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-STATE_FIELDS = {"melo": ("clusters", "centre_updates", "mismatches"), "grace": ("entries", "expansions", "splits"),
-                "elder": ("codes",)}
+STATE_FIELDS = {"melo": ("clusters", "centre_updates", "mismatches", "blocks", "conflicts", "forgotten_keys"),
+                "grace": ("entries", "expansions", "splits"),
+                "elder": ("codes", "distinct_codes", "epsilon", "calibration_reached"),
+                "elder-online": ("codes", "distinct_codes", "epsilon", "calibration_reached")}
 
 
 def state_table(runs: list[tuple[str, dict]]) -> str | None:
@@ -113,8 +119,8 @@ def state_table(runs: list[tuple[str, dict]]) -> str | None:
         states = [c for c in r.get("checkpoints", []) if c.get("state")]
         if not fields or not states:
             continue
-        cells = [f"after {c['edits']}: " + ", ".join(f"{f.replace('_', ' ')} {c['state'].get(f, '–')}" for f in fields)
-                 for c in states]
+        cells = [f"after {c['edits']}: " + ", ".join(f"{f.replace('_', ' ')} {_fmt(c['state'][f])}" for f in fields
+                                                      if f in c["state"]) for c in states]
         lines.append(f"| {name} | " + "; ".join(cells) + " |")
     return "\n".join(["| run | state at each checkpoint |", "|---|---|"] + lines) if lines else None
 
@@ -136,6 +142,21 @@ def side_by_side(runs: list[tuple[str, dict]]) -> str:
         cost = r.get("cost", {})
         lines.append(f"| {r['dataset']} | {name} | " + " | ".join(cells) + f" | {_median_seconds(cost)} | "
                      f"{_bytes(cost.get('store_bytes_per_edit'))} |")
+    return "\n".join(lines)
+
+
+def protocols_table(runs: list[tuple[str, dict]]) -> str:
+    """The methods under each protocol (one edit at a time, or batches of B), per dataset: the headline metrics of
+    all records and the cost."""
+    lines = ["| dataset | method | protocol | run | " + " | ".join(n for n, _, _ in SIDE_BY_SIDE) + " | s/edit median |",
+             "|" + "---|" * (len(SIDE_BY_SIDE) + 5)]
+    ordered = sorted(runs, key=lambda nr: (nr[1]["dataset"], nr[1]["method"], protocol_of(nr[1])["batch_size"]))
+    for name, r in ordered:
+        metrics = r["metrics"]["all"]
+        cells = [" / ".join(_fmt(_get(metrics, section, k)) for k in keys) if isinstance(keys, tuple)
+                 else _fmt(_get(metrics, section, keys)) for _, section, keys in SIDE_BY_SIDE]
+        lines.append(f"| {r['dataset']} | {r['method']} | {protocol_of(r)['name']} | {name} | " + " | ".join(cells)
+                     + f" | {_median_seconds(r.get('cost', {}))} |")
     return "\n".join(lines)
 
 
@@ -184,6 +205,12 @@ def write_study(sources: list[str | Path], doc: str | Path, runs_dir: str | Path
               "median wall time of one edit; store bytes/edit: the method's store on disk over the edits made. "
               "Per-dataset tables with every metric, subsets, routing and cost follow.", "",
               side_by_side([(label(r), r) for _, r in ordered]), ""]
+    if any(protocol_of(r)["batch_size"] > 1 for _, r in loaded):
+        lines += ["## Protocols", "",
+                  "The same methods with the edits arriving one at a time (our protocol) and in batches (`sola bench "
+                  "--batch-size B`; MELO's and ELDER's authors ran batches of 100: each batch trains the method's own "
+                  "way, then it is checked). See docs/methods.md for each paper's protocol.", "",
+                  protocols_table([(label(r), r) for _, r in ordered]), ""]
     for dataset in sorted({r["dataset"] for _, r in loaded}):
         chosen = [(s, r) for s, r in loaded if r["dataset"] == dataset]
         named = [(label(r), r) for _, r in chosen]
