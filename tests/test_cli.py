@@ -169,11 +169,12 @@ def test_an_edit_that_does_not_converge_is_refused_or_kept_with_exit_3(tiny_dir,
     assert code == 0 and [line.split(":")[0] for line in out.splitlines()] == ["e2", "e3"]
 
 
-def test_a_target_beyond_the_token_limit_is_refused_with_the_limit(make_editor, tmp_path):
+def test_a_target_beyond_the_token_limit_is_refused_with_the_limit(make_editor, tmp_path, monkeypatch):
     from sola import InvalidEditError
-    from sola.prompts import MAX_TARGET_TOKENS
 
+    # the tiny model reads 64 positions, fewer than the real limit (128): a lower limit shows the same refusal
+    monkeypatch.setattr("sola.prompts.MAX_TARGET_TOKENS", 32)
     editor = make_editor("llama", store=tmp_path / "store")
-    with pytest.raises(InvalidEditError, match=f"at most {MAX_TARGET_TOKENS}"):
-        editor.edit("Who?", "a b c d e f g h i j k " * 7)
+    with pytest.raises(InvalidEditError, match="at most 32 .sola.prompts.MAX_TARGET_TOKENS"):
+        editor.edit("Who?", "a b c d e f g h i j k " * 2)
     assert (tmp_path / "store" / "edits.jsonl").read_bytes() == b""
