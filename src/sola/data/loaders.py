@@ -225,6 +225,8 @@ DATASETS: dict[str, tuple[Callable[[Path], Dataset], str]] = {
     "counterfact": (load_counterfact, "counterfact/counterfact-edit-5000.json"),
     "nq": (load_nq, "nq/NQ-open.dev.jsonl"),
     "hallucination": (load_hallucination, "hallucination/wise_hallucination-edit.json"),
+    # WISE's other passages, never edited: the hallucination task's other biographies (locality, ARR)
+    "hallucination-extra": (load_hallucination, "hallucination/wise_hallucination-train.json"),
     "wikibio": (load_hallucination, "hallucination/knowedit_wikibio-test-all.json"),
     "scotus": (load_scotus, "scotus/test.jsonl"),
 }

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data import Record
 from ..data.probes import normalise
 from . import metrics as M
 from .items import PROBE_KINDS, Item
@@ -42,6 +41,7 @@ class Evaluator:
         self.base_tf_targets: list[str | None] = []
         self.base_tf: list[list[int] | None] = []
         self.base_nll: list[float | None] = []
+        self.edit_nll_base: list[float] = []  # hallucination: the base model's nll of each edit's correct sentence
         self.locality_work: dict[str, int] = {}  # of the last evaluation: probes run, and read from the base run
 
     def _generate(self, prompts: list[str]) -> list[str]:
@@ -61,20 +61,26 @@ class Evaluator:
         prompts = [p.prompt for _, _, p in self.flat]
         if cache is not None and cache.exists():
             saved = json.loads(cache.read_text())
-            if saved.get("prompts") == prompts and saved.get("batch_size") == self.spec.batch_size:
+            if saved.get("prompts") == prompts and saved.get("batch_size") == self.spec.batch_size \
+                    and (self.kind != "hallucination" or "edit_nll" in saved):
                 self.base_answers, self.base_tf_targets = saved["answers"], saved["tf_targets"]
                 self.base_tf, self.base_nll = saved["tf"], saved["nll"]
+                self.edit_nll_base = saved.get("edit_nll", [])
                 return
         with self.method.base():
             self.base_answers = self._generate(prompts)
             self.base_tf_targets = [p.answer or a or None for (_, _, p), a in zip(self.flat, self.base_answers)]
             scores = self._score(prompts, self.base_tf_targets)
+            if self.kind == "hallucination":  # ERR beside the base model's perplexity of the same sentences
+                edits = self._score([it.record.prompt for it in self.items], [it.record.target for it in self.items])
+                self.edit_nll_base = [s.nll for s in edits]
         self.base_tf = [s.predicted if s else None for s in scores]
         self.base_nll = [s.nll if s else None for s in scores]
         if cache is not None:
             cache.write_text(json.dumps({"prompts": prompts, "batch_size": self.spec.batch_size,
                                          "answers": self.base_answers, "tf_targets": self.base_tf_targets,
-                                         "tf": self.base_tf, "nll": self.base_nll}))
+                                         "tf": self.base_tf, "nll": self.base_nll,
+                                         **({"edit_nll": self.edit_nll_base} if self.edit_nll_base else {})}))
 
     def evaluate(self, upto: int, edit_of: dict[str, str], with_routes: bool) -> list[dict[str, Any]]:
         """One row per record of items[:upto] with every metric; routes of rephrases and probes if asked."""
@@ -87,10 +93,12 @@ class Evaluator:
         gen_pairs = [(i, r) for i, it in enumerate(items) for r in it.record.rephrases]
         gen_scores = self._score([r for _, r in gen_pairs], [items[i].record.target for i, _ in gen_pairs])
         gen_answers = self._generate([r for _, r in gen_pairs])
-        for row, item, score, answer in zip(rows, items, rel_scores, rel_answers):
+        for n, (row, item, score, answer) in enumerate(zip(rows, items, rel_scores, rel_answers)):
             row.update(rel_tf=score.accuracy, rel_em=M.exact_match(answer, item.record.target),
                        rel_f1=M.token_f1(answer, item.record.target), rel_nll=score.nll, rel_tokens=len(score.tokens),
                        rel_answer=answer)
+            if self.edit_nll_base:
+                row["rel_nll_base"] = self.edit_nll_base[n]
         per_record: dict[int, list] = {}
         for (i, rephrase), score, answer in zip(gen_pairs, gen_scores, gen_answers):
             per_record.setdefault(i, []).append((rephrase, score, answer))
@@ -126,6 +134,10 @@ class Evaluator:
                 found = collected.get((i, kind), [])
                 row[f"loc_{kind}_tf"] = M.mean(f["tf"] for f in found)
                 row[f"loc_{kind}_ar"] = M.mean(f["ar"] for f in found)
+                if self.kind == "hallucination" and kind in ("relation", "subject"):  # accurate sentences: ARR
+                    for f in found:
+                        if f["nll"] is not None:
+                            row.setdefault("arr", []).append([f["nll"], f["base_nll"], f["tokens"]])
                 if kind == "unrelated":
                     row["trr_f1"] = M.mean(f["f1"] for f in found)
                     row["trr_f1_base"] = M.mean(f["base_f1"] for f in found)
@@ -222,14 +234,10 @@ class Evaluator:
             row.setdefault("routes", []).append({
                 "nearest": nearest, "distance": route.distance, "routed": route.routed,
                 "own": route.routed and nearest == row["record"], "right_target": bool(right)})
+        for row, route in zip(rows, self.method.routes([it.record.prompt for it in items])):
+            row["prompt_route"] = {"distance": route.distance, "routed": route.routed,
+                                   "own": bool(route.routed and route.edit_id == row["edit"])}
         inside = [f for f in flat if f[0] < upto]
         for (i, kind, _), route in zip(inside, probe_routes):
             rows[i].setdefault("probe_routes", {}).setdefault(kind, []).append(
                 {"nearest": owner.get(route.edit_id), "distance": route.distance, "routed": route.routed})
-
-
-def held_out_perplexity(method, records: list[Record], batch_size: int) -> float:
-    """ARR for hallucination: perplexity of correct sentences that were never edited (the records after the T
-    edited ones), which the edits must leave as they were."""
-    scores = method.score([r.prompt for r in records], [r.target for r in records], batch_size)
-    return M.perplexity([s.nll for s in scores], [len(s.tokens) for s in scores])

@@ -31,10 +31,15 @@ def nq_pool(spec: BenchSpec) -> list[Record]:
         return []
 
 
-def build_items(dataset: Dataset, nq: list[Record], seed: int, subject_count: int) -> list[Item]:
+def build_items(dataset: Dataset, nq: list[Record], seed: int, subject_count: int,
+                passages: list[Record] | None = None) -> list[Item]:
     """The probes of every record. QA sets (zsRE) carry unrelated NQ questions as their locality; CounterFact carries
     same-relation prompts. The other faces are built from the records' own templates (and NQ questions), and the
-    subject-alias prompts from the subjects' names (`sola.data.aliases`)."""
+    subject-alias prompts from the subjects' names (`sola.data.aliases`). Hallucination records carry upstream text
+    (WISE's `locality_prompt`: unrelated); the passages never edited (`passages`, WISE's other file, each with its
+    correct next sentence: the accurate sentences ARR reads) are spread over the records, each passage once: one
+    about an edited person is a "subject" probe of an edit of that person (the same biography at another point),
+    one about a person no edit is about is a "relation" probe (another biography)."""
     records = dataset.records
     groups = relation_groups(records) if dataset.kind in ("qa", "completion") else {}
     used = {_question(p.prompt) for r in records for p in r.locality}
@@ -57,7 +62,30 @@ def build_items(dataset: Dataset, nq: list[Record], seed: int, subject_count: in
         if groups:
             probes["subject"] = list(subject_probes(record, records, groups, subject_count, seed))
         items.append(Item(record, probes, list(alias_probes(record, common)) if common else []))
+    if dataset.kind == "hallucination" and passages and items:
+        _spread_passages(items, passages)
     return items
+
+
+def _spread_passages(items: list[Item], passages: list[Record]) -> None:
+    """Each never-edited passage once: to an edit of the same person (round robin) as a "subject" probe, or, if no
+    edit is about that person, to the edits in turn as a "relation" probe."""
+    edits_of: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        if item.record.subject:
+            edits_of.setdefault(normalise(item.record.subject), []).append(index)
+    taken: dict[str, int] = {}
+    others = 0
+    for passage in passages:
+        subject = normalise(passage.subject or "")
+        owners = edits_of.get(subject)
+        if owners:
+            index, kind = owners[taken.get(subject, 0) % len(owners)], "subject"
+            taken[subject] = taken.get(subject, 0) + 1
+        else:
+            index, kind = others % len(items), "relation"
+            others += 1
+        items[index].probes[kind].append(Probe(passage.prompt, passage.target))
 
 
 def _question(prompt: str) -> str:

@@ -57,7 +57,8 @@ def routing_table(rows: list[tuple[str, dict]]) -> str:
     names = [("rephrase routed", "rephrase_routed"), ("to own edit", "rephrase_own_edit"),
              ("to right target", "rephrase_right_target"), ("Gen EM given right route", "gen_em_given_right_route"),
              ("NQ activated", "unrelated_activated"), ("same-relation activated", "relation_activated"),
-             ("same-subject activated", "subject_activated"), ("alias to own edit", "alias_own_edit")]
+             ("same-subject activated", "subject_activated"), ("alias to own edit", "alias_own_edit"),
+             ("prompt to own edit", "prompt_own_edit")]
     lines = ["| run | " + " | ".join(n for n, _ in names) + " |", "|" + "---|" * (len(names) + 1)]
     for label, metrics in rows:
         routing = metrics.get("routing", {})
@@ -102,9 +103,12 @@ def markdown(results: dict) -> str:
                   headline_table([(f"after {c['edits']}", c["metrics"]) for c in results["checkpoints"]]), ""]
     if results["dataset"] == "hallucination" or "ERR_ppl" in results["metrics"]["all"].get("paper", {}):
         paper = results["metrics"]["all"]["paper"]
-        lines += ["## Perplexity", "", "| ERR PPL (edited) | TRR PPL (upstream) | TRR PPL base | ARR PPL (held-out) |",
-                  "|---|---|---|---|", f"| {_fmt(paper.get('ERR_ppl'))} | {_fmt(paper.get('TRR_ppl'))} | "
-                  f"{_fmt(paper.get('TRR_ppl_base'))} | {_fmt(paper.get('ARR_ppl'))} |", ""]
+        lines += ["## Perplexity (the base model's beside each)", "",
+                  "| ERR PPL (edited sentences) | base | TRR PPL (upstream text) | base | ARR PPL (accurate sentences "
+                  "never edited) | base | ARR sentences |", "|---|---|---|---|---|---|---|",
+                  f"| {_fmt(paper.get('ERR_ppl'))} | {_fmt(paper.get('ERR_ppl_base'))} | {_fmt(paper.get('TRR_ppl'))} "
+                  f"| {_fmt(paper.get('TRR_ppl_base'))} | {_fmt(paper.get('ARR_ppl'))} | "
+                  f"{_fmt(paper.get('ARR_ppl_base'))} | {paper.get('ARR_sentences', '–')} |", ""]
     spe = cost.get("seconds_per_edit", {})
     lines += ["## Cost", "",
               f"- seconds per edit: median {_fmt(spe.get('median'))}, p90 {_fmt(spe.get('p90'))}"

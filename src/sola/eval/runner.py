@@ -16,6 +16,7 @@ import dataclasses
 
 import os
 import time
+from pathlib import Path
 from dataclasses import asdict
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..data import Dataset, Record, load_dataset
 from ..data.probes import collisions, conflicts, latest_targets, rephrase_form
 from ..errors import ConfigError, DataError
 from . import metrics as M
-from .evaluator import Evaluator, held_out_perplexity
+from .evaluator import Evaluator
 from .factory import build_method
 from .items import PROBE_KINDS, Item, build_items, calibration_questions, nq_pool
 from .provenance import code_version, cost, machine
@@ -49,10 +50,9 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
                           "edit at a time)")
     if spec.edits < 1 or spec.edits > len(dataset):
         raise ConfigError(f"--edits {spec.edits}: {dataset.name} has {len(dataset)} records ({dataset.path})")
-    held_out = dataset.records[spec.edits:]
     dataset = dataset.head(spec.edits)
     nq = nq_pool(spec)
-    probed = build_items(dataset, nq, spec.seed, spec.subject_probes)
+    probed = build_items(dataset, nq, spec.seed, spec.subject_probes, _other_passages(dataset, spec))
     # without locality the probes are dropped, but kept out of calibration as they would be: the same threshold
     items = probed if spec.locality else [Item(it.record, {kind: [] for kind in PROBE_KINDS}) for it in probed]
     method = build_method(spec, rundir.store)
@@ -85,8 +85,6 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
     conflicting = conflicts(dataset.records)
     subsets = _subsets(final_rows, dataset, evaluator, conflicting)
     metrics = {name: summarise(rows, dataset.kind) for name, rows in subsets.items()}
-    if dataset.kind == "hallucination" and held_out:
-        metrics["all"]["paper"]["ARR_ppl"] = held_out_perplexity(method, held_out[:100], spec.batch_size)
     described = method.describe()
     t = time.perf_counter()
     costs = cost(method, described, done, items, spec)
@@ -126,6 +124,17 @@ def protocol(batch_size: int) -> dict[str, Any]:
     return {"batch_size": batch_size, "name": f"batches of {batch_size}",
             "description": f"edits arrive {batch_size} at a time; each batch is trained the method's own way, then "
                            "its edits are checked"}
+
+
+def _other_passages(dataset: Dataset, spec: BenchSpec) -> list[Record]:
+    """For the hallucination task: biographies never edited (WISE's other file beside the edit file; none when the
+    data is a single file or lacks it, and the report then has no ARR)."""
+    if dataset.kind != "hallucination" or (spec.data and Path(spec.data).is_file()):
+        return []
+    try:
+        return load_dataset("hallucination-extra", spec.data).records
+    except DataError:
+        return []
 
 
 def _set_threshold(method, spec: BenchSpec, probed: list[Item], nq: list[Record], dataset: Dataset) -> str:

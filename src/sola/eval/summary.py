@@ -23,30 +23,40 @@ def summarise(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     out["paper"] = {"ES": avg("es_em"), "ES_tf": avg("es_tf"), "ERR": avg("rel_f1"), "TRR": avg("trr_f1"),
                     "TRR_base": avg("trr_f1_base")}
     if kind == "hallucination":
+        arr = [a for r in rows for a in r.get("arr", [])]
         out["paper"].update(
             ERR_ppl=M.perplexity([r["rel_nll"] for r in rows], [r["rel_tokens"] for r in rows]),
+            ERR_ppl_base=M.perplexity([r["rel_nll_base"] for r in rows if "rel_nll_base" in r],
+                                      [r["rel_tokens"] for r in rows if "rel_nll_base" in r]),
             TRR_ppl=M.perplexity([r["loc_nll"] for r in rows if r.get("loc_nll") is not None]),
-            TRR_ppl_base=M.perplexity([r["loc_nll_base"] for r in rows if r.get("loc_nll_base") is not None]))
+            TRR_ppl_base=M.perplexity([r["loc_nll_base"] for r in rows if r.get("loc_nll_base") is not None]),
+            ARR_ppl=M.perplexity([a[0] for a in arr], [a[2] for a in arr]),
+            ARR_ppl_base=M.perplexity([a[1] for a in arr], [a[2] for a in arr]), ARR_sentences=len(arr))
+    routing: dict[str, Any] = {}
     routed = [x for r in rows for x in r.get("routes", [])]
     if routed:
         own = [r for r in rows if r.get("routes")]
         given_right = [r["gen_em"] for r in own if all(x["right_target"] for x in r["routes"])]
-        out["routing"] = {
+        routing.update({
             "rephrase_routed": M.mean(float(x["routed"]) for x in routed),
             "rephrase_own_edit": M.mean(float(x["own"]) for x in routed),
             "rephrase_right_target": M.mean(float(x["right_target"]) for x in routed),
             "gen_em_given_right_route": M.mean(given_right), "records_with_right_route": len(given_right),
             "rephrase_distance": M.quantiles([x["distance"] for x in routed if x["distance"] is not None]),
-        }
-        aliases = [x for r in rows for x in r.get("alias_routes", [])]
-        if aliases:
-            out["routing"]["alias_own_edit"] = M.mean(float(x["own"]) for x in aliases)
-        for k in PROBE_KINDS:
-            probes = [x for r in rows for x in r.get("probe_routes", {}).get(k, [])]
-            if probes:
-                out["routing"][f"{k}_activated"] = M.mean(float(x["routed"]) for x in probes)
-                out["routing"][f"{k}_distance"] = M.quantiles([x["distance"] for x in probes
-                                                               if x["distance"] is not None])
+        })
+    prompts = [r["prompt_route"] for r in rows if "prompt_route" in r]
+    if prompts:  # the edit prompts themselves (Rel's routing; the hallucination task's passages)
+        routing["prompt_own_edit"] = M.mean(float(x["own"]) for x in prompts)
+    aliases = [x for r in rows for x in r.get("alias_routes", [])]
+    if aliases:
+        routing["alias_own_edit"] = M.mean(float(x["own"]) for x in aliases)
+    for k in PROBE_KINDS:
+        probes = [x for r in rows for x in r.get("probe_routes", {}).get(k, [])]
+        if probes:
+            routing[f"{k}_activated"] = M.mean(float(x["routed"]) for x in probes)
+            routing[f"{k}_distance"] = M.quantiles([x["distance"] for x in probes if x["distance"] is not None])
+    if routing:
+        out["routing"] = routing
     return out
 
 

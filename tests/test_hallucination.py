@@ -1,0 +1,61 @@
+"""The hallucination task (SoLA's Table 1, third column): an edit is a passage so far -> the correct next sentence;
+ERR, TRR and ARR are perplexities, each beside the base model's; the never-edited passages of WISE's other file are
+the same biographies at other points ("subject" probes) or other biographies ("relation" probes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sola.eval import BenchSpec, run
+from sola.eval.items import build_items
+from sola.data import load_dataset
+
+
+def passage(name: str, sentence: str, after: str) -> dict:
+    """Short texts: the tiny test model reads 64 positions of a near-character-level tokenizer."""
+    return {"prompt": f"{name}: {sentence}", "target_new": after, "subject": name,
+            "locality_prompt": "Maps of the", "locality_ground_truth": " world"}
+
+
+@pytest.fixture
+def hallucination_data(tmp_path):
+    edits = [passage("ada", "a pianist.", "Riga."), passage("ada", "a pianist. Riga.", "Vienna."),
+             passage("carl", "a chemist.", "Lima.")]
+    others = [passage("ada", "on tour.", "Albums."), passage("dora", "a sculptor.", "Oslo."),
+              passage("emil", "a runner.", "Medal.")]
+    root = tmp_path / "data" / "hallucination"
+    root.mkdir(parents=True)
+    (root / "wise_hallucination-edit.json").write_text(json.dumps(edits))
+    (root / "wise_hallucination-train.json").write_text(json.dumps(others))
+    return tmp_path / "data"
+
+
+def test_never_edited_passages_are_spread_once_each_by_whose_biography_they_are(hallucination_data):
+    dataset = load_dataset("hallucination", hallucination_data)
+    passages = load_dataset("hallucination-extra", hallucination_data).records
+    items = build_items(dataset, [], 0, 1, passages)
+    subject = [(i, p.prompt) for i, it in enumerate(items) for p in it.probes["subject"]]
+    relation = [(i, p.prompt) for i, it in enumerate(items) for p in it.probes["relation"]]
+    assert subject == [(0, passages[0].prompt)]  # Ada's other passage: an edit of Ada
+    assert [p for _, p in relation] == [passages[1].prompt, passages[2].prompt]  # nobody edits Dora or Emil
+    assert all(len(it.probes["unrelated"]) == 1 for it in items)  # WISE's upstream text
+
+
+def test_bench_reports_err_trr_arr_perplexities_beside_the_base_models(tmp_path, tiny_dir, hallucination_data):
+    spec = BenchSpec(method="sola", dataset="hallucination", edits=3, data=str(hallucination_data),
+                     model=str(tiny_dir("llama")), key="mean_pool", threshold=1e-3, checkpoints=[], batch_size=2,
+                     max_new_tokens=12, config={"learning_rate": 0.05, "max_steps": 200})
+    results = run(spec, tmp_path / "run", progress=False)
+    paper = results["metrics"]["all"]["paper"]
+    assert paper["ARR_sentences"] == 3
+    for name in ("ERR_ppl", "ERR_ppl_base", "TRR_ppl", "TRR_ppl_base", "ARR_ppl", "ARR_ppl_base"):
+        assert paper[name] > 1.0, name
+    assert paper["ERR_ppl"] < paper["ERR_ppl_base"]  # the edits taught their sentences
+    # threshold 1e-3 on mean-pooled states: only the edit passages themselves route, so the never-edited text is
+    # unchanged and reads the base model's perplexity exactly
+    assert paper["ARR_ppl"] == pytest.approx(paper["ARR_ppl_base"]) and paper["TRR_ppl"] == paper["TRR_ppl_base"]
+    routing = results["metrics"]["all"]["routing"]
+    assert routing["prompt_own_edit"] == 1.0 and routing["subject_activated"] == 0.0
+    assert "ERR PPL (edited sentences)" in (tmp_path / "run" / "results.md").read_text()
