@@ -1,0 +1,81 @@
+"""Routing on long passages (the hallucination task, issue 25), measured without training: every WISE edit passage
+becomes an edit with an all-zero LoRA (`Editor.import_edit`: routing does not depend on the factors), then four
+kinds of input are routed:
+
+- the edit passages themselves (should reach their own edit: Rel's routing);
+- never-edited passages of the same biographies (WISE's other file, about an edited person: should reach none);
+- never-edited passages of other biographies (about a person no edit is about: should reach none);
+- upstream web text (WISE's `locality_prompt`: should reach none).
+
+For each key strategy and a grid of thresholds: the share of each kind routed (to its own edit, for the first).
+Run: .venv/bin/python benchmarks/passage_routing.py --keys subject,encoder,last_token --out results/passage_routing.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--edits", type=int, default=600)
+    parser.add_argument("--keys", default="subject,encoder,last_token,mean_pool")
+    parser.add_argument("--out", default="results/passage_routing.json")
+    args = parser.parse_args()
+
+    from sola import EditConfig, Editor
+    from sola.data import load_dataset
+    from sola.data.probes import normalise
+    from sola.edit import Edit
+
+    edits = load_dataset("hallucination", args.data).records[: args.edits]
+    extra = load_dataset("hallucination-extra", args.data).records
+    edited = {normalise(r.subject or "") for r in edits}
+    kinds = {
+        "edit_passages": [r.prompt for r in edits],
+        "same_biography": [r.prompt for r in extra if normalise(r.subject or "") in edited],
+        "other_biography": [r.prompt for r in extra if normalise(r.subject or "") not in edited],
+        "upstream": [r.locality[0].prompt for r in edits if r.locality],
+    }
+    result = {"machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+              "model": "embedded SmolLM2-135M-Instruct", "counts": {k: len(v) for k, v in kinds.items()},
+              "keys": {}}
+    for key in args.keys.split(","):
+        editor = Editor.from_pretrained(config=EditConfig(key=key, prompt_format="raw", supersede="never"))
+        zeros = {f"{name}.{part}": torch.zeros(getattr(layer, part).shape[1:], dtype=getattr(layer, part).dtype)
+                 for name, layer in zip(editor.config.layers, editor.layers) for part in ("lora_A", "lora_B")}
+        ids = []
+        for n, record in enumerate(edits):
+            ids.append(editor.import_edit(Edit(id=f"x{n}", prompts=(record.prompt,), target=record.target,
+                                               subject=record.subject), zeros).id)
+        found = {kind: [editor.nearest(p) for p in prompts] for kind, prompts in kinds.items()}
+        distances = [r.distance for rs in found.values() for r in rs if r is not None]
+        grid = sorted({editor.config.resolved_threshold(), *torch.quantile(
+            torch.tensor(distances), torch.tensor([0.05, 0.2, 0.4, 0.6, 0.8])).tolist()})
+        rows = {}
+        for threshold in grid:
+            row = {}
+            for kind, routes in found.items():
+                if kind == "edit_passages":
+                    row["own_edit"] = sum(1 for r, i in zip(routes, ids) if r is not None and r.edit_id == i
+                                          and r.distance < threshold) / len(routes)
+                else:
+                    row[f"{kind}_activated"] = sum(1 for r in routes if r is not None and r.distance < threshold) \
+                        / max(1, len(routes))
+            rows[f"{threshold:.4f}"] = row
+        gated = {kind: sum(1 for r in routes if r is None) / max(1, len(routes)) for kind, routes in found.items()}
+        result["keys"][key] = {"default_threshold": editor.config.resolved_threshold(), "no_candidate": gated,
+                               "by_threshold": rows}
+        print(key, json.dumps(result["keys"][key], indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
