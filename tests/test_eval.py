@@ -553,3 +553,16 @@ def test_alias_probes_and_withheld_subjects_in_a_run(tmp_path, tiny_dir, tiny_da
         assert metrics["teacher_forced"]["alias"] is not None
     assert withheld["spec"]["withhold_subject"] and study_label(withheld).endswith(", subject withheld")
     assert _metrics(withheld) == _metrics(given)  # every inferred subject is the data's subject here
+
+
+def test_bench_runs_document_classification_on_a_scotus_format_file(tmp_path, tiny_dir):
+    """SCOTUS itself is not available offline; the path a user with the data takes runs end to end on a tiny BERT."""
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"document number {i} about a case", "label": i % 2})
+                              for i in range(4)) + "\n")
+    spec = BenchSpec(method="sola", dataset="scotus", edits=3, data=str(path), model=str(tiny_dir("bert")),
+                     key="mean_pool", threshold=1e-3, checkpoints=[], batch_size=2, max_new_tokens=4,
+                     config={"learning_rate": 0.05, "max_steps": 100})
+    results = run(spec, tmp_path / "run", progress=False)
+    assert results["data"]["kind"] == "classification" and results["edits"] == 3
+    assert results["metrics"]["all"]["teacher_forced"]["rel"] == 1.0
