@@ -157,5 +157,6 @@ def test_melo_vector_database_joins_same_answers_and_splits_conflicting_ones():
     db.add("e3", torch.tensor([0.75, 1.0]), "rome", 1)  # 1.0 from the centre, another answer: the radii split
     assert len(db) == 2 and db.conflicts == 1
     assert float(db.radii[0]) == pytest.approx(0.5, abs=1e-4) and db.forgotten == {"e1", "e2"}  # both 0.75 > 0.5
-    blocks, _, answered = db.search(torch.tensor([[0.75, 1.1], [10.0, 10.0], [0.8, 0.0]]))
+    blocks, _, answered, nearest = db.search(torch.tensor([[0.75, 1.1], [10.0, 10.0], [0.8, 0.0]]))
     assert blocks.tolist() == [1, NO_BLOCK, NO_BLOCK] and answered == ["e3", None, None]  # cluster 0 has no points
+    assert nearest.tolist() == [1, 1, 0]

@@ -50,14 +50,14 @@ def minimise(objective: Callable[[], tuple[torch.Tensor, bool]], params: list[to
         steps += 1
 
 
-def train_fixed(objective: Callable[[bool], torch.Tensor], params: list[torch.Tensor], schedule) -> None:
-    """Exactly `schedule.fixed_steps` Adam steps on `objective(last)` (`last`: the final iteration, whose forward pass
-    the caller may read), from a fresh Adam at `schedule.fixed_learning_rate` multiplied by `fixed_lr_gamma` every
+def train_fixed(objective: Callable[[], torch.Tensor], params: list[torch.Tensor], schedule) -> None:
+    """Exactly `schedule.fixed_steps` Adam steps on `objective()` (what it reads during the last call is the last
+    iteration's, before its step), from a fresh Adam at `schedule.fixed_learning_rate` multiplied by `fixed_lr_gamma` every
     `fixed_lr_step` steps (see `sola.methods.snapshot.FixedSchedule`). The caller holds `torch.enable_grad()`."""
     optimizer = torch.optim.Adam(params, lr=schedule.fixed_learning_rate)
     decay = torch.optim.lr_scheduler.StepLR(optimizer, step_size=schedule.fixed_lr_step, gamma=schedule.fixed_lr_gamma)
-    for step in range(schedule.fixed_steps):
-        loss = objective(step == schedule.fixed_steps - 1)
+    for _ in range(schedule.fixed_steps):
+        loss = objective()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

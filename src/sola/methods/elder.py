@@ -36,7 +36,7 @@ from ..architectures import default_layers
 from ..data.probes import normalise
 from ..errors import ConfigError, InvalidEditError
 from ..routing import key_strategy
-from ..nn.injection import capture, inject, modules
+from ..nn.injection import inject, modules
 from ..nn.wrapped import WrappedLinear
 from ..training import frozen_prefix, minimise, train_fixed, trainable
 from .snapshot import BaselineConfig, FixedSchedule, SnapshotEditor, check_fixed_schedule
@@ -249,17 +249,12 @@ class ElderEditor(SnapshotEditor):
     def _query(self, prompt) -> torch.Tensor:
         return self._queries([prompt])[0]
 
-    def _queries(self, prompts, batch_size: int = 16) -> torch.Tensor:
+    def _queries(self, prompts) -> torch.Tensor:
         """The query vectors of encoded prompts (B, d), on the base model (nothing at or before the query layer is
         edited, so this is also what inference reads)."""
         if not self.keys.inside_model:
             return self.keys.encode([p.text for p in prompts])
-        found = []
-        for start in range(0, len(prompts), batch_size):
-            batch = self.task.batch(prompts[start:start + batch_size], None)
-            found.append(capture(self.query_module, lambda: self.model(**batch.inputs, use_cache=False),
-                                 lambda hidden: self.keys.pool(hidden.detach().float(), batch.mask)))
-        return torch.cat(found)
+        return self._inputs_at(self.query_module, prompts, self.keys.pool)
 
     @contextmanager
     def _routed(self, prompts, batch):
@@ -325,12 +320,12 @@ class ElderEditor(SnapshotEditor):
         """The preset allocation of an edit: random, drawn from a generator seeded by the edit's content, so an
         identical edit gets the same one; redrawn while another live edit (or an edit of `pending`, label ->
         allocation, the batch being trained) holds it."""
-        label = normalise(" | ".join(prompts) + " => " + target)
+        label = _label(prompts, target)
         if pending and label in pending:
             return pending[label]
         for edit_id, allocation in self.allocations.items():
             edit = self.ledger.get(edit_id) if edit_id in self.ledger else None
-            if edit is not None and normalise(" | ".join(edit.prompts) + " => " + edit.target) == label:
+            if edit is not None and _label(edit.prompts, edit.target) == label:
                 return allocation
         taken = {tuple(a.flatten().tolist()) for e, a in self.allocations.items() if e in self.codes}
         taken |= {tuple(a.flatten().tolist()) for a in (pending or {}).values()}
@@ -370,7 +365,7 @@ class ElderEditor(SnapshotEditor):
         encoded, targets, wanted, owner = [], [], [], []
         for index, (prompts, ids, target) in enumerate(edits):
             allocation = self._allocation([p.text for p in prompts], target, pending)
-            pending[normalise(" | ".join(p.text for p in prompts) + " => " + target)] = allocation
+            pending[_label([p.text for p in prompts], target)] = allocation
             encoded += prompts
             targets += ids
             wanted += [allocation] * len(prompts)
@@ -417,7 +412,7 @@ class ElderEditor(SnapshotEditor):
             with trainable(params), torch.enable_grad(), frozen_prefix(self.model, self.config.layers):
                 if fixed or self.config.schedule == "fixed":
                     # the codes, losses and exactness are the last iteration's, read before its step (the authors')
-                    train_fixed(lambda _last: loss_and_read(), params, self.config)
+                    train_fixed(loss_and_read, params, self.config)
                     steps = self.config.fixed_steps
                 else:
                     steps, _ = minimise(objective, params, self.config)
@@ -478,6 +473,11 @@ class ElderEditor(SnapshotEditor):
                 "distinct_codes": len({bytes(row.tolist()) for c in self.codes.values() for row in c}),
                 **{f"calibration_{k}": v for k, v in self._deferral(self.calibration).items() if k != "histogram"},
                 "memory_bytes": {"parameters": parameters * 4, "codes": sum(c.numel() for c in self.codes.values())}}
+
+
+def _label(prompts, target: str) -> str:
+    """What makes two edits identical for their allocation: their prompts and target, normalised."""
+    return normalise(" | ".join(prompts) + " => " + target)
 
 
 def _depth(name: str) -> tuple[int, ...]:

@@ -73,7 +73,7 @@ class LoraBlocksEditor(SnapshotEditor):
         self.decision.fix(torch.zeros(len(encoded), dtype=torch.long), training=True)
         last: dict[str, torch.Tensor] = {}
 
-        def objective(_last: bool) -> torch.Tensor:
+        def objective() -> torch.Tensor:
             row_loss, exact = self.task.score(batch, self.task.target_forward(batch))
             last.update(losses=row_loss.detach(), exact=exact)
             return row_loss.mean()

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..nn.injection import capture
 from ..routing.keys import HiddenStateKeys
 from .lora_blocks import LoraBlocksConfig, LoraBlocksEditor
 from ..data.probes import normalise
@@ -74,13 +73,8 @@ class MeloEditor(LoraBlocksEditor):
     def _key(self, prompt) -> torch.Tensor:
         return self._keys([prompt])[0]
 
-    def _keys(self, prompts, batch_size: int = 16) -> torch.Tensor:
-        found = []
-        for start in range(0, len(prompts), batch_size):
-            batch = self.task.batch(prompts[start:start + batch_size], None)
-            found.append(capture(self.layers[0].base_layer, lambda: self.model(**batch.inputs, use_cache=False),
-                                 lambda hidden: self.pooling.pool(hidden, batch.mask)))
-        return torch.cat(found)
+    def _keys(self, prompts) -> torch.Tensor:
+        return self._inputs_at(self.layers[0].base_layer, prompts, self.pooling.pool)
 
     def _radius(self) -> float:
         if self.config.radius is None:
@@ -198,10 +192,8 @@ class MeloEditor(LoraBlocksEditor):
         if not self._has_edits():
             return None, None, False
         if self.db is not None:
-            key = self._key(self._encode(prompt)).unsqueeze(0)
-            _, dist, answered = self.db.search(key)
-            nearest = answered[0] or self.db.opened_by[int(torch.cdist(key, self.db.centres).argmin())]
-            return nearest, float(dist[0]), answered[0] is not None
+            _, dist, answered, cluster = self.db.search(self._key(self._encode(prompt)).unsqueeze(0))
+            return answered[0] or self.db.opened_by[int(cluster[0])], float(dist[0]), answered[0] is not None
         dist, block = self._nearest(self._key(self._encode(prompt)).unsqueeze(0))
         cluster = int(block[0])
         return self.members[cluster][-1], float(dist[0]), bool(dist[0] <= self._radius())

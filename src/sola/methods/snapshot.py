@@ -27,6 +27,7 @@ from ..edit import Edit, now
 from ..errors import ConfigError, CorruptStoreError, InvalidEditError, StoreError
 from ..fingerprint import config_hash, describe_mismatch, weights_hash
 from ..loading import load_model
+from ..nn.injection import capture
 from ..planning import check_texts
 from ..prompts import EncodedPrompt
 from ..routing import Route
@@ -209,13 +210,21 @@ class SnapshotEditor(BaseEditor):
     def edit(self, prompt: str | list[str], target: str, *, subject: str | None = None) -> Edit:
         """Teach the model to answer `prompt` (or each of several prompts) with `target`. Returns the `Edit`."""
         started = time.perf_counter()
-        prompts, encoded, target, targets = check_texts(self._encode, self.task, prompt, target, subject)
+        return self._edit_checked(subject, *check_texts(self._encode, self.task, prompt, target, subject), started)
+
+    def _edit_checked(self, subject, prompts, encoded, target, targets, started: float) -> Edit:
+        """One edit whose texts `check_texts` passed: trained, committed to the state and recorded."""
         edit_id = f"e{self._counter + 1}"
         steps, loss, converged = self._train(edit_id, encoded, targets, target)
         self._counter += 1
-        record = Edit(id=edit_id, prompts=tuple(prompts), target=target, subject=subject,
-                      created=now(), steps=steps, loss=round(loss, 6),
-                      converged=converged, seconds=round(time.perf_counter() - started, 3))
+        return self._record(edit_id, subject, prompts, target, (steps, loss, converged),
+                            round(time.perf_counter() - started, 3))
+
+    def _record(self, edit_id: str, subject, prompts, target: str, outcome: tuple[int, float, bool],
+                seconds: float) -> Edit:
+        steps, loss, converged = outcome
+        record = Edit(id=edit_id, prompts=tuple(prompts), target=target, subject=subject, created=now(),
+                      steps=steps, loss=round(loss, 6), converged=converged, seconds=seconds)
         self.ledger.add(record)
         return record
 
@@ -241,17 +250,13 @@ class SnapshotEditor(BaseEditor):
         if not checked:
             return []
         if not self.trains_batches:
-            return [self.edit(prompts, target, subject=subject) for subject, prompts, _, target, _ in checked]
+            return [self._edit_checked(*texts, time.perf_counter()) for texts in checked]
         ids = [f"e{self._counter + 1 + i}" for i in range(len(checked))]
         results = self._train_batch(ids, [(encoded, targets, target) for _, _, encoded, target, targets in checked])
         self._counter += len(checked)
         seconds = round((time.perf_counter() - started) / len(checked), 3)
-        made = []
-        for edit_id, (subject, prompts, _, target, _), (steps, loss, converged) in zip(ids, checked, results):
-            made.append(Edit(id=edit_id, prompts=tuple(prompts), target=target, subject=subject, created=now(),
-                             steps=steps, loss=round(loss, 6), converged=converged, seconds=seconds))
-            self.ledger.add(made[-1])
-        return made
+        return [self._record(edit_id, subject, prompts, target, outcome, seconds)
+                for edit_id, (subject, prompts, _, target, _), outcome in zip(ids, checked, results)]
 
     # True for methods whose `_train_batch` trains shared modules on a whole batch of edits together
     trains_batches: ClassVar[bool] = False
@@ -278,6 +283,16 @@ class SnapshotEditor(BaseEditor):
         raise NotImplementedError
 
     # -- routing -----------------------------------------------------------------------------------------------------
+    def _inputs_at(self, module: nn.Module, prompts: list[EncodedPrompt], pool, batch_size: int = 16) -> torch.Tensor:
+        """`pool(hidden, mask)` of `module`'s input for each encoded prompt, (B, d), in batches of `batch_size`: the
+        forward pass stops at `module` (MELO's keys, ELDER's queries)."""
+        found = []
+        for start in range(0, len(prompts), batch_size):
+            batch = self.task.batch(prompts[start:start + batch_size], None)
+            found.append(capture(module, lambda: self.model(**batch.inputs, use_cache=False),
+                                 lambda hidden: pool(hidden.detach().float(), batch.mask)))
+        return torch.cat(found)
+
     def locate(self, prompt: str) -> tuple[str | None, float | None, bool]:
         """(the edit whose training answers for the nearest key, its distance, whether the prompt is routed there);
         (None, None, False) without edits or for methods without routing."""

@@ -83,12 +83,12 @@ class VectorDatabase:
         self.forgotten.discard(edit_id)
         del self.keys[edit_id], self.block_of[edit_id]
 
-    def search(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str | None]]:
+    def search(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str | None], torch.Tensor]:
         """(B, d) -> (the block of each key or NO_BLOCK, the distance to the nearest centre, the edit whose point
-        answered (None if none did))."""
+        answered (None if none did), the nearest cluster (NO_BLOCK without clusters))."""
         blocks = torch.full((len(keys),), NO_BLOCK, dtype=torch.long)
         if not len(self):
-            return blocks, torch.full((len(keys),), float("inf")), [None] * len(keys)
+            return blocks, torch.full((len(keys),), float("inf")), [None] * len(keys), blocks.clone()
         dist, nearest = self._distances(keys, self.centres).min(1)
         answered: list[str | None] = []
         for row, (distance, cluster) in enumerate(zip(dist.tolist(), nearest.tolist())):
@@ -99,7 +99,7 @@ class VectorDatabase:
             closest = self._distances(keys[row:row + 1], torch.stack([self.keys[e] for e in members]))[0].argmin()
             answered.append(members[int(closest)])
             blocks[row] = self.block_of[answered[-1]]
-        return blocks, dist, answered
+        return blocks, dist, answered, nearest
 
     # -- state -------------------------------------------------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
