@@ -160,3 +160,23 @@ def test_melo_vector_database_joins_same_answers_and_splits_conflicting_ones():
     blocks, _, answered, nearest = db.search(torch.tensor([[0.75, 1.1], [10.0, 10.0], [0.8, 0.0]]))
     assert blocks.tolist() == [1, NO_BLOCK, NO_BLOCK] and answered == ["e3", None, None]  # cluster 0 has no points
     assert nearest.tolist() == [1, 1, 0]
+
+
+def test_refreshed_codes_follow_the_routers_and_paper_codes_stay_as_trained(tiny_dir, tmp_path):
+    """refresh_codes (elder-online's default) reads every live edit's codes again after each training, so its own
+    prompt stays at distance 0 as the shared routers move; the paper's ELDER keeps the code read when it was trained."""
+    (p1, t1), (p2, t2) = EDITS["causal"]
+    for refresh in (False, True):
+        editor = elder(tiny_dir, epsilon=12, refresh_codes=refresh)
+        editor.edit(p1, t1)
+        trained = editor.codes["e1"].clone()
+        with torch.no_grad():  # the routers as a run of later edits leaves them, moved far
+            editor.routers.add_(torch.randn(editor.routers.shape, generator=torch.Generator().manual_seed(0)) * 50)
+        editor.edit(p2, t2)
+        now = editor._code(editor._weights(editor.queries["e1"], False)[1])
+        assert not torch.equal(trained, now)  # the first edit's prompt no longer reads the code it was trained with
+        assert torch.equal(editor.codes["e1"], now if refresh else trained)
+        assert (editor.locate(p1)[1] == 0.0) == refresh
+    editor.save(tmp_path / "snap")
+    loaded = ElderEditor.load(tmp_path / "snap", model=str(tiny_dir("llama")))
+    assert torch.equal(loaded.codes["e1"], now) and torch.equal(loaded.queries["e1"], editor.queries["e1"])

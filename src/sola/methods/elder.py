@@ -94,6 +94,10 @@ class ElderConfig(BaselineConfig, FixedSchedule):
     """Our addition, 0 by default: also train on this many earlier live edits (drawn at random, seeded) at every
     step, so the shared LoRAs are reminded of them. Without it, one edit at a time overwrites the shared LoRAs
     (measured: after 6 zsRE edits on SmolLM2-135M, the earlier prompts answered the 6th target)."""
+    refresh_codes: bool = False
+    """Our addition, off by default (the paper keeps the codes read at the last training iteration): after every
+    training, recompute every live edit's codes from its stored queries with the routers as they are now, so the
+    codes follow the routers as later edits move them (no forward pass: the queries are read below the mixture)."""
     schedule: str = "until_converged"
     """How one edit trains: "until_converged" (Adam at `learning_rate` until the target is reproduced and the top-k
     equals the allocation, at most `max_steps`), or "fixed" (the fixed schedule, as a batch trains). Batches of
@@ -195,7 +199,7 @@ class ElderEditor(SnapshotEditor):
                                         * bound, requires_grad=False)  # b_l: (L, N)
         self.allocations: dict[str, torch.Tensor] = {}  # per edit (live or not): (L, k) LoRA indices
         self.codes: dict[str, torch.Tensor] = {}  # per live edit: the packed codes of its training rows (rows, bytes)
-        self.queries: dict[str, torch.Tensor] = {}  # per live edit: its query vector, for guide_replay
+        self.queries: dict[str, torch.Tensor] = {}  # per live edit: its query per training row (guide_replay, refresh)
         self.calibration = torch.zeros(0, dim)  # queries of the calibration questions (`calibrate_threshold`)
         return [layer.base_layer for layer in self.layers]
 
@@ -354,7 +358,8 @@ class ElderEditor(SnapshotEditor):
         result = self._fit(encoded, targets, torch.stack(wanted), own, earlier)
         self.allocations[edit_id] = allocation
         self.codes[edit_id] = result["codes"][:own]
-        self.queries[edit_id] = result["queries"][:own].mean(0)
+        self.queries[edit_id] = result["queries"][:own]
+        self._refresh_codes()
         self._recalibrate()
         return result["steps"], result["losses"][:own].mean().item(), bool(result["exact"][:own].all())
 
@@ -377,8 +382,9 @@ class ElderEditor(SnapshotEditor):
             rows = owner == index
             self.allocations[edit_id] = wanted[int(rows.nonzero()[0])]
             self.codes[edit_id] = result["codes"][rows]
-            self.queries[edit_id] = result["queries"][rows].mean(0)
+            self.queries[edit_id] = result["queries"][rows]
             outcomes.append((result["steps"], result["losses"][rows].mean().item(), bool(result["exact"][rows].all())))
+        self._refresh_codes()
         self._recalibrate()
         return outcomes
 
@@ -388,8 +394,9 @@ class ElderEditor(SnapshotEditor):
         -> the steps, and per row at the last iteration: loss, exact, code; and the rows' queries."""
         queries = self._queries(encoded)
         batch = self.task.batch(encoded, targets)
-        guided_queries = torch.cat([queries[:own]] + [self.queries[e].view(1, -1) for e in earlier])
-        guided_wanted = torch.cat([wanted[:own]] + [self.allocations[e].unsqueeze(0) for e in earlier])
+        guided_queries = torch.cat([queries[:own]] + [self.queries[e] for e in earlier])
+        guided_wanted = torch.cat([wanted[:own]] + [self.allocations[e].expand(len(self.queries[e]), -1, -1)
+                                                    for e in earlier])
         last: dict[str, torch.Tensor] = {}
 
         def loss_and_read():
@@ -420,6 +427,15 @@ class ElderEditor(SnapshotEditor):
             self.state.weights = None
         return {"steps": steps, "losses": last["losses"], "exact": last["exact"],
                 "codes": self._code(last["top"].detach()), "queries": queries}
+
+    def _refresh_codes(self) -> None:
+        """With `refresh_codes`: every live edit's codes read again from its stored queries (one per training row)."""
+        if not self.config.refresh_codes or not self.codes:
+            return
+        ids = list(self.codes)
+        codes = self._code(self._weights(torch.cat([self.queries[e] for e in ids]), False)[1])
+        for edit_id, rows in zip(ids, codes.split([len(self.queries[e]) for e in ids])):
+            self.codes[edit_id] = rows
 
     def _replayed(self, edit_id: str) -> list:
         live = [e for e in self.edits() if e.id in self.codes]
@@ -462,7 +478,8 @@ class ElderEditor(SnapshotEditor):
                 self.allocations[edit_id] = tensor
             elif kind == "code" and edit_id in self.ledger:  # one code per edit before every row's code was kept
                 self.codes[edit_id] = tensor.view(-1, tensor.shape[-1])
-                self.queries[edit_id] = tensors[f"{edit_id}.query"]
+                query = tensors[f"{edit_id}.query"]  # one per training row (a mean of them before refresh_codes)
+                self.queries[edit_id] = query.view(-1, query.shape[-1])
 
     def _describe(self):
         parameters = sum(p.numel() for p in self._parameters())
@@ -511,8 +528,12 @@ def _paper_layers(model: nn.Module) -> list[str]:
 class ElderOnlineConfig(ElderConfig):
     """`elder-online`, ours (not the paper's): ELDER for one-edit-at-a-time streams. Each edit trains on the fixed
     schedule (a few steps, the lr decaying) together with `replay_edits` earlier edits drawn at random, and the guided
-    loss also pulls every earlier live edit's stored query toward its own allocation."""
+    loss also pulls every earlier live edit's stored queries toward its own allocation; after every edit, the live
+    edits' codes are read again with the routers as they are now (a code read when its edit was trained goes stale as
+    later edits move the shared routers: measured at T = 100 zsRE, ES 0.90 right after each edit, ERR 0.012 at the
+    end, with every input deferring)."""
 
+    refresh_codes: bool = True
     schedule: str = "fixed"
     replay_edits: int = 8
     guide_replay: bool = True
