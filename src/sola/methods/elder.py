@@ -97,7 +97,9 @@ class ElderConfig(BaselineConfig, FixedSchedule):
     refresh_codes: bool = False
     """Our addition, off by default (the paper keeps the codes read at the last training iteration): after every
     training, recompute every live edit's codes from its stored queries with the routers as they are now, so the
-    codes follow the routers as later edits move them (no forward pass: the queries are read below the mixture)."""
+    codes follow the routers as later edits move them (no forward pass: the queries are read below the mixture).
+    Measured for elder-online on zsRE (docs/methods.md): the codes stay current, but after 10 edits more than 1 % of
+    held-out NQ questions get an edit's exact code, so the calibrated epsilon is 0 and nothing is edited."""
     schedule: str = "until_converged"
     """How one edit trains: "until_converged" (Adam at `learning_rate` until the target is reproduced and the top-k
     equals the allocation, at most `max_steps`), or "fixed" (the fixed schedule, as a batch trains). Batches of
@@ -528,12 +530,11 @@ def _paper_layers(model: nn.Module) -> list[str]:
 class ElderOnlineConfig(ElderConfig):
     """`elder-online`, ours (not the paper's): ELDER for one-edit-at-a-time streams. Each edit trains on the fixed
     schedule (a few steps, the lr decaying) together with `replay_edits` earlier edits drawn at random, and the guided
-    loss also pulls every earlier live edit's stored queries toward its own allocation; after every edit, the live
-    edits' codes are read again with the routers as they are now (a code read when its edit was trained goes stale as
-    later edits move the shared routers: measured at T = 100 zsRE, ES 0.90 right after each edit, ERR 0.012 at the
-    end, with every input deferring)."""
+    loss also pulls every earlier live edit's stored queries toward its own allocation. It does not work yet (measured
+    on zsRE with SmolLM2-135M, docs/methods.md): ES 0.90 right after each edit, ERR 0.012 after 100, because the
+    stored codes go stale; with `refresh_codes` the codes stay current but unrelated questions share them, so the
+    calibrated epsilon falls to 0 and every input defers."""
 
-    refresh_codes: bool = True
     schedule: str = "fixed"
     replay_edits: int = 8
     guide_replay: bool = True
