@@ -163,7 +163,7 @@ def test_melo_vector_database_joins_same_answers_and_splits_conflicting_ones():
 
 
 def test_refreshed_codes_follow_the_routers_and_paper_codes_stay_as_trained(tiny_dir, tmp_path):
-    """refresh_codes (elder-online's default) reads every live edit's codes again after each training, so its own
+    """refresh_codes (ours, off by default) reads every live edit's codes again after each training, so its own
     prompt stays at distance 0 as the shared routers move; the paper's ELDER keeps the code read when it was trained."""
     (p1, t1), (p2, t2) = EDITS["causal"]
     for refresh in (False, True):
