@@ -59,3 +59,15 @@ def test_bench_reports_err_trr_arr_perplexities_beside_the_base_models(tmp_path,
     routing = results["metrics"]["all"]["routing"]
     assert routing["prompt_own_edit"] == 1.0 and routing["subject_activated"] == 0.0
     assert "ERR PPL (edited sentences)" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_a_corrected_sentence_is_generated_whole_whatever_the_answer_cap(tmp_path, tiny_dir, hallucination_data):
+    """The corrections are sentences, longer than the cap meant for short answers (here 2 tokens): the edits' own
+    answers get room for their target, so generated exact match can see the whole sentence."""
+    spec = BenchSpec(method="sola", dataset="hallucination", edits=3, data=str(hallucination_data),
+                     model=str(tiny_dir("llama")), key="mean_pool", threshold=1e-3, checkpoints=[], batch_size=2,
+                     max_new_tokens=2, config={"learning_rate": 0.05, "max_steps": 200})
+    results = run(spec, tmp_path / "run", progress=False)
+    rows = results["rows"]
+    assert [r["rel_answer"] for r in rows] == ["Riga.", "Vienna.", "Lima."]
+    assert results["metrics"]["all"]["autoregressive"]["rel_em"] == 1.0

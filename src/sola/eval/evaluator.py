@@ -44,8 +44,16 @@ class Evaluator:
         self.edit_nll_base: list[float] = []  # hallucination: the base model's nll of each edit's correct sentence
         self.locality_work: dict[str, int] = {}  # of the last evaluation: probes run, and read from the base run
 
-    def _generate(self, prompts: list[str]) -> list[str]:
-        return self.method.generate(prompts, self.spec.max_new_tokens, self.spec.batch_size)
+    def _generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
+        return self.method.generate(prompts, max_new_tokens or self.spec.max_new_tokens, self.spec.batch_size)
+
+    def _room_for(self, scores) -> int:
+        """The length cap of the edits' generated answers. The hallucination task's targets are whole sentences (up
+        to ~100 tokens), so there each gets room for the longest target read plus 8 tokens; elsewhere the spec's cap
+        (answers are short, and the archived runs used it)."""
+        if self.kind != "hallucination":
+            return self.spec.max_new_tokens
+        return max([self.spec.max_new_tokens, *(len(s.tokens) + 8 for s in scores if s is not None)])
 
     def _score(self, prompts: list[str], targets: list[str | None]):
         """Scores of (prompt, target) pairs, None where there is no target. Batches depend only on positions."""
@@ -89,10 +97,10 @@ class Evaluator:
         prompts = [it.record.prompt for it in items]
         targets = [it.record.target for it in items]
         rel_scores = self._score(prompts, targets)
-        rel_answers = self._generate(prompts)
+        rel_answers = self._generate(prompts, self._room_for(rel_scores))
         gen_pairs = [(i, r) for i, it in enumerate(items) for r in it.record.rephrases]
         gen_scores = self._score([r for _, r in gen_pairs], [items[i].record.target for i, _ in gen_pairs])
-        gen_answers = self._generate([r for _, r in gen_pairs])
+        gen_answers = self._generate([r for _, r in gen_pairs], self._room_for(gen_scores))
         for n, (row, item, score, answer) in enumerate(zip(rows, items, rel_scores, rel_answers)):
             row.update(rel_tf=score.accuracy, rel_em=M.exact_match(answer, item.record.target),
                        rel_f1=M.token_f1(answer, item.record.target), rel_nll=score.nll, rel_tokens=len(score.tokens),
