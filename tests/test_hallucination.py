@@ -10,6 +10,7 @@ import pytest
 
 from sola.eval import BenchSpec, run
 from sola.eval.items import build_items
+from sola.eval.study import write_study
 from sola.data import load_dataset
 
 
@@ -59,6 +60,13 @@ def test_bench_reports_err_trr_arr_perplexities_beside_the_base_models(tmp_path,
     routing = results["metrics"]["all"]["routing"]
     assert routing["prompt_own_edit"] == 1.0 and routing["subject_activated"] == 0.0
     assert "ERR PPL (edited sentences)" in (tmp_path / "run" / "results.md").read_text()
+    doc = tmp_path / "docs" / "results.md"
+    write_study([tmp_path / "run"], doc)
+    row = next(line for line in doc.read_text().split("## Hallucination correction")[1].splitlines()
+               if line.startswith("| sola"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "3" and cells[2] == f"{paper['ERR_ppl']:.3f} ({paper['ERR_ppl_base']:.3f})"
+    assert cells[7] == "1.000" and cells[-1] == "15.15 / 1.01 / 7.35"  # the paper's SoLA row beside ours
 
 
 def test_a_corrected_sentence_is_generated_whole_whatever_the_answer_cap(tmp_path, tiny_dir, hallucination_data):

@@ -160,6 +160,33 @@ def protocols_table(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+# The SoLA paper's Table 1, hallucination column (SelfCheckGPT biographies on GRACE's fine-tuned GPT2-XL; perplexity,
+# lower is better), as printed: ERR on the edited sentences, TRR on upstream WebText, ARR on accurate sentences.
+PAPER_HALLUCINATION = {"grace": (15.84, 7.14, 10.00), "elder": (16.12, 5.87, 8.42), "melo": (17.45, 1.04, 2.66),
+                       "sola": (15.15, 1.01, 7.35)}
+
+
+def hallucination_table(runs: list[tuple[str, dict]]) -> str:
+    """The hallucination task: ERR / TRR / ARR perplexities beside the base model's, whether the corrected sentence is
+    generated, the passages' routing, and the SoLA paper's figures for the same method (another model and data)."""
+    lines = ["| run | T | ERR PPL (base) | TRR PPL (base) | ARR PPL (base) | Rel EM | ERR F1 | prompt to own edit | "
+             "same biography activated | other biography activated | upstream activated | s/edit median | "
+             "paper ERR / TRR / ARR (GPT2-XL) |", "|" + "---|" * 13]
+    for name, r in runs:
+        metrics = r["metrics"]["all"]
+        paper, routing = metrics.get("paper", {}), metrics.get("routing", {})
+        published = PAPER_HALLUCINATION.get(r["method"])
+        lines.append(
+            f"| {name} | {r['edits']} | " + " | ".join(
+                f"{_fmt(paper.get(k))} ({_fmt(paper.get(k + '_base'))})" for k in ("ERR_ppl", "TRR_ppl", "ARR_ppl"))
+            + f" | {_fmt(_get(metrics, 'autoregressive', 'rel_em'))} | {_fmt(paper.get('ERR'))} | "
+            + " | ".join(_fmt(routing.get(k)) for k in ("prompt_own_edit", "subject_activated", "relation_activated",
+                                                       "unrelated_activated"))
+            + f" | {_median_seconds(r.get('cost', {}))} | "
+            + (" / ".join(f"{v:g}" for v in published) if published else "–") + " |")
+    return "\n".join(lines)
+
+
 def _median_seconds(cost: dict) -> str:
     """The median seconds of one edit; a run that imported its LoRAs shows the training run's and says so."""
     reused = " (LoRAs reused)" if cost.get("adapters_reused") else ""
@@ -211,6 +238,19 @@ def write_study(sources: list[str | Path], doc: str | Path, runs_dir: str | Path
                   "--batch-size B`; MELO's and ELDER's authors ran batches of 100: each batch trains the method's own "
                   "way, then it is checked). See docs/methods.md for each paper's protocol.", "",
                   protocols_table([(label(r), r) for _, r in ordered]), ""]
+    hallucination = [(label(r), r) for _, r in ordered if r["dataset"] == "hallucination"]
+    if hallucination:
+        lines += ["## Hallucination correction (the SoLA paper's third task)", "",
+                  "WISE's edit passages (a biography so far -> the correct next sentence), scored by perplexity as "
+                  "the paper does, each beside the base model's perplexity of the same text: ERR on the edited "
+                  "sentences after all edits, TRR on upstream web text never edited (WISE's locality text stands "
+                  "for WebText), ARR on accurate sentences of WISE's never-edited passages. Rel EM / ERR F1: the "
+                  "corrected sentence generated. Routing: the edit passages reaching their own edit, and the share of "
+                  "never-edited passages of the same biographies, of other biographies, and of upstream text that "
+                  "activate any edit. The paper's figures are on another model (GRACE's fine-tuned GPT2-XL) and "
+                  "data (SelfCheckGPT's 1,392 sentences, WebText): compare the ordering of methods and each figure "
+                  "with its own base, not the numbers across. See docs/evaluation.md.", "",
+                  hallucination_table(hallucination), ""]
     for dataset in sorted({r["dataset"] for _, r in loaded}):
         chosen = [(s, r) for s, r in loaded if r["dataset"] == dataset]
         named = [(label(r), r) for _, r in chosen]
