@@ -57,7 +57,7 @@ def main() -> None:
         found = {kind: [editor.nearest(p) for p in prompts] for kind, prompts in kinds.items()}
         distances = [r.distance for rs in found.values() for r in rs if r is not None]
         # fixed points (a passage is a near-exact match of its own key) plus quantiles of what was seen
-        grid = sorted({editor.config.resolved_threshold(), 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, *torch.quantile(
+        grid = sorted({editor.config.resolved_threshold(), 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, *torch.quantile(
             torch.tensor(distances), torch.tensor([0.05, 0.2, 0.4, 0.6, 0.8])).tolist()})
         rows = {}
         for threshold in grid:
