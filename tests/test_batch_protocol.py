@@ -180,3 +180,33 @@ def test_refreshed_codes_follow_the_routers_and_paper_codes_stay_as_trained(tiny
     editor.save(tmp_path / "snap")
     loaded = ElderEditor.load(tmp_path / "snap", model=str(tiny_dir("llama")))
     assert torch.equal(loaded.codes["e1"], now) and torch.equal(loaded.queries["e1"], editor.queries["e1"])
+
+
+def test_elder_query_deferral_matches_stored_queries_and_defers_the_rest_to_the_base_model(tiny_dir, tmp_path):
+    """deferral="queries" (ours): an input uses the mixture only within the calibrated radius of a live edit's
+    stored query; the edit's own prompt is at distance 0, calibration questions stay out, deferred inputs compute
+    the base model bit for bit, and rollback takes the edit's queries away."""
+    editor = elder(tiny_dir, deferral="queries")
+    prompt, target = EDITS["causal"][0]
+    questions = UNRELATED + ["Where is the Louvre?", "How tall is Everest?", "What is two plus two?"]
+    base = logits(editor, [prompt] + questions)
+    assert editor.calibrate_threshold(questions, 0.0) is None  # nothing stored yet: no radius, everything defers
+    editor.edit(prompt, target)
+    radius = editor.config.query_radius
+    assert radius is not None and radius > 0  # chosen again after the training, against the stored query
+    found = editor.route(prompt)
+    assert found is not None and found.edit_id == "e1" and found.distance == pytest.approx(0.0, abs=1e-4)
+    assert editor.generate(prompt, 12) == target
+    for question, before in zip(questions, base[1:]):  # rate 0: every calibration question is at the radius or out
+        assert editor.route(question) is None and torch.equal(editor.logits(question), before)
+    assert editor.deferral(questions) == {"reached": 0.0}
+    editor.save(tmp_path / "snap")
+    loaded = ElderEditor.load(tmp_path / "snap", model=str(tiny_dir("llama")))
+    assert loaded.config.deferral == "queries" and loaded.config.query_radius == radius
+    assert loaded.route(prompt).edit_id == "e1" and torch.equal(loaded.logits(prompt), editor.logits(prompt))
+    editor.rollback("e1")
+    assert editor.route(prompt) is None and torch.equal(editor.logits(prompt), base[0])
+    with pytest.raises(ConfigError, match="deferral='hamming' is unknown"):
+        ElderConfig(deferral="hamming").validate()
+    with pytest.raises(ConfigError, match="query_radius=-1.0 must be positive"):
+        ElderConfig(query_radius=-1.0).validate()

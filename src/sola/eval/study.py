@@ -106,8 +106,8 @@ def cost_table(runs: list[tuple[str, dict]]) -> str:
 
 STATE_FIELDS = {"melo": ("clusters", "centre_updates", "mismatches", "blocks", "conflicts", "forgotten_keys"),
                 "grace": ("entries", "expansions", "splits"),
-                "elder": ("codes", "distinct_codes", "epsilon", "calibration_reached"),
-                "elder-online": ("codes", "distinct_codes", "epsilon", "calibration_reached")}
+                "elder": ("codes", "distinct_codes", "epsilon", "query_radius", "calibration_reached"),
+                "elder-online": ("codes", "distinct_codes", "epsilon", "query_radius", "calibration_reached")}
 
 
 def state_table(runs: list[tuple[str, dict]]) -> str | None:
@@ -120,7 +120,7 @@ def state_table(runs: list[tuple[str, dict]]) -> str | None:
         if not fields or not states:
             continue
         cells = [f"after {c['edits']}: " + ", ".join(f"{f.replace('_', ' ')} {_fmt(c['state'][f])}" for f in fields
-                                                      if f in c["state"]) for c in states]
+                                                      if c["state"].get(f) is not None) for c in states]
         lines.append(f"| {name} | " + "; ".join(cells) + " |")
     return "\n".join(["| run | state at each checkpoint |", "|---|---|"] + lines) if lines else None
 

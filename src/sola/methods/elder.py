@@ -100,6 +100,14 @@ class ElderConfig(BaselineConfig, FixedSchedule):
     codes follow the routers as later edits move them (no forward pass: the queries are read below the mixture).
     Measured for elder-online on zsRE (docs/methods.md): the codes stay current, but after 10 edits more than 1 % of
     held-out NQ questions get an edit's exact code, so the calibrated epsilon is 0 and nothing is edited."""
+    deferral: str = "codes"
+    """How an input is sent to the base model instead. "codes" (the paper, Algorithm 1): its allocation code must be
+    at Hamming distance < `epsilon` from a stored code. "queries" (ours, not the paper's): its query vector must lie
+    within `query_radius` (Euclidean) of a stored query of a live edit, the way GRACE's and SoLA's keys are matched;
+    the routers still mix the LoRAs as they are, the codes are only kept for the record. Stored queries are read
+    below the mixture, so later training does not move them (codes move as the routers train)."""
+    query_radius: float | None = None
+    """For deferral="queries": None until `calibrate_threshold` sets it (every input defers until then)."""
     schedule: str = "until_converged"
     """How one edit trains: "until_converged" (Adam at `learning_rate` until the target is reproduced and the top-k
     equals the allocation, at most `max_steps`), or "fixed" (the fixed schedule, as a batch trains). Batches of
@@ -118,6 +126,10 @@ class ElderConfig(BaselineConfig, FixedSchedule):
             raise ConfigError("rank and lora_alpha must be positive, and epsilon and guide_weight non-negative")
         if self.epsilon_rate is not None and not 0 <= self.epsilon_rate < 1:
             raise ConfigError(f"epsilon_rate={self.epsilon_rate} must be in [0, 1)")
+        if self.deferral not in ("codes", "queries"):
+            raise ConfigError(f"deferral={self.deferral!r} is unknown; choose 'codes' (the paper) or 'queries'")
+        if self.query_radius is not None and not self.query_radius > 0:
+            raise ConfigError(f"query_radius={self.query_radius} must be positive (or None until calibrated)")
         if self.key not in ("last_token", "encoder"):
             raise ConfigError(f"key={self.key!r}: ELDER routes on 'last_token' (the paper) or 'encoder'")
         return self
@@ -166,6 +178,17 @@ class ElderEditor(SnapshotEditor):
     exact_rollback = False
     rollback_note = ROLLBACK_NOTE
     trains_batches = True
+
+    @classmethod
+    def bench_label(cls, config, threshold) -> str:
+        if config.get("deferral") == "queries":  # ours: the threshold is a query radius, not ε
+            radius = f" {threshold:.3g}" if isinstance(threshold, (int, float)) else ""
+            return f"{cls.method} (query radius{radius})"
+        return super().bench_label(config, threshold)
+
+    @classmethod
+    def bench_name_parts(cls, config) -> list[str]:
+        return ["queries"] if config.get("deferral") == "queries" else []
 
     def _build(self):
         names = self.config.layers or _paper_layers(self.model)
@@ -229,7 +252,7 @@ class ElderEditor(SnapshotEditor):
         keep = torch.zeros_like(scores).scatter(-1, top, 1.0)
         weights = scores * keep
         if deferral:
-            weights = weights * self._within(top).view(-1, 1, 1).to(weights.dtype)
+            weights = weights * self._within(top, queries).view(-1, 1, 1).to(weights.dtype)
         return weights, top
 
     def _code(self, top: torch.Tensor) -> torch.Tensor:
@@ -242,14 +265,31 @@ class ElderEditor(SnapshotEditor):
             return torch.zeros(top.shape[0], 0, dtype=torch.int32), ids
         return hamming_distances(self._code(top), torch.cat(list(self.codes.values()))), ids
 
-    def _within(self, top: torch.Tensor) -> torch.Tensor:
-        distances, ids = self._hamming(top)
+    def _query_distances(self, queries: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        """(B, d) -> Euclidean distances (B, Q) to every stored query of the live edits, and the edit of each."""
+        ids = [edit_id for edit_id in self.codes for _ in range(len(self.queries[edit_id]))]
+        if not ids:
+            return torch.zeros(queries.shape[0], 0), ids
+        return torch.cdist(queries.float(), torch.cat([self.queries[e] for e in self.codes]).float()), ids
+
+    def _distances(self, top: torch.Tensor, queries: torch.Tensor | None) -> tuple[torch.Tensor, list[str]]:
+        """What deferral compares: Hamming distances of the codes, or (deferral="queries") of the query vectors."""
+        return self._query_distances(queries) if self.config.deferral == "queries" else self._hamming(top)
+
+    def _within(self, top: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """Per input: whether it uses the mixture (`queries` are needed for deferral="queries")."""
+        distances, ids = self._distances(top, queries)
         if not ids:
             return torch.zeros(top.shape[0], dtype=torch.bool)
         return self._reaches(distances.min(1).values)
 
     def _reaches(self, nearest: torch.Tensor) -> torch.Tensor:
-        """Whether a nearest distance uses the mixture: Algorithm 1 (line 8) edits only below epsilon."""
+        """Whether a nearest distance uses the mixture: Algorithm 1 (line 8) edits only below epsilon; with
+        deferral="queries", only below the query radius (none before it is calibrated)."""
+        if self.config.deferral == "queries":
+            if self.config.query_radius is None:
+                return torch.zeros(nearest.shape, dtype=torch.bool)
+            return nearest < self.config.query_radius
         return nearest < self.config.epsilon
 
     def _query(self, prompt) -> torch.Tensor:
@@ -279,8 +319,8 @@ class ElderEditor(SnapshotEditor):
     def locate(self, prompt):
         if not self.codes:
             return None, None, False
-        top = self._weights(self._query(self._encode(prompt)).unsqueeze(0), False)[1]
-        distances, ids = self._hamming(top)
+        query = self._query(self._encode(prompt)).unsqueeze(0)
+        distances, ids = self._distances(self._weights(query, False)[1], query)
         best = int(distances[0].argmin())
         distance = distances[0, best]
         return ids[best], float(distance), bool(self._reaches(distance))
@@ -296,7 +336,7 @@ class ElderEditor(SnapshotEditor):
         self.calibration = self._queries([self._encode(p) for p in prompts])
         self.config = self.config.replace(epsilon_rate=max_activation_rate)
         self._recalibrate()
-        return self.config.epsilon
+        return self.config.query_radius if self.config.deferral == "queries" else self.config.epsilon
 
     def _recalibrate(self) -> None:
         """epsilon = the smallest distance such that at most `epsilon_rate` of the calibration questions' nearest
@@ -304,9 +344,14 @@ class ElderEditor(SnapshotEditor):
         if self.config.epsilon_rate is None or not self.codes or not len(self.calibration):
             return
         top = self._weights(self.calibration, False)[1]
-        nearest = self._hamming(top)[0].min(1).values.sort().values
-        epsilon = int(nearest[int(self.config.epsilon_rate * len(nearest))])
-        self.config = self.config.replace(epsilon=epsilon)
+        nearest = self._distances(top, self.calibration)[0].min(1).values.sort().values
+        chosen = nearest[int(self.config.epsilon_rate * len(nearest))]
+        if self.config.deferral == "queries":
+            # a hair (0.1 %) below the first question that must stay out, so that it stays out however its query is
+            # batched (batched and single reads differ in the last digits); positive, as a radius must be
+            self.config = self.config.replace(query_radius=max(float(chosen) * (1 - 1e-3), 1e-6))
+        else:
+            self.config = self.config.replace(epsilon=int(chosen))
 
     def deferral(self, prompts: list[str]) -> dict[str, Any]:
         """How these prompts' nearest codes lie: the distances' histogram and the share that uses the mixture under
@@ -316,6 +361,9 @@ class ElderEditor(SnapshotEditor):
     def _deferral(self, queries: torch.Tensor) -> dict[str, Any]:
         if not self.codes or not len(queries):
             return {}
+        if self.config.deferral == "queries":
+            nearest = self._query_distances(queries)[0].min(1).values
+            return {"reached": float(self._reaches(nearest).float().mean())}
         nearest = self._hamming(self._weights(queries, False)[1])[0].min(1).values
         return {"histogram": {int(d): int((nearest == d).sum()) for d in nearest.unique()},
                 "reached": float((nearest < self.config.epsilon).float().mean()),
@@ -487,7 +535,9 @@ class ElderEditor(SnapshotEditor):
         parameters = sum(p.numel() for p in self._parameters())
         return {"layers": self.config.layers, "query_layer": self.config.query_layer, "rank": self.config.rank,
                 "loras": self.config.loras, "top_k": self.config.top_k, "epsilon": self.config.epsilon,
-                "threshold": self.config.epsilon, "epsilon_rate": self.config.epsilon_rate,
+                "deferral": self.config.deferral, "query_radius": self.config.query_radius,
+                "threshold": self.config.query_radius if self.config.deferral == "queries" else self.config.epsilon,
+                "epsilon_rate": self.config.epsilon_rate,
                 "key": self.config.key, "codes": sum(len(c) for c in self.codes.values()),
                 "distinct_codes": len({bytes(row.tolist()) for c in self.codes.values() for row in c}),
                 **{f"calibration_{k}": v for k, v in self._deferral(self.calibration).items() if k != "histogram"},
