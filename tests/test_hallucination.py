@@ -79,3 +79,5 @@ def test_a_corrected_sentence_is_generated_whole_whatever_the_answer_cap(tmp_pat
     rows = results["rows"]
     assert [r["rel_answer"] for r in rows] == ["Riga.", "Vienna.", "Lima."]
     assert results["metrics"]["all"]["autoregressive"]["rel_em"] == 1.0
+    edited = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    assert [r["es_answer"] for r in edited] == ["Riga.", "Vienna.", "Lima."]  # ES right after each edit, too

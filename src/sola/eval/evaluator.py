@@ -20,6 +20,15 @@ def _grid(count: int, batch: int) -> int:
     return min(count, math.ceil(count / batch) * batch) if count else 0
 
 
+def answer_room(kind: str, cap: int, scores) -> int:
+    """The length cap of the edits' generated answers (ES, Rel, Gen). The hallucination task's targets are whole
+    sentences (up to ~100 tokens), so there each gets room for the longest target read (`scores`) plus 8 tokens;
+    elsewhere the spec's cap (answers are short, and the archived runs used it)."""
+    if kind != "hallucination":
+        return cap
+    return max([cap, *(len(s.tokens) + 8 for s in scores if s is not None)])
+
+
 @dataclass(frozen=True)
 class _FromBase:
     """A locality probe's teacher-forced reading taken from the base run: what the probe reads when no edit is
@@ -48,12 +57,7 @@ class Evaluator:
         return self.method.generate(prompts, max_new_tokens or self.spec.max_new_tokens, self.spec.batch_size)
 
     def _room_for(self, scores) -> int:
-        """The length cap of the edits' generated answers. The hallucination task's targets are whole sentences (up
-        to ~100 tokens), so there each gets room for the longest target read plus 8 tokens; elsewhere the spec's cap
-        (answers are short, and the archived runs used it)."""
-        if self.kind != "hallucination":
-            return self.spec.max_new_tokens
-        return max([self.spec.max_new_tokens, *(len(s.tokens) + 8 for s in scores if s is not None)])
+        return answer_room(self.kind, self.spec.max_new_tokens, scores)
 
     def _score(self, prompts: list[str], targets: list[str | None]):
         """Scores of (prompt, target) pairs, None where there is no target. Batches depend only on positions."""

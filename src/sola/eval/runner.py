@@ -24,7 +24,7 @@ from ..data import Dataset, Record, load_dataset
 from ..data.probes import collisions, conflicts, latest_targets, rephrase_form
 from ..errors import ConfigError, DataError
 from . import metrics as M
-from .evaluator import Evaluator
+from .evaluator import Evaluator, answer_room
 from .factory import build_method
 from .items import PROBE_KINDS, Item, build_items, calibration_questions, nq_pool
 from .provenance import code_version, cost, machine
@@ -167,7 +167,7 @@ def _resume(method, rundir: RunDir, dataset: Dataset, spec: BenchSpec) -> list[d
         if len(missing) == made - len(done):
             wall = (done[-1].get("wall_s") or 0.0) if done else 0.0  # their own time was not recorded
             records = dataset.records[len(done):made]
-            for row in _edited_rows(method, records, missing, spec):
+            for row in _edited_rows(method, records, missing, spec, dataset.kind):
                 row["wall_s"] = wall
                 done.append(row)
                 rundir.add_row(row)
@@ -199,7 +199,7 @@ def _edit_stream(method, evaluator: Evaluator, rundir: RunDir, dataset: Dataset,
             records = dataset.records[start:end]
             given = [dataclasses.replace(r, subject=None) if spec.withhold_subject else r for r in records]
             infos = method.edit_batch(given) if size > 1 else [method.edit(given[0])]
-            for record, row in zip(records, _edited_rows(method, records, infos, spec)):
+            for record, row in zip(records, _edited_rows(method, records, infos, spec, dataset.kind)):
                 edit_of[record.id] = row["edit"]
                 row["wall_s"] = wall()
                 done.append(row)
@@ -244,12 +244,13 @@ def _subsets(rows: list[dict[str, Any]], dataset: Dataset, evaluator: Evaluator,
     return subsets
 
 
-def _edited_rows(method, records: list[Record], infos: list[dict[str, Any]], spec: BenchSpec) -> list[dict]:
+def _edited_rows(method, records: list[Record], infos: list[dict[str, Any]], spec: BenchSpec,
+                 kind: str) -> list[dict]:
     """progress.jsonl's rows of the edits of a batch just made (without their wall time): what the method said of
     each, and its ES on its prompt, read after the whole batch (right after the edit when batches are of one)."""
     prompts, targets = [r.prompt for r in records], [r.target for r in records]
     scores = method.score(prompts, targets, spec.batch_size)
-    answers = method.generate(prompts, spec.max_new_tokens, spec.batch_size)
+    answers = method.generate(prompts, answer_room(kind, spec.max_new_tokens, scores), spec.batch_size)
     return [{"record": record.id, **info, "edit": info["id"], "es_tf": score.accuracy,
              "es_em": M.exact_match(answer, record.target), "es_answer": answer}
             for record, info, score, answer in zip(records, infos, scores, answers)]
