@@ -191,6 +191,8 @@ def test_elder_query_deferral_matches_stored_queries_and_defers_the_rest_to_the_
     questions = UNRELATED + ["Where is the Louvre?", "How tall is Everest?", "What is two plus two?"]
     base = logits(editor, [prompt] + questions)
     assert editor.calibrate_threshold(questions, 0.0) is None  # nothing stored yet: no radius, everything defers
+    first = editor.calibrate_threshold(questions, 0.0, against=[prompt])  # a first radius against the edit to come
+    assert first is not None and first > 0
     editor.edit(prompt, target)
     radius = editor.config.query_radius
     assert radius is not None and radius > 0  # chosen again after the training, against the stored query

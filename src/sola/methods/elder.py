@@ -335,6 +335,10 @@ class ElderEditor(SnapshotEditor):
             raise InvalidEditError("calibration needs at least 2 prompts and 0 <= max_activation_rate < 1")
         self.calibration = self._queries([self._encode(p) for p in prompts])
         self.config = self.config.replace(epsilon_rate=max_activation_rate)
+        if self.config.deferral == "queries" and not self.codes and against is not None:
+            # nothing stored yet: a first radius against the prompts about to be edited (re-chosen after each training)
+            self.config = self.config.replace(query_radius=self._radius_for(
+                torch.cdist(self.calibration.float(), self._queries([self._encode(p) for p in against]).float())))
         self._recalibrate()
         return self.config.query_radius if self.config.deferral == "queries" else self.config.epsilon
 
@@ -344,14 +348,19 @@ class ElderEditor(SnapshotEditor):
         if self.config.epsilon_rate is None or not self.codes or not len(self.calibration):
             return
         top = self._weights(self.calibration, False)[1]
-        nearest = self._distances(top, self.calibration)[0].min(1).values.sort().values
-        chosen = nearest[int(self.config.epsilon_rate * len(nearest))]
+        distances = self._distances(top, self.calibration)[0]
         if self.config.deferral == "queries":
-            # a hair (0.1 %) below the first question that must stay out, so that it stays out however its query is
-            # batched (batched and single reads differ in the last digits); positive, as a radius must be
-            self.config = self.config.replace(query_radius=max(float(chosen) * (1 - 1e-3), 1e-6))
+            self.config = self.config.replace(query_radius=self._radius_for(distances))
         else:
-            self.config = self.config.replace(epsilon=int(chosen))
+            nearest = distances.min(1).values.sort().values
+            self.config = self.config.replace(epsilon=int(nearest[int(self.config.epsilon_rate * len(nearest))]))
+
+    def _radius_for(self, distances: torch.Tensor) -> float:
+        """The query radius for the calibration questions' distances (questions, stored queries): a hair (0.1 %)
+        below the first question that must stay out, so that it stays out however its query is batched (batched and
+        single reads differ in the last digits); positive, as a radius must be."""
+        nearest = distances.min(1).values.sort().values
+        return max(float(nearest[int(self.config.epsilon_rate * len(nearest))]) * (1 - 1e-3), 1e-6)
 
     def deferral(self, prompts: list[str]) -> dict[str, Any]:
         """How these prompts' nearest codes lie: the distances' histogram and the share that uses the mixture under
@@ -583,7 +592,8 @@ class ElderOnlineConfig(ElderConfig):
     loss also pulls every earlier live edit's stored queries toward its own allocation. It does not work yet (measured
     on zsRE with SmolLM2-135M, docs/methods.md): ES 0.90 right after each edit, ERR 0.012 after 100, because the
     stored codes go stale; with `refresh_codes` the codes stay current but unrelated questions share them, so the
-    calibrated epsilon falls to 0 and every input defers."""
+    calibrated epsilon falls to 0 and every input defers. With `deferral="queries"` (ours) Rel after 100 is 0.715 TF
+    (codes: 0.139), but every question shaped like the edits reaches the mixture (same-relation locality 0.04)."""
 
     schedule: str = "fixed"
     replay_edits: int = 8
