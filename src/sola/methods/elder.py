@@ -272,15 +272,19 @@ class ElderEditor(SnapshotEditor):
             return torch.zeros(queries.shape[0], 0), ids
         return torch.cdist(queries.float(), torch.cat([self.queries[e] for e in self.codes]).float()), ids
 
-    def _distances(self, top: torch.Tensor, queries: torch.Tensor | None) -> tuple[torch.Tensor, list[str]]:
-        """What deferral compares: Hamming distances of the codes, or (deferral="queries") of the query vectors."""
-        return self._query_distances(queries) if self.config.deferral == "queries" else self._hamming(top)
+    def _distances(self, queries: torch.Tensor | None, top: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, list[str]]:
+        """What deferral compares, per query: Hamming distances of its code (from `top` if the caller has routed
+        already) to the stored codes, or (deferral="queries") Euclidean distances to the stored queries."""
+        if self.config.deferral == "queries":
+            return self._query_distances(queries)
+        return self._hamming(top if top is not None else self._weights(queries, False)[1])
 
     def _within(self, top: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
-        """Per input: whether it uses the mixture (`queries` are needed for deferral="queries")."""
-        distances, ids = self._distances(top, queries)
+        """Per input (its top-k `top`, and its query for deferral="queries"): whether it uses the mixture."""
+        distances, ids = self._distances(queries, top)
         if not ids:
-            return torch.zeros(top.shape[0], dtype=torch.bool)
+            return torch.zeros(distances.shape[0], dtype=torch.bool)
         return self._reaches(distances.min(1).values)
 
     def _reaches(self, nearest: torch.Tensor) -> torch.Tensor:
@@ -319,8 +323,7 @@ class ElderEditor(SnapshotEditor):
     def locate(self, prompt):
         if not self.codes:
             return None, None, False
-        query = self._query(self._encode(prompt)).unsqueeze(0)
-        distances, ids = self._distances(self._weights(query, False)[1], query)
+        distances, ids = self._distances(self._query(self._encode(prompt)).unsqueeze(0))
         best = int(distances[0].argmin())
         distance = distances[0, best]
         return ids[best], float(distance), bool(self._reaches(distance))
@@ -347,20 +350,22 @@ class ElderEditor(SnapshotEditor):
         stored codes are closer (they use the mixture only below it)."""
         if self.config.epsilon_rate is None or not self.codes or not len(self.calibration):
             return
-        top = self._weights(self.calibration, False)[1]
-        distances = self._distances(top, self.calibration)[0]
+        distances = self._distances(self.calibration)[0]
         if self.config.deferral == "queries":
             self.config = self.config.replace(query_radius=self._radius_for(distances))
         else:
-            nearest = distances.min(1).values.sort().values
-            self.config = self.config.replace(epsilon=int(nearest[int(self.config.epsilon_rate * len(nearest))]))
+            self.config = self.config.replace(epsilon=int(self._first_kept_out(distances)))
+
+    def _first_kept_out(self, distances: torch.Tensor) -> float:
+        """The nearest distance of the first calibration question (distances: questions x stored) that must stay
+        out for at most `epsilon_rate` of them to reach the mixture."""
+        nearest = distances.min(1).values.sort().values
+        return float(nearest[int(self.config.epsilon_rate * len(nearest))])
 
     def _radius_for(self, distances: torch.Tensor) -> float:
-        """The query radius for the calibration questions' distances (questions, stored queries): a hair (0.1 %)
-        below the first question that must stay out, so that it stays out however its query is batched (batched and
-        single reads differ in the last digits); positive, as a radius must be."""
-        nearest = distances.min(1).values.sort().values
-        return max(float(nearest[int(self.config.epsilon_rate * len(nearest))]) * (1 - 1e-3), 1e-6)
+        """The query radius: a hair (0.1 %) below the first question that must stay out, so that it stays out however
+        its query is batched (batched and single reads differ in the last digits); positive, as a radius must be."""
+        return max(self._first_kept_out(distances) * (1 - 1e-3), 1e-6)
 
     def deferral(self, prompts: list[str]) -> dict[str, Any]:
         """How these prompts' nearest codes lie: the distances' histogram and the share that uses the mixture under
@@ -370,10 +375,9 @@ class ElderEditor(SnapshotEditor):
     def _deferral(self, queries: torch.Tensor) -> dict[str, Any]:
         if not self.codes or not len(queries):
             return {}
+        nearest = self._distances(queries)[0].min(1).values
         if self.config.deferral == "queries":
-            nearest = self._query_distances(queries)[0].min(1).values
             return {"reached": float(self._reaches(nearest).float().mean())}
-        nearest = self._hamming(self._weights(queries, False)[1])[0].min(1).values
         return {"histogram": {int(d): int((nearest == d).sum()) for d in nearest.unique()},
                 "reached": float((nearest < self.config.epsilon).float().mean()),
                 "reached_at_paper_epsilon": float((nearest < PAPER_EPSILON).float().mean())}
