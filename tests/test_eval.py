@@ -566,3 +566,17 @@ def test_bench_runs_document_classification_on_a_scotus_format_file(tmp_path, ti
     results = run(spec, tmp_path / "run", progress=False)
     assert results["data"]["kind"] == "classification" and results["edits"] == 3
     assert results["metrics"]["all"]["teacher_forced"]["rel"] == 1.0
+
+
+def test_evaluation_batches_are_sorted_by_length_within_fixed_windows():
+    from sola.eval.evaluator import _grid, _longest_first, _unsorted
+
+    texts = ["a" * n for n in (3, 9, 1, 7, 5, 2, 8, 4, 6, 10, 12, 11)]
+    order = _longest_first(texts, window=4)
+    assert [len(texts[n]) for n in order] == [9, 7, 3, 1, 8, 5, 4, 2, 12, 11, 10, 6]  # longest first per window
+    assert _unsorted(order, [texts[n] for n in order]) == texts  # outputs come back in the caller's order
+    span = _grid(6, window=4, total=len(texts))  # a prefix of whole windows is batched as the full list batches it
+    assert span == 8 and _longest_first(texts[:span], window=4) == order[:span]
+    assert _grid(11, window=4, total=12) == 12 and _grid(0, window=4, total=12) == 0
+    # positions (a filtered list keeps its items' windows): items 0, 2 and 5 of window 0, item 9 of window 2
+    assert _longest_first(["a", "bbb", "cc", "dddd"], window=4, positions=[0, 2, 5, 9]) == [1, 0, 2, 3]

@@ -15,9 +15,15 @@ from .items import PROBE_KINDS, Item
 from .spec import BenchSpec
 
 
-def _grid(count: int, batch: int) -> int:
-    """Evaluate whole batches of the fixed grid, so base and edited runs see identical batches."""
-    return min(count, math.ceil(count / batch) * batch) if count else 0
+WINDOW_BATCHES = 16  # evaluation inputs are sorted by length within windows of this many batches
+BATCH_ORDER = f"longest first within windows of {WINDOW_BATCHES} batches"  # recorded in base.json: older caches
+# (batched in list order) are remade
+
+
+def _grid(count: int, window: int, total: int) -> int:
+    """How many of the `total` probes to run for the first `count`: whole windows of the fixed grid
+    (`_longest_first`), so base and edited runs see identical batches; the probes past `count` are run and not read."""
+    return min(total, math.ceil(count / window) * window) if count else 0
 
 
 def answer_room(kind: str, cap: int, scores) -> int:
@@ -27,6 +33,24 @@ def answer_room(kind: str, cap: int, scores) -> int:
     if kind != "hallucination":
         return cap
     return max([cap, *(len(s.tokens) + 8 for s in scores if s is not None)])
+
+
+def _longest_first(texts: list[str], window: int, positions: list[int] | None = None) -> list[int]:
+    """The order in which `texts` are batched: within each window of `window` consecutive positions, longest first
+    (by characters, ties in list order). A batch pads to its longest input, so batching inputs of like length saves
+    most of the padding where inputs vary (the hallucination task's passages run from one sentence to many). Windows
+    are fixed by position (`positions`: each text's position in the full list, default its index), so the first
+    whole windows of a list are batched exactly as in any longer list that starts with them: a base run and an edited
+    run of the same probes see identical batches (see `_grid`)."""
+    where = positions if positions is not None else range(len(texts))
+    return sorted(range(len(texts)), key=lambda n: (where[n] // window, -len(texts[n])))
+
+
+def _unsorted(order: list[int], outputs: list) -> list:
+    restored: list = [None] * len(order)
+    for n, output in zip(order, outputs):
+        restored[n] = output
+    return restored
 
 
 @dataclass(frozen=True)
@@ -52,16 +76,22 @@ class Evaluator:
         self.base_nll: list[float | None] = []
         self.edit_nll_base: list[float] = []  # hallucination: the base model's nll of each edit's correct sentence
         self.locality_work: dict[str, int] = {}  # of the last evaluation: probes run, and read from the base run
+        self.window = max(1, spec.batch_size) * WINDOW_BATCHES
 
     def _generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
-        return self.method.generate(prompts, max_new_tokens or self.spec.max_new_tokens, self.spec.batch_size)
+        order = _longest_first(prompts, self.window)
+        answers = self.method.generate([prompts[n] for n in order], max_new_tokens or self.spec.max_new_tokens,
+                                       self.spec.batch_size)
+        return _unsorted(order, answers)
 
     def _room_for(self, scores) -> int:
         return answer_room(self.kind, self.spec.max_new_tokens, scores)
 
     def _score(self, prompts: list[str], targets: list[str | None]):
-        """Scores of (prompt, target) pairs, None where there is no target. Batches depend only on positions."""
+        """Scores of (prompt, target) pairs, None where there is no target. Batches depend only on the pairs."""
         present = [(i, p, t) for i, (p, t) in enumerate(zip(prompts, targets)) if t]
+        present = [present[n] for n in _longest_first([p + t for _, p, t in present], self.window,
+                                                      [i for i, _, _ in present])]
         scores = self.method.score([p for _, p, _ in present], [t for _, _, t in present], self.spec.batch_size)
         out: list = [None] * len(prompts)
         for (i, _, _), score in zip(present, scores):
@@ -74,6 +104,7 @@ class Evaluator:
         if cache is not None and cache.exists():
             saved = json.loads(cache.read_text())
             if saved.get("prompts") == prompts and saved.get("batch_size") == self.spec.batch_size \
+                    and saved.get("batches") == BATCH_ORDER \
                     and (self.kind != "hallucination" or "edit_nll" in saved):
                 self.base_answers, self.base_tf_targets = saved["answers"], saved["tf_targets"]
                 self.base_tf, self.base_nll = saved["tf"], saved["nll"]
@@ -89,7 +120,7 @@ class Evaluator:
         self.base_tf = [s.predicted if s else None for s in scores]
         self.base_nll = [s.nll if s else None for s in scores]
         if cache is not None:
-            cache.write_text(json.dumps({"prompts": prompts, "batch_size": self.spec.batch_size,
+            cache.write_text(json.dumps({"prompts": prompts, "batch_size": self.spec.batch_size, "batches": BATCH_ORDER,
                                          "answers": self.base_answers, "tf_targets": self.base_tf_targets,
                                          "tf": self.base_tf, "nll": self.base_nll,
                                          **({"edit_nll": self.edit_nll_base} if self.edit_nll_base else {})}))
@@ -125,7 +156,7 @@ class Evaluator:
             self._add_aliases(rows, items, alias_pairs, with_routes)
         # locality, on the same grid of batches as the base run
         count = sum(1 for i, _, _ in self.flat if i < upto)
-        span = _grid(count, self.spec.batch_size)
+        span = _grid(count, self.window, len(self.flat))
         flat = self.flat[:span]
         probe_routes = self.method.routes([p.prompt for i, _, p in flat if i < upto]) \
             if with_routes or self._unrouted_from_base else None
