@@ -86,3 +86,49 @@ def test_initials_do_not_split_a_clause_and_both_sides_mask_alike():
     assert relation_text("Noise. What created Mr. Duck Steps Out?", "Mr. Duck Steps Out") == "What created something?"
     # the full form in an earlier clause wins over a shortened one in a later clause
     assert relation_text("Danielle Darrieux spoke. Darrieux wrote", "Danielle Darrieux") == "something spoke."
+
+
+def test_shared_words_around_a_subject_are_masked_on_both_sides():
+    from sola.routing.subjects import shared_relation_texts
+
+    edit = "What musical instrument was Ariadne musica created for?"
+    assert shared_relation_texts(edit, "Ariadne", "What company built Ariadne musica?", "ariadne") == (
+        "What musical instrument was something created for?", "What company built something?")
+    # the run passes function words but ends on a shared content word, and stops at a mark
+    assert shared_relation_texts(edit, "Ariadne", "Which instrument was Ariadne musica written for?", "ariadne") == (
+        "What musical something created for?", "Which something written for?")
+    assert shared_relation_texts("By which company, German submarine U-270 has been manufactured?", "German",
+                                 "By which company, German submarine U-123 has been built?", "german") == (
+        "By which company, something U-270 has been manufactured?", "By which company, something U-123 has been built?")
+    # nothing shared next to the subject: the plain relation texts apply
+    assert shared_relation_texts("Who is the CEO of Zelkova Pumps?", "Zelkova Pumps", "Where is Zelkova Pumps based?",
+                                 "zelkova pumps") is None
+
+
+def test_an_inferred_subject_is_compared_without_the_rest_of_its_name(tiny_dir, tmp_path):
+    """An edit made without a subject whose inferred name is part of a longer one ("Ariadne" of "Ariadne musica"):
+    another question about the same thing is compared without the rest of the name the two share, so it lies farther
+    than under the plain masks, while the edit's own prompt stays at distance 0. Reopening the store keeps it; an edit
+    given its subject is compared as before."""
+    from sola import Editor
+
+    from conftest import tiny_config
+
+    prompt, other = "What musical instrument was Ariadne musica created for?", "What company built Ariadne musica?"
+    far = {}
+    for shared in (True, False):
+        config = tiny_config(tiny_dir, key="subject", threshold=0.6, mask_shared_words=shared)
+        editor = Editor.from_pretrained(tiny_dir("llama"), config=config, store=tmp_path / f"store-{shared}")
+        edit = editor.edit(prompt, "harpsichord")
+        assert (edit.subject, edit.subject_inferred) == ("Ariadne", True)
+        assert editor.explain(prompt).distance < 1e-5 and editor.route(prompt).edit_id == edit.id
+        far[shared] = editor.explain(other).distance
+    assert far[True] > far[False] + 0.1, far  # MiniLM: about 0.62 against 0.21
+    reopened = Editor.from_pretrained(tiny_dir("llama"), store=tmp_path / "store-True")
+    assert reopened.explain(other).distance == pytest.approx(far[True], abs=1e-6)
+    assert reopened.explain(prompt).distance < 1e-5
+    given = Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir, key="subject", threshold=0.6))
+    given.edit(prompt, "harpsichord", subject="Ariadne")  # given, not inferred: the plain masks
+    assert given.explain(other).distance == pytest.approx(far[False], abs=1e-6)
+    reopened.rollback(reopened.edits()[0].id)
+    assert not reopened.router.inferred

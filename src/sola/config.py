@@ -87,6 +87,17 @@ class EditConfig:
     an edit made with that subject, so "Who is the CEO of Birch Valves?" cannot reach it. Edits whose prompts name
     nothing (or not the same name in every prompt) are reached by the whole prompt, as with False."""
 
+    mask_shared_words: bool = True
+    """For key="subject", edits whose subject was inferred (`infer_subject`): the inferred name may be only part of
+    the real one ("Ariadne" of "Ariadne musica", "German" of "German submarine U-270"), and the rest of it, left in
+    both masked clauses, makes any two questions about it look alike. So an input is compared with such an edit by
+    both clauses masked over the subject and the words around it that the two share, out to the last shared word that
+    is not a function word ("What musical instrument was Ariadne musica created for?" against "What company built
+    Ariadne musica?": "What musical instrument was something created for?" against "What company built something?").
+    Measured without training on the first 1,000 records (docs/evaluation.md): it brings same-subject and
+    same-relation activation with the subject withheld to within 0.01 of the given-subject figures on zsRE and
+    CounterFact, for 1-2 points of rephrases reached. Edits made with a subject are compared as before."""
+
     unnamed_threshold: float | None = None
     """For key="subject", edits made without a subject: they are reached like key="encoder" edits, by the encoder's
     embedding of the whole input, when its distance is under this. None: `DEFAULT_THRESHOLDS["encoder"]`. Routes

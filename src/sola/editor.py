@@ -200,7 +200,7 @@ class Editor(BaseEditor):
     def _install(self, edit: Edit, keys: torch.Tensor, factors: dict[str, torch.Tensor] | None) -> int:
         """A committed edit joins every part that holds per-edit state (factors None: read when routed to)."""
         slot = self.slots.add(edit.id)
-        self.router.add(slot, keys, edit.subject, edit.aliases)
+        self.router.add(slot, keys, edit.subject, edit.aliases, edit.prompts if edit.subject_inferred else ())
         if factors is not None:
             self.residency.put(slot, factors, durable=self.store is not None)
         self.ledger.add(edit)

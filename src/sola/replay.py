@@ -56,7 +56,8 @@ def open_into(editor, store: Store, skip_damaged: bool = False) -> None:
     ids = [r["id"] for r in live]
     slots = editor.slots.add_many(ids)  # live edits take the slots 0..n-1 in creation order
     editor.router.add_many(slots, keys, counts, [r.get("subject") for r in live],
-                           [tuple(r.get("aliases") or ()) for r in live])
+                           [tuple(r.get("aliases") or ()) for r in live],
+                           [tuple(r.get("prompts") or ()) if r.get("subject_inferred") else () for r in live])
     for slot in slots[len(slots) - resident:]:
         editor.residency.put(slot, factors[ids[slot]], durable=True)
     editor.router.supersede_many([(editor.slots.of(older), editor.slots.of(newer)) for older, newer in links])

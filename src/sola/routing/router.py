@@ -18,7 +18,7 @@ from ..nn.injection import capture, modules
 from ..prompts import EncodedPrompt
 from ..tasks import Batch, Task
 from .keys import key_strategy
-from .subjects import SubjectIndex
+from .subjects import SubjectIndex, shared_relation_texts
 from .table import KeyTable
 
 
@@ -31,6 +31,8 @@ class Router:
         self.table = KeyTable(self.keys.dim if not self.keys.inside_model else None, config.resolved_distance())
         self.subjects = SubjectIndex()  # key="subject": which edits an input names
         self.unnamed: set[int] = set()  # key="subject": slots of edits made without a subject (whole-prompt keys)
+        self.inferred: dict[int, tuple[str, ...]] = {}  # key="subject": the prompts of edits whose subject was
+        # read from them (`EditConfig.mask_shared_words`)
         self._live: set[int] = set()
         self._answer = torch.zeros(0, dtype=torch.long)
 
@@ -49,18 +51,22 @@ class Router:
         return len(self.table)
 
     # -- per-edit state ----------------------------------------------------------------------------------------------
-    def add(self, slot: int, keys: torch.Tensor, subject: str | None, aliases: tuple[str, ...] = ()) -> None:
-        self._claim(slot, subject, aliases)
+    def add(self, slot: int, keys: torch.Tensor, subject: str | None, aliases: tuple[str, ...] = (),
+            inferred_from: tuple[str, ...] = ()) -> None:
+        """An edit's keys (one row per prompt). `inferred_from`: its prompts, if its subject was read from them."""
+        self._claim(slot, subject, aliases, inferred_from)
         self.table.add(keys, slot)
 
     def add_many(self, slots: list[int], keys: torch.Tensor, counts: torch.Tensor, subjects: list[str | None],
-                 aliases: list[tuple[str, ...]] | None = None) -> None:
+                 aliases: list[tuple[str, ...]] | None = None,
+                 inferred_from: list[tuple[str, ...]] | None = None) -> None:
         """Many edits at once (opening a store): `keys` stacked in slot order, `counts[i]` rows for `slots[i]`."""
-        for slot, subject, names in zip(slots, subjects, aliases or [()] * len(slots)):
-            self._claim(slot, subject, names)
+        for n, (slot, subject) in enumerate(zip(slots, subjects)):
+            self._claim(slot, subject, aliases[n] if aliases else (), inferred_from[n] if inferred_from else ())
         self.table.add_rows(keys, torch.repeat_interleave(torch.tensor(slots, dtype=torch.long), counts))
 
-    def _claim(self, slot: int, subject: str | None, aliases: tuple[str, ...] = ()) -> None:
+    def _claim(self, slot: int, subject: str | None, aliases: tuple[str, ...] = (),
+               inferred_from: tuple[str, ...] = ()) -> None:
         if slot >= len(self._answer):
             grown = max(8, 2 * len(self._answer), slot + 1)
             self._answer = torch.cat([self._answer, torch.arange(len(self._answer), grown)])
@@ -71,11 +77,14 @@ class Router:
                 self.unnamed.add(slot)
             else:
                 self.subjects.add(subject, slot, aliases)
+                if inferred_from:
+                    self.inferred[slot] = tuple(inferred_from)
 
     def remove(self, slot: int) -> None:
         self.table.remove_slot(slot)
         self.subjects.remove(slot)
         self.unnamed.discard(slot)
+        self.inferred.pop(slot, None)
         self._live.discard(slot)
 
     def supersede(self, older: int, newer: int) -> None:
@@ -158,8 +167,8 @@ class Router:
         unnamed = sorted(self.unnamed)
         whole = self.keys.encode(texts) if unnamed else None  # the queries key="encoder" would route by
         for row, text in enumerate(texts):
-            found = [self.table.nearest_among(self.keys.relation([text], [subject])[0], candidates)
-                     for subject, candidates in self.subjects.find(text).items()]
+            found = [self._nearest_by_relation(text, form, candidates)
+                     for form, candidates in self.subjects.find(text).items()]
             if unnamed:
                 distance, slot = self.table.nearest_among(whole[row], unnamed)
                 found.append((float(self.on_subject_scale(torch.tensor([distance]))[0]), slot))
@@ -167,6 +176,36 @@ class Router:
                 if distance < dists[row]:
                     dists[row], slots[row] = distance, slot
         return dists, slots
+
+    def _nearest_by_relation(self, text: str, form: str, candidates: list[int]) -> tuple[float, int]:
+        """(distance, slot) of the nearest of the edits `text` names by `form`, by relation. Edits whose subject was
+        inferred are compared by the clauses masked over the words they share (`EditConfig.mask_shared_words`); the
+        first (oldest) of equal distances wins, as in the key table."""
+        query = self.keys.relation([text], [form])[0]
+        shared = [c for c in candidates if c in self.inferred] if self.config.mask_shared_words else []
+        plain = [c for c in candidates if c not in shared]
+        found = [self.table.nearest_among(query, plain)] if plain else []
+        found += [(self._shared_distance(text, form, slot, query), slot) for slot in shared]
+        return min(found, key=lambda pair: (pair[0], pair[1]))
+
+    def _shared_distance(self, text: str, form: str, slot: int, query: torch.Tensor) -> float:
+        """The distance of `text` to an edit whose subject was inferred: per prompt, its stored key against the
+        input's relation, or both clauses masked over the words they share (`shared_relation_texts`)."""
+        rows, subject = self.table.keys_of(slot), self.subjects.subject_of(slot)
+        prompts = self.inferred[slot]
+        if len(rows) != len(prompts):  # keys not one per prompt: compare by the stored keys
+            return self.table.nearest_among(query, [slot])[0]
+        best = float("inf")
+        for prompt, key in zip(prompts, rows):
+            pair = shared_relation_texts(prompt, subject, text, form)
+            if pair is None:
+                ours, theirs = key, query
+            else:
+                ours, theirs = self.keys.encode(list(pair))
+            probe = KeyTable(ours.shape[-1], self.table.distance)
+            probe.add(ours.reshape(1, -1), slot=0)
+            best = min(best, float(probe.nearest(theirs.reshape(1, -1))[0][0]))
+        return best
 
     def on_subject_scale(self, whole: torch.Tensor) -> torch.Tensor:
         """key="subject": whole-prompt distances (edits without a subject) put on the scale of `threshold`, such that a

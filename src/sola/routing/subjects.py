@@ -15,7 +15,9 @@ form (`names.short_forms`: "Darrieux" for "Danielle Darrieux") that no other edi
 
 from __future__ import annotations
 
-from .names import clauses, folded_words, forms, locate, names, short_forms
+import re
+
+from .names import OPENERS, PARTICLES, clauses, fold, folded_words, forms, locate, names, short_forms
 
 PLACEHOLDER = "something"
 
@@ -56,6 +58,47 @@ def relation_text(text: str, subject: str) -> str:
         return clause
     start, end = spans[0]
     return clause[:start] + PLACEHOLDER + clause[end:]
+
+
+# Words a shared run may pass but not end on (`shared_relation_texts`): they carry the relation, not a name.
+FUNCTION_WORDS = OPENERS | PARTICLES | frozenset(
+    "has have had be been being can could will would should may might must not no nor or but so than then also s "
+    "into onto upon about over under between through".split())
+_RUN_WORD = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")  # a word, or a mark (a shared run stops at one)
+
+
+def shared_relation_texts(edit_text: str, edit_subject: str, text: str, form: str) -> tuple[str, str] | None:
+    """The relation texts of an edit's prompt and an input, each masked over its subject and the words around it
+    that the two share: outwards from the subject, word by word while both have the same word, up to the last one
+    that is not a function word. None if they share no such word (then `relation_text` of each applies).
+
+    For edits whose subject was inferred and may be part of a longer name (`EditConfig.mask_shared_words`): the
+    rest of the name is shared by any two questions about it, and masking it leaves the words that differ.
+    `form` is the form of the subject the input names (`SubjectIndex.find`)."""
+    edit_clause, clause = clause_naming(edit_text, edit_subject), clause_naming(text, form)
+    edit_spans, spans = _spans(edit_clause, edit_subject), _spans(clause, form)
+    if not edit_spans or not spans:
+        return None
+    (e0, e1), (q0, q1) = edit_spans[0], spans[0]
+    edit_words = [(m.start(), m.end(), fold(m.group())) for m in _RUN_WORD.finditer(edit_clause)]
+    words_ = [(m.start(), m.end(), fold(m.group())) for m in _RUN_WORD.finditer(clause)]
+    before = zip([w for w in edit_words if w[1] <= e0][::-1], [w for w in words_ if w[1] <= q0][::-1])
+    after = zip([w for w in edit_words if w[0] >= e1], [w for w in words_ if w[0] >= q1])
+    start, end = (e0, q0), (e1, q1)
+    for ours, theirs in before:
+        if ours[2] != theirs[2] or not ours[2][0].isalnum():
+            break
+        if ours[2] not in FUNCTION_WORDS:
+            start = (ours[0], theirs[0])
+    for ours, theirs in after:
+        if ours[2] != theirs[2] or not ours[2][0].isalnum():
+            break
+        if ours[2] not in FUNCTION_WORDS:
+            end = (ours[1], theirs[1])
+    if start == (e0, q0) and end == (e1, q1):
+        return None
+    return (edit_clause[:start[0]] + PLACEHOLDER + edit_clause[end[0]:],
+            clause[:start[1]] + PLACEHOLDER + clause[end[1]:])
 
 
 class SubjectIndex:
