@@ -59,6 +59,10 @@ def test_bench_reports_err_trr_arr_perplexities_beside_the_base_models(tmp_path,
     assert paper["ARR_ppl"] == pytest.approx(paper["ARR_ppl_base"]) and paper["TRR_ppl"] == paper["TRR_ppl_base"]
     routing = results["metrics"]["all"]["routing"]
     assert routing["prompt_own_edit"] == 1.0 and routing["subject_activated"] == 0.0
+    # perplexity is this task's locality: probes that carry their sentence are read, not generated
+    base = json.loads((tmp_path / "run" / "base.json").read_text())
+    assert not any(base["generated"]) and set(base["answers"]) == {""}
+    assert all(v is None for k, v in results["metrics"]["all"]["autoregressive"].items() if k.startswith("loc_"))
     assert "ERR PPL (edited sentences)" in (tmp_path / "run" / "results.md").read_text()
     doc = tmp_path / "docs" / "results.md"
     write_study([tmp_path / "run"], doc)

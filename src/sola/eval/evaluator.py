@@ -17,7 +17,7 @@ from .spec import BenchSpec
 
 WINDOW_BATCHES = 16  # evaluation inputs are sorted by length within windows of this many batches
 BATCH_ORDER = f"longest first within windows of {WINDOW_BATCHES} batches"  # recorded in base.json: older caches
-# (batched in list order) are remade
+# (batched in list order) are remade. "generated" there lists which probes were generated.
 
 
 def _grid(count: int, window: int, total: int) -> int:
@@ -77,12 +77,25 @@ class Evaluator:
         self.edit_nll_base: list[float] = []  # hallucination: the base model's nll of each edit's correct sentence
         self.locality_work: dict[str, int] = {}  # of the last evaluation: probes run, and read from the base run
         self.window = max(1, spec.batch_size) * WINDOW_BATCHES
+        # Which locality probes get a generated answer, compared with the base model's (the "AR" locality). On the
+        # hallucination task perplexity is the locality metric and every probe carries its sentence, so only probes
+        # without one are generated (their base answer is their teacher-forced target): generating a 16-token
+        # continuation of every passage cost about as much as reading it.
+        self.generated = [kind != "hallucination" or not p.answer for _, _, p in self.flat]
 
     def _generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
         order = _longest_first(prompts, self.window)
         answers = self.method.generate([prompts[n] for n in order], max_new_tokens or self.spec.max_new_tokens,
                                        self.spec.batch_size)
         return _unsorted(order, answers)
+
+    def _generate_where(self, prompts: list[str], wanted: list[bool]) -> list[str]:
+        """Answers to the prompts that are `wanted`, "" for the others."""
+        answers = [""] * len(prompts)
+        chosen = [n for n, w in enumerate(wanted) if w]
+        for n, answer in zip(chosen, self._generate([prompts[n] for n in chosen])):
+            answers[n] = answer
+        return answers
 
     def _room_for(self, scores) -> int:
         return answer_room(self.kind, self.spec.max_new_tokens, scores)
@@ -104,14 +117,14 @@ class Evaluator:
         if cache is not None and cache.exists():
             saved = json.loads(cache.read_text())
             if saved.get("prompts") == prompts and saved.get("batch_size") == self.spec.batch_size \
-                    and saved.get("batches") == BATCH_ORDER \
+                    and saved.get("batches") == BATCH_ORDER and saved.get("generated") == self.generated \
                     and (self.kind != "hallucination" or "edit_nll" in saved):
                 self.base_answers, self.base_tf_targets = saved["answers"], saved["tf_targets"]
                 self.base_tf, self.base_nll = saved["tf"], saved["nll"]
                 self.edit_nll_base = saved.get("edit_nll", [])
                 return
         with self.method.base():
-            self.base_answers = self._generate(prompts)
+            self.base_answers = self._generate_where(prompts, self.generated)
             self.base_tf_targets = [p.answer or a or None for (_, _, p), a in zip(self.flat, self.base_answers)]
             scores = self._score(prompts, self.base_tf_targets)
             if self.kind == "hallucination":  # ERR beside the base model's perplexity of the same sentences
@@ -121,6 +134,7 @@ class Evaluator:
         self.base_nll = [s.nll if s else None for s in scores]
         if cache is not None:
             cache.write_text(json.dumps({"prompts": prompts, "batch_size": self.spec.batch_size, "batches": BATCH_ORDER,
+                                         "generated": self.generated,
                                          "answers": self.base_answers, "tf_targets": self.base_tf_targets,
                                          "tf": self.base_tf, "nll": self.base_nll,
                                          **({"edit_nll": self.edit_nll_base} if self.edit_nll_base else {})}))
@@ -166,10 +180,12 @@ class Evaluator:
             if i >= upto:
                 continue
             tf = M.agreement(score.predicted, self.base_tf[n]) if score is not None else None
+            generated = self.generated[n]
             collected.setdefault((i, kind), []).append({
-                "tf": tf, "ar": float(answer == self.base_answers[n]), "answer": answer, "base": self.base_answers[n],
-                "f1": M.token_f1(answer, probe.answer) if probe.answer else None,
-                "base_f1": M.token_f1(self.base_answers[n], probe.answer) if probe.answer else None,
+                "tf": tf, "ar": float(answer == self.base_answers[n]) if generated else None,
+                "answer": answer, "base": self.base_answers[n],
+                "f1": M.token_f1(answer, probe.answer) if probe.answer and generated else None,
+                "base_f1": M.token_f1(self.base_answers[n], probe.answer) if probe.answer and generated else None,
                 "nll": score.nll if score is not None else None, "base_nll": self.base_nll[n],
                 "tokens": len(score.tokens) if score is not None else None})
         for i, row in enumerate(rows):
@@ -224,12 +240,13 @@ class Evaluator:
         from the base run, which is what running them would give. `--full-locality` runs every probe anyway."""
         prompts, targets = [p.prompt for _, _, p in flat], self.base_tf_targets[:span]
         if not self._unrouted_from_base or routes is None:  # None: the method reported no routes (no edits yet)
-            return self._generate(prompts), self._score(prompts, targets)
+            return self._generate_where(prompts, self.generated[:span]), self._score(prompts, targets)
         routed = [n for n, route in enumerate(routes) if route.routed]  # routes cover the probes inside `upto`
         answers = list(self.base_answers[:span])
         scores: list = [None if tf is None else _FromBase(tf, nll)
                         for tf, nll in zip(self.base_tf[:span], self.base_nll[:span])]
-        for n, answer in zip(routed, self._generate([prompts[n] for n in routed])):
+        routed_generated = [n for n in routed if self.generated[n]]
+        for n, answer in zip(routed_generated, self._generate([prompts[n] for n in routed_generated])):
             answers[n] = answer
         for n, score in zip(routed, self._score([prompts[n] for n in routed], [targets[n] for n in routed])):
             scores[n] = score
