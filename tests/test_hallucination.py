@@ -85,3 +85,21 @@ def test_a_corrected_sentence_is_generated_whole_whatever_the_answer_cap(tmp_pat
     assert results["metrics"]["all"]["autoregressive"]["rel_em"] == 1.0
     edited = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
     assert [r["es_answer"] for r in edited] == ["Riga.", "Vienna.", "Lima."]  # ES right after each edit, too
+
+
+@pytest.mark.parametrize("method", ["elder", "grace", "melo", "lora-ft"])
+def test_every_baseline_runs_the_hallucination_task(tmp_path, tiny_dir, hallucination_data, method):
+    """`sola bench --dataset hallucination` runs every method: each reports ERR / TRR / ARR beside the base model's,
+    and a method that routes leaves the upstream text as the base model reads it when nothing reaches an edit."""
+    config = {"max_steps": 30} if method == "grace" else {"learning_rate": 0.05, "max_steps": 100}
+    threshold = {"lora-ft": None, "elder": 1}.get(method, 1e-3)
+    spec = BenchSpec(method=method, dataset="hallucination", edits=3, data=str(hallucination_data),
+                     model=str(tiny_dir("llama")), threshold=threshold, checkpoints=[], batch_size=2,
+                     max_new_tokens=8, config=config)
+    results = run(spec, tmp_path / "run", progress=False)
+    paper = results["metrics"]["all"]["paper"]
+    assert results["dataset"] == "hallucination" and paper["ARR_sentences"] == 3
+    for name in ("ERR_ppl", "ERR_ppl_base", "TRR_ppl", "TRR_ppl_base", "ARR_ppl", "ARR_ppl_base"):
+        assert paper[name] > 1.0, name
+    if method in ("grace", "melo"):  # radius 1e-3: the upstream text never reaches an edit
+        assert paper["TRR_ppl"] == pytest.approx(paper["TRR_ppl_base"], rel=1e-5)
