@@ -8,6 +8,8 @@ kinds of input are routed:
 - upstream web text (WISE's `locality_prompt`: should reach none).
 
 For each key strategy and a grid of thresholds: the share of each kind routed (to its own edit, for the first).
+With --supersede KEY=THRESHOLD,...: the edits are also imported in order under supersede="auto", and the edits it
+takes for an update of an earlier one are counted (each correction is a separate fact, so every one is a mistake).
 Run: .venv/bin/python benchmarks/passage_routing.py --keys subject,encoder,last_token --out results/passage_routing.json
 """
 
@@ -26,6 +28,9 @@ def main() -> None:
     parser.add_argument("--data", default=None)
     parser.add_argument("--edits", type=int, default=600)
     parser.add_argument("--keys", default="subject,encoder,last_token,mean_pool")
+    parser.add_argument("--supersede", default="",
+                        help="KEY=THRESHOLD,...: also import the edits in order under supersede='auto' with that key "
+                             "and threshold, and count the edits taken for an update of an earlier one")
     parser.add_argument("--out", default="results/passage_routing.json")
     args = parser.parse_args()
 
@@ -46,7 +51,7 @@ def main() -> None:
     result = {"machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
               "model": "embedded SmolLM2-135M-Instruct", "counts": {k: len(v) for k, v in kinds.items()},
               "keys": {}}
-    for key in args.keys.split(","):
+    for key in filter(None, args.keys.split(",")):
         editor = Editor.from_pretrained(config=EditConfig(key=key, prompt_format="raw", supersede="never"))
         zeros = {f"{name}.{part}": torch.zeros(getattr(layer, part).shape[1:], dtype=getattr(layer, part).dtype)
                  for name, layer in zip(editor.config.layers, editor.layers) for part in ("lora_A", "lora_B")}
@@ -74,6 +79,21 @@ def main() -> None:
         result["keys"][key] = {"default_threshold": editor.config.resolved_threshold(), "no_candidate": gated,
                                "by_threshold": rows}
         print(key, json.dumps(result["keys"][key], indent=1))
+    for setting in filter(None, args.supersede.split(",")):
+        key, threshold = setting.split("=")
+        editor = Editor.from_pretrained(config=EditConfig(key=key, threshold=float(threshold), prompt_format="raw",
+                                                          supersede="auto"))
+        zeros = {f"{name}.{part}": torch.zeros(getattr(layer, part).shape[1:], dtype=getattr(layer, part).dtype)
+                 for name, layer in zip(editor.config.layers, editor.layers) for part in ("lora_A", "lora_B")}
+        made = [editor.import_edit(Edit(id=f"x{n}", prompts=(r.prompt,), target=r.target, subject=r.subject), zeros)
+                for n, r in enumerate(edits)]
+        subject_of = {e.id: normalise(r.subject or "") for e, r in zip(made, edits)}
+        updates = [e for e in made if e.supersedes]
+        result.setdefault("supersede_auto", {})[setting] = {
+            "edits": len(made), "taken_for_updates": len(updates),
+            "of_the_same_person": sum(1 for e in updates if subject_of[e.supersedes] == subject_of[e.id]),
+            "live_after": sum(1 for e in editor.edits() if e.superseded_by is None)}
+        print("supersede auto", setting, json.dumps(result["supersede_auto"][setting]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
