@@ -23,6 +23,12 @@ from pathlib import Path
 import torch
 
 
+def zero_factors(editor) -> dict:
+    """All-zero LoRA factors for an imported edit (routing does not read them)."""
+    return {f"{name}.{part}": torch.zeros(getattr(layer, part).shape[1:], dtype=getattr(layer, part).dtype)
+            for name, layer in zip(editor.config.layers, editor.layers) for part in ("lora_A", "lora_B")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None)
@@ -53,8 +59,7 @@ def main() -> None:
               "keys": {}}
     for key in filter(None, args.keys.split(",")):
         editor = Editor.from_pretrained(config=EditConfig(key=key, prompt_format="raw", supersede="never"))
-        zeros = {f"{name}.{part}": torch.zeros(getattr(layer, part).shape[1:], dtype=getattr(layer, part).dtype)
-                 for name, layer in zip(editor.config.layers, editor.layers) for part in ("lora_A", "lora_B")}
+        zeros = zero_factors(editor)
         ids = []
         for n, record in enumerate(edits):
             ids.append(editor.import_edit(Edit(id=f"x{n}", prompts=(record.prompt,), target=record.target,
@@ -83,8 +88,7 @@ def main() -> None:
         key, threshold = setting.split("=")
         editor = Editor.from_pretrained(config=EditConfig(key=key, threshold=float(threshold), prompt_format="raw",
                                                           supersede="auto"))
-        zeros = {f"{name}.{part}": torch.zeros(getattr(layer, part).shape[1:], dtype=getattr(layer, part).dtype)
-                 for name, layer in zip(editor.config.layers, editor.layers) for part in ("lora_A", "lora_B")}
+        zeros = zero_factors(editor)
         made = [editor.import_edit(Edit(id=f"x{n}", prompts=(r.prompt,), target=r.target, subject=r.subject), zeros)
                 for n, r in enumerate(edits)]
         subject_of = {e.id: normalise(r.subject or "") for e, r in zip(made, edits)}

@@ -83,8 +83,10 @@ class Evaluator:
         # continuation of every passage cost about as much as reading it.
         self.generated = [kind != "hallucination" or not p.answer for _, _, p in self.flat]
 
-    def _generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
-        order = _longest_first(prompts, self.window)
+    def _generate(self, prompts: list[str], max_new_tokens: int | None = None,
+                  positions: list[int] | None = None) -> list[str]:
+        """Answers, batched by `_longest_first` (`positions`: each prompt's place in the full list, as for `_score`)."""
+        order = _longest_first(prompts, self.window, positions)
         answers = self.method.generate([prompts[n] for n in order], max_new_tokens or self.spec.max_new_tokens,
                                        self.spec.batch_size)
         return _unsorted(order, answers)
@@ -93,7 +95,7 @@ class Evaluator:
         """Answers to the prompts that are `wanted`, "" for the others."""
         answers = [""] * len(prompts)
         chosen = [n for n, w in enumerate(wanted) if w]
-        for n, answer in zip(chosen, self._generate([prompts[n] for n in chosen])):
+        for n, answer in zip(chosen, self._generate([prompts[n] for n in chosen], positions=chosen)):
             answers[n] = answer
         return answers
 

@@ -81,24 +81,26 @@ def shared_relation_texts(edit_text: str, edit_subject: str, text: str, form: st
         return None
     (e0, e1), (q0, q1) = edit_spans[0], spans[0]
     edit_words = [(m.start(), m.end(), fold(m.group())) for m in _RUN_WORD.finditer(edit_clause)]
-    words_ = [(m.start(), m.end(), fold(m.group())) for m in _RUN_WORD.finditer(clause)]
-    before = zip([w for w in edit_words if w[1] <= e0][::-1], [w for w in words_ if w[1] <= q0][::-1])
-    after = zip([w for w in edit_words if w[0] >= e1], [w for w in words_ if w[0] >= q1])
-    start, end = (e0, q0), (e1, q1)
-    for ours, theirs in before:
-        if ours[2] != theirs[2] or not ours[2][0].isalnum():
-            break
-        if ours[2] not in FUNCTION_WORDS:
-            start = (ours[0], theirs[0])
-    for ours, theirs in after:
-        if ours[2] != theirs[2] or not ours[2][0].isalnum():
-            break
-        if ours[2] not in FUNCTION_WORDS:
-            end = (ours[1], theirs[1])
-    if start == (e0, q0) and end == (e1, q1):
+    input_words = [(m.start(), m.end(), fold(m.group())) for m in _RUN_WORD.finditer(clause)]
+    start = _shared_run(zip([w for w in edit_words if w[1] <= e0][::-1], [w for w in input_words if w[1] <= q0][::-1]),
+                        side=0)
+    end = _shared_run(zip([w for w in edit_words if w[0] >= e1], [w for w in input_words if w[0] >= q1]), side=1)
+    if start is None and end is None:
         return None
-    return (edit_clause[:start[0]] + PLACEHOLDER + edit_clause[end[0]:],
-            clause[:start[1]] + PLACEHOLDER + clause[end[1]:])
+    (e0, q0), (e1, q1) = start or (e0, q0), end or (e1, q1)
+    return edit_clause[:e0] + PLACEHOLDER + edit_clause[e1:], clause[:q0] + PLACEHOLDER + clause[q1:]
+
+
+def _shared_run(pairs, side: int) -> tuple[int, int] | None:
+    """Walking outwards over (edit word, input word) pairs while they are the same word: the `side` offsets (0: start,
+    1: end) in both texts of the last one that is not a function word; None if there is none. Stops at a mark."""
+    reached = None
+    for ours, theirs in pairs:
+        if ours[2] != theirs[2] or not ours[2][0].isalnum():
+            break
+        if ours[2] not in FUNCTION_WORDS:
+            reached = (ours[side], theirs[side])
+    return reached
 
 
 class SubjectIndex:
