@@ -26,11 +26,12 @@ class SolaMethod(EditorMethod):
         made with the name rules (`sola.routing.names`, which came with `infer_subject`) say "names"."""
         update = ", updates supersede" if config.get("supersede") == "auto" else ""
         names = " + names" if _names(config) else ""
-        return f"sola {config['key']}{names} (thr {threshold:.3f}{update})"
+        masks = " + shared-word masks" if _masks(config) else ""
+        return f"sola {config['key']}{names}{masks} (thr {threshold:.3f}{update})"
 
     @classmethod
     def bench_name_parts(cls, config: dict[str, Any]) -> list[str]:
-        return [config["key"], *(["names"] if _names(config) else []),
+        return [config["key"], *(["names"] if _names(config) else []), *(["masks"] if _masks(config) else []),
                 *(["supersede"] if config.get("supersede") == "auto" else [])]
 
     def __init__(self, editor: Editor, reuse: Store | None = None) -> None:
@@ -88,6 +89,12 @@ def _names(config: dict[str, Any]) -> bool:
     """A subject-key run whose router reads names: made since `infer_subject` existed (runs before it matched the
     subject's words exactly)."""
     return config.get("key") == "subject" and "infer_subject" in config
+
+
+def _masks(config: dict[str, Any]) -> bool:
+    """A names run made since `mask_shared_words` existed and with it on (it changes only edits whose subject was
+    inferred, but names the code the run measured: the runs before it are kept beside it)."""
+    return _names(config) and bool(config.get("mask_shared_words"))
 
 
 def _edits_of(store: Store):
