@@ -10,6 +10,11 @@ and among those by one of the relation checks:
 - `lm{L}`: the base model's hidden state at layer L at the last token of the masked clause (what kind of answer the
   clause asks for, read by the model that answers it);
 - `two_stage`: `minilm` under a low threshold routes; between the low and the high one, the `lm{L}` check decides.
+- `answer` (with `--answer`): the base model's next-token distribution at the end of the whole input (raw prompt, the
+  subject named: the answer it would give) against the same at the end of the edit's prompt, as the squared
+  Hellinger distance 1 - sum sqrt(p q): two wordings of one question should expect one kind of answer (often the same
+  one), another relation of the subject another. Also as the second look of `two_stage answer` and as a conjunction
+  (`minilm_and_answer`: both must pass).
 
 Prints one line per rule and threshold, and writes everything to --out.
 Run: .venv/bin/python benchmarks/routing_levers.py --dataset counterfact --records 1000 \
@@ -38,6 +43,16 @@ def lm_features(model, tokenizer, texts: list[str], layers: list[int]) -> dict[i
     return {layer: torch.stack(v) for layer, v in out.items()}
 
 
+def answer_distributions(model, tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+    """{text: (V,) float16 probabilities of the base model's next token at the end of the text (raw prompt)}"""
+    out = {}
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt")
+            out[text] = torch.softmax(model(**ids).logits[0, -1].float(), dim=-1).half()
+    return out
+
+
 def best_per_rule(rules: list[dict], reach: str, limits=(0.03, 0.05, 0.09)) -> list[dict]:
     """For each rule family and each bound on same-subject activation: its setting that reaches the most rephrases."""
     families: dict[tuple, list[dict]] = {}
@@ -58,6 +73,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="counterfact")
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--layers", default="6,10,14,18,22,26,30")
+    parser.add_argument("--answer", action="store_true", help="also the base model's answer-distribution check")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -75,7 +91,7 @@ def main() -> None:
     dataset = load_dataset(args.dataset).head(args.records)
     items = build_items(dataset, nq_pool(BenchSpec(method="sola", dataset=args.dataset)), seed=0, subject_count=1)
     records = [item.record for item in items]
-    layers = [int(x) for x in args.layers.split(",")]
+    layers = [int(x) for x in args.layers.split(",") if x]
 
     index = SubjectIndex()
     for slot, record in enumerate(records):
@@ -101,7 +117,7 @@ def main() -> None:
     encoder = SubjectRelationKeys(None)
     mini = torch.cat([encoder.encode(pair_texts[s:s + 64]) for s in range(0, len(pair_texts), 64)])
     _, model, tokenizer = load_model(None)
-    lm = lm_features(model, tokenizer, pair_texts, layers)
+    lm = lm_features(model, tokenizer, pair_texts, layers) if layers else {}
 
     def distances(features: torch.Tensor) -> torch.Tensor:
         """cosine distance of each pair's query clause to its candidate's edit clause"""
@@ -110,6 +126,12 @@ def main() -> None:
         return 1 - (query * key).sum(-1)
 
     checks = {"minilm": distances(mini), **{f"lm{layer}": distances(lm[layer]) for layer in layers}}
+    if args.answer:
+        full = answer_distributions(model, tokenizer, sorted({queries[q][2] for q, _, _ in pairs}
+                                                            | {r.prompt for r in records}))
+        checks["answer"] = torch.tensor([
+            1 - float((full[queries[q][2]].float() * full[records[slot].prompt].float()).sqrt().sum())
+            for q, slot, _ in pairs])
     targets = [normalise(r.target) for r in records]
     counted = {kind: [q for q, (k, _, _) in enumerate(queries) if k == kind] for kind in
                ("rephrase", "alias", "unrelated", "relation", "subject")}
@@ -140,14 +162,23 @@ def main() -> None:
             else [0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8]
         for threshold in grid:
             rules.append({"rule": name, "threshold": round(threshold, 4), **evaluate(dist < threshold, dist)})
-    for layer in layers:
+    second_looks = [f"lm{layer}" for layer in layers] + (["answer"] if args.answer else [])
+    if args.answer:  # both checks must pass
+        for high in (0.6, 0.7, 0.8, 0.9):
+            for cut in torch.quantile(checks["answer"], torch.linspace(0.1, 0.9, 17)).tolist():
+                passes = (checks["minilm"] < high) & (checks["answer"] < cut)
+                rules.append({"rule": "minilm_and_answer", "low": None, "high": high, "threshold": round(cut, 4),
+                              **evaluate(passes, checks["minilm"])})
+    for second in second_looks:
         for low in (0.4, 0.5, 0.6):
             for high in (0.7, 0.8, 0.9):
-                lm_dist = checks[f"lm{layer}"]
-                for cut in torch.quantile(lm_dist, torch.linspace(0.1, 0.9, 9)).tolist():
+                lm_dist = checks[second]
+                cuts = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5) if second == "answer" \
+                    else torch.quantile(lm_dist, torch.linspace(0.1, 0.9, 9)).tolist()
+                for cut in cuts:
                     mini_dist = checks["minilm"]
                     passes = (mini_dist < low) | ((mini_dist < high) & (lm_dist < cut))
-                    rules.append({"rule": f"two_stage lm{layer}", "low": low, "high": high,
+                    rules.append({"rule": f"two_stage {second}", "low": low, "high": high,
                                   "threshold": round(cut, 4), **evaluate(passes, mini_dist)})
 
     summary = {"dataset": args.dataset, "records": len(records), "queries": {k: len(v) for k, v in counted.items()},
