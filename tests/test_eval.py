@@ -555,6 +555,8 @@ def test_alias_probes_and_withheld_subjects_in_a_run(tmp_path, tiny_dir, tiny_da
     assert " + names + shared-word masks " in study_label(given)  # named apart from the runs made before the masks
     older = {**given, "config": {k: v for k, v in given["config"].items() if k != "mask_shared_words"}}
     assert " + names (" in study_label(older)
+    prefixed = {**given, "config": {**given["config"], "prefix_contexts": 2}}
+    assert study_label(prefixed).endswith(", 2 prefix contexts)")
     assert _metrics(withheld) == _metrics(given)  # every inferred subject is the data's subject here
 
 

@@ -27,12 +27,14 @@ class SolaMethod(EditorMethod):
         update = ", updates supersede" if config.get("supersede") == "auto" else ""
         names = " + names" if _names(config) else ""
         masks = " + shared-word masks" if _masks(config) else ""
-        return f"sola {config['key']}{names}{masks} (thr {threshold:.3f}{update})"
+        prefixes = f", {config['prefix_contexts']} prefix contexts" if config.get("prefix_contexts") else ""
+        return f"sola {config['key']}{names}{masks} (thr {threshold:.3f}{update}{prefixes})"
 
     @classmethod
     def bench_name_parts(cls, config: dict[str, Any]) -> list[str]:
         return [config["key"], *(["names"] if _names(config) else []), *(["masks"] if _masks(config) else []),
-                *(["supersede"] if config.get("supersede") == "auto" else [])]
+                *(["supersede"] if config.get("supersede") == "auto" else []),
+                *([f"prefix{config['prefix_contexts']}"] if config.get("prefix_contexts") else [])]
 
     def __init__(self, editor: Editor, reuse: Store | None = None) -> None:
         self.editor = editor
