@@ -185,6 +185,23 @@ def test_two_stage_cosine_search_finds_what_the_full_scan_finds():
     assert torch.equal(slots[clear], table.slots[index][clear])
 
 
+def test_cosine_distance_is_never_negative():
+    """A key against itself can round to 1 - <k, k> = -1.2e-7; a distance shown to users (explain) and compared across
+    runs never goes below 0, in the full scan and in the two-stage search of large tables."""
+    from sola.routing.table import TWO_STAGE_FROM
+
+    keys = torch.randn(TWO_STAGE_FROM + 10, 384, generator=torch.Generator().manual_seed(1))
+    table = KeyTable(384, "cosine")
+    for slot, key in enumerate(keys):
+        table.add(key, slot)
+    raw = 1.0 - table.keys[:200] @ table.keys[:200].T  # what the distance was before the clamp
+    assert bool((raw.diagonal() < 0).any())  # the case exists on these keys
+    dist, slots = table.nearest(keys[:200])
+    assert bool((dist >= 0).all()) and bool((dist < 1e-6).all())
+    assert torch.equal(slots, torch.arange(200))
+    assert bool((table.distances(keys[:50]) >= 0).all())
+
+
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
 def test_keys_that_tie_within_rounding_go_to_the_oldest(distance):
     """Two edits of the same prompt have the same key; rounding (block position, thread count) must not choose."""
