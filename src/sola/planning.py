@@ -14,6 +14,7 @@ from .prompts import EncodedPrompt, check_text, check_token_limits
 from .routing import KeyTable
 from .routing.names import infer_subject
 from .routing.subjects import SubjectIndex, relation_text
+from .routing.table import cosine_distance
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class Planner:
         ours = [relation_text(p.text, subject) for p in prompts]
         theirs = [relation_text(p, found.subject) for p in found.prompts]
         vectors = torch.nn.functional.normalize(keys.encode(ours + theirs).float(), dim=-1)
-        nearest = 1.0 - (vectors[:len(ours)] @ vectors[len(ours):].T).max()
+        nearest = cosine_distance(vectors[:len(ours)], vectors[len(ours):]).min()
         return float(nearest) < bound
 
 

@@ -134,7 +134,7 @@ class KeyTable:
         """(B, d) queries -> (B, N) distances to every key."""
         queries = self._prepare(queries)
         if self.distance == "cosine":
-            return _cosine_distance(queries, self.keys)
+            return cosine_distance(queries, self.keys)
         return torch.cdist(queries, self.keys, compute_mode="donot_use_mm_for_euclid_dist")
 
     def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +160,7 @@ class KeyTable:
         dists, slots = [], []
         for row, scores in enumerate(rough):
             candidates = (scores >= scores.max() - HALF_WINDOW).nonzero().squeeze(1)  # in key order
-            exact = _cosine_distance(queries[row:row + 1], self.keys[candidates])
+            exact = cosine_distance(queries[row:row + 1], self.keys[candidates])
             dist, slot = self._first_nearest(exact, self.slots[candidates])
             dists.append(dist[0])
             slots.append(slot[0])
@@ -181,7 +181,7 @@ class KeyTable:
         return torch.where(dist < threshold, slots, torch.full_like(slots, -1))
 
 
-def _cosine_distance(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+def cosine_distance(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """(B, d), (N, d) unit vectors -> (B, N) cosine distances, never below 0: float rounding of a vector against itself
     (or against the same text encoded in another batch) can give -1e-7, which is no distance a user should be shown."""
     return (1.0 - queries @ keys.T).clamp_min(0.0)
