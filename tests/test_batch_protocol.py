@@ -41,6 +41,29 @@ def test_elder_trains_a_batch_together_on_the_fixed_schedule_and_keeps_every_row
     assert editor.route(p2 + " Say it:").edit_id == "e2"
 
 
+def test_elder_batch_replay_trains_earlier_edits_with_the_batch_and_keeps_their_codes(tiny_dir, monkeypatch):
+    """`replay_edits` (ours) in batch mode: the earlier edits' rows join the batch with their own targets and
+    allocations; only the batch's rows get new codes."""
+    editor = elder(tiny_dir, replay_edits=1)
+    (p1, t1), (p2, t2) = EDITS["causal"]
+    editor.edit_many([{"prompts": [p1, p1 + " Say it:"], "target": t1}])
+    code_e1 = editor.codes["e1"].clone()
+    seen = {}
+    fit = editor._fit
+
+    def spy(encoded, targets, wanted, own, earlier, fixed=False):
+        seen.update(rows=[p.text for p in encoded], own=own, wanted=wanted.clone(), fixed=fixed)
+        return fit(encoded, targets, wanted, own, earlier, fixed)
+
+    monkeypatch.setattr(editor, "_fit", spy)
+    editor.edit_many([{"prompt": p2, "target": t2}])
+    assert seen["rows"] == [p2, p1, p1 + " Say it:"] and seen["own"] == 1 and seen["fixed"]
+    assert torch.equal(seen["wanted"][1], editor.allocations["e1"]) and torch.equal(seen["wanted"][0],
+                                                                                    editor.allocations["e2"])
+    assert torch.equal(editor.codes["e1"], code_e1) and len(editor.codes["e2"]) == 1
+    assert [e.id for e in editor.edits()] == ["e1", "e2"]
+
+
 def test_edit_many_checks_every_request_before_training_anything(tiny_dir):
     editor = elder(tiny_dir)
     before = logits(editor, UNRELATED)

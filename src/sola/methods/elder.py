@@ -92,7 +92,7 @@ class ElderConfig(BaselineConfig, FixedSchedule):
     queries of the earlier live edits (routers only, no forward pass)."""
     replay_edits: int = 0
     """Our addition, 0 by default: also train on this many earlier live edits (drawn at random, seeded) at every
-    step, so the shared LoRAs are reminded of them. Without it, one edit at a time overwrites the shared LoRAs
+    step of an edit, or of a batch (`edit_many`), so the shared LoRAs are reminded of them. Without it, one edit at a time overwrites the shared LoRAs
     (measured: after 6 zsRE edits on SmolLM2-135M, the earlier prompts answered the 6th target)."""
     refresh_codes: bool = False
     """Our addition, off by default (the paper keeps the codes read at the last training iteration): after every
@@ -412,11 +412,7 @@ class ElderEditor(SnapshotEditor):
         own = len(encoded)
         encoded, targets = list(encoded), list(targets)
         wanted = [allocation] * own
-        for edit in self._replayed(edit_id):
-            for prompt in edit.prompts:
-                encoded.append(self._encode(prompt))
-                targets.append(self.task.encode_target(prompt, edit.target))
-                wanted.append(self.allocations[edit.id])
+        self._add_replayed(edit_id, encoded, targets, wanted)
         earlier = [e for e in self.codes if e in self.queries] if self.config.guide_replay else []
         result = self._fit(encoded, targets, torch.stack(wanted), own, earlier)
         self.allocations[edit_id] = allocation
@@ -428,7 +424,8 @@ class ElderEditor(SnapshotEditor):
 
     def _train_batch(self, edit_ids, edits):
         """A batch of edits together, on the fixed schedule (the authors' runner): every row of the batch in one
-        batch, its codes read at the last iteration."""
+        batch, its codes read at the last iteration; with `replay_edits` (ours), that many earlier live edits join
+        the batch (their rows train toward their own targets and allocations; their codes are kept as they were)."""
         pending: dict[str, torch.Tensor] = {}
         encoded, targets, wanted, owner = [], [], [], []
         for index, (prompts, ids, target) in enumerate(edits):
@@ -438,15 +435,19 @@ class ElderEditor(SnapshotEditor):
             targets += ids
             wanted += [allocation] * len(prompts)
             owner += [index] * len(prompts)
-        result = self._fit(encoded, targets, torch.stack(wanted), len(encoded), [], fixed=True)
+        own = len(encoded)
+        self._add_replayed(edit_ids[0], encoded, targets, wanted)
+        earlier = [e for e in self.codes if e in self.queries] if self.config.guide_replay else []
+        result = self._fit(encoded, targets, torch.stack(wanted), own, earlier, fixed=True)
         owner = torch.tensor(owner)
         outcomes = []
         for index, (edit_id, (prompts, _, target)) in enumerate(zip(edit_ids, edits)):
             rows = owner == index
             self.allocations[edit_id] = wanted[int(rows.nonzero()[0])]
-            self.codes[edit_id] = result["codes"][rows]
-            self.queries[edit_id] = result["queries"][rows]
-            outcomes.append((result["steps"], result["losses"][rows].mean().item(), bool(result["exact"][rows].all())))
+            self.codes[edit_id] = result["codes"][:own][rows]
+            self.queries[edit_id] = result["queries"][:own][rows]
+            outcomes.append((result["steps"], result["losses"][:own][rows].mean().item(),
+                             bool(result["exact"][:own][rows].all())))
         self._refresh_codes()
         self._recalibrate()
         return outcomes
@@ -499,6 +500,14 @@ class ElderEditor(SnapshotEditor):
         codes = self._code(self._weights(torch.cat([self.queries[e] for e in ids]), False)[1])
         for edit_id, rows in zip(ids, codes.split([len(self.queries[e]) for e in ids])):
             self.codes[edit_id] = rows
+
+    def _add_replayed(self, edit_id: str, encoded: list, targets: list, wanted: list) -> None:
+        """Append the rows of the earlier edits replayed with `edit_id` (or its batch) to the training rows."""
+        for edit in self._replayed(edit_id):
+            for prompt in edit.prompts:
+                encoded.append(self._encode(prompt))
+                targets.append(self.task.encode_target(prompt, edit.target))
+                wanted.append(self.allocations[edit.id])
 
     def _replayed(self, edit_id: str) -> list:
         live = [e for e in self.edits() if e.id in self.codes]
