@@ -389,6 +389,17 @@ def _metrics(results):
     return json.dumps(results["metrics"], sort_keys=True), json.dumps(results["checkpoints"], sort_keys=True)
 
 
+def _differences(a, b, path="", tolerance=1e-6):
+    """Where two results differ: floats by more than `tolerance`, anything else at all."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str) for d in _differences(a.get(k), b.get(k), f"{path}/{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if abs(a - b) <= tolerance else [(path, a, b)]
+    return [] if a == b else [(path, a, b)]
+
+
 def test_same_command_twice_gives_the_same_numbers(tmp_path, tiny_dir, tiny_data):
     first = run(_spec(tiny_dir, tiny_data, checkpoints=[]), tmp_path / "a", progress=False)
     second = run(_spec(tiny_dir, tiny_data, checkpoints=[]), tmp_path / "b", progress=False)
@@ -557,7 +568,10 @@ def test_alias_probes_and_withheld_subjects_in_a_run(tmp_path, tiny_dir, tiny_da
     assert " + names (" in study_label(older)
     prefixed = {**given, "config": {**given["config"], "prefix_contexts": 2}}
     assert study_label(prefixed).endswith(", 2 prefix contexts)")
-    assert _metrics(withheld) == _metrics(given)  # every inferred subject is the data's subject here
+    # every inferred subject is the data's subject here: the same results, up to the last digits of the reported key
+    # distances (the prompts are encoded in other batches, and the thread count changes the rounding)
+    assert _differences(withheld["metrics"], given["metrics"]) == []
+    assert _differences(withheld["checkpoints"], given["checkpoints"]) == []
 
 
 def test_bench_runs_document_classification_on_a_scotus_format_file(tmp_path, tiny_dir):
