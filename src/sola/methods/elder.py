@@ -92,8 +92,9 @@ class ElderConfig(BaselineConfig, FixedSchedule):
     queries of the earlier live edits (routers only, no forward pass)."""
     replay_edits: int = 0
     """Our addition, 0 by default: also train on this many earlier live edits (drawn at random, seeded) at every
-    step of an edit, or of a batch (`edit_many`), so the shared LoRAs are reminded of them. Without it, one edit at a time overwrites the shared LoRAs
-    (measured: after 6 zsRE edits on SmolLM2-135M, the earlier prompts answered the 6th target)."""
+    step of an edit, or of a batch (`edit_many`), so the shared LoRAs are reminded of them. Without it, one edit at a
+    time overwrites the shared LoRAs (measured: after 6 zsRE edits on SmolLM2-135M, the earlier prompts answered the
+    6th target)."""
     refresh_codes: bool = False
     """Our addition, off by default (the paper keeps the codes read at the last training iteration): after every
     training, recompute every live edit's codes from its stored queries with the routers as they are now, so the
@@ -413,8 +414,7 @@ class ElderEditor(SnapshotEditor):
         encoded, targets = list(encoded), list(targets)
         wanted = [allocation] * own
         self._add_replayed(edit_id, encoded, targets, wanted)
-        earlier = [e for e in self.codes if e in self.queries] if self.config.guide_replay else []
-        result = self._fit(encoded, targets, torch.stack(wanted), own, earlier)
+        result = self._fit(encoded, targets, torch.stack(wanted), own, self._guided_earlier())
         self.allocations[edit_id] = allocation
         self.codes[edit_id] = result["codes"][:own]
         self.queries[edit_id] = result["queries"][:own]
@@ -437,17 +437,16 @@ class ElderEditor(SnapshotEditor):
             owner += [index] * len(prompts)
         own = len(encoded)
         self._add_replayed(edit_ids[0], encoded, targets, wanted)
-        earlier = [e for e in self.codes if e in self.queries] if self.config.guide_replay else []
-        result = self._fit(encoded, targets, torch.stack(wanted), own, earlier, fixed=True)
+        result = self._fit(encoded, targets, torch.stack(wanted), own, self._guided_earlier(), fixed=True)
+        mine = {key: result[key][:own] for key in ("codes", "queries", "losses", "exact")}  # not the replayed rows
         owner = torch.tensor(owner)
         outcomes = []
         for index, (edit_id, (prompts, _, target)) in enumerate(zip(edit_ids, edits)):
             rows = owner == index
             self.allocations[edit_id] = wanted[int(rows.nonzero()[0])]
-            self.codes[edit_id] = result["codes"][:own][rows]
-            self.queries[edit_id] = result["queries"][:own][rows]
-            outcomes.append((result["steps"], result["losses"][:own][rows].mean().item(),
-                             bool(result["exact"][:own][rows].all())))
+            self.codes[edit_id] = mine["codes"][rows]
+            self.queries[edit_id] = mine["queries"][rows]
+            outcomes.append((result["steps"], mine["losses"][rows].mean().item(), bool(mine["exact"][rows].all())))
         self._refresh_codes()
         self._recalibrate()
         return outcomes
@@ -508,6 +507,11 @@ class ElderEditor(SnapshotEditor):
                 encoded.append(self._encode(prompt))
                 targets.append(self.task.encode_target(prompt, edit.target))
                 wanted.append(self.allocations[edit.id])
+
+    def _guided_earlier(self) -> list[str]:
+        """With `guide_replay`: the earlier live edits whose stored queries the guided loss also pulls toward their
+        allocations."""
+        return [e for e in self.codes if e in self.queries] if self.config.guide_replay else []
 
     def _replayed(self, edit_id: str) -> list:
         live = [e for e in self.edits() if e.id in self.codes]
