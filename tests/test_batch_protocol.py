@@ -205,6 +205,42 @@ def test_refreshed_codes_follow_the_routers_and_paper_codes_stay_as_trained(tiny
     assert torch.equal(loaded.codes["e1"], now) and torch.equal(loaded.queries["e1"], editor.queries["e1"])
 
 
+def test_elder_subject_gate_edits_exactly_the_inputs_about_a_live_edit(tiny_dir, tmp_path):
+    """deferral="subject" (ours): SoLA's subject routing decides whether the mixture is used. The edit's prompt and a
+    rewording that names its subject pass; the same relation about another subject, another relation about the same
+    subject and unrelated text compute the base model bit for bit; save -> load rebuilds the gate from the edits;
+    rollback closes it."""
+    editor = elder(tiny_dir, deferral="subject")
+    prompt, target = "Who founded Acme Rockets?", "Jane Roe"
+    rewording = "Who was the founder of Acme Rockets?"
+    outside = ["Who founded Zenith Motors?", "When did Acme Rockets go bankrupt?"] + UNRELATED
+    base = logits(editor, [prompt, rewording] + outside)
+    assert editor.calibrate_threshold(UNRELATED, 0.0, against=[prompt]) == pytest.approx(0.6)
+    assert editor.config.gate_unnamed_threshold is not None  # edits without a subject: whole prompts, calibrated
+    editor.edit(prompt, target, subject="Acme Rockets")
+    assert editor.generate(prompt, 12) == target
+    found = editor.route(prompt)
+    assert found.edit_id == "e1" and found.distance == pytest.approx(0.0, abs=1e-5)
+    assert editor.route(rewording).edit_id == "e1"
+    assert not torch.equal(editor.logits(rewording), base[1])  # it passes: the mixture is applied
+    for text, before in zip(outside, base[2:]):
+        assert editor.route(text) is None and torch.equal(editor.logits(text), before)
+    with editor.disabled():  # in one batch, the row that does not pass reads the base model exactly
+        unedited = editor.score([prompt, outside[0]], [target, target])
+    edited = editor.score([prompt, outside[0]], [target, target])
+    assert edited[0].nll < unedited[0].nll and edited[1].nll == unedited[1].nll
+    assert editor.info()["threshold"] == pytest.approx(0.6)
+    editor.save(tmp_path / "snap")
+    loaded = ElderEditor.load(tmp_path / "snap", model=str(tiny_dir("llama")))
+    assert loaded.config.deferral == "subject" and loaded.route(rewording).edit_id == "e1"
+    assert torch.equal(loaded.logits(prompt), editor.logits(prompt))
+    assert loaded.route(outside[0]) is None
+    editor.rollback("e1")
+    assert editor.route(prompt) is None and torch.equal(editor.logits(prompt), base[0])
+    with pytest.raises(ConfigError, match="gate_threshold=0 must be positive"):
+        ElderConfig(deferral="subject", gate_threshold=0).validate()
+
+
 def test_elder_query_deferral_matches_stored_queries_and_defers_the_rest_to_the_base_model(tiny_dir, tmp_path):
     """deferral="queries" (ours): an input uses the mixture only within the calibrated radius of a live edit's
     stored query; the edit's own prompt is at distance 0, calibration questions stay out, deferred inputs compute

@@ -13,7 +13,7 @@ from .errors import InvalidEditError
 from .prompts import EncodedPrompt, check_text, check_token_limits
 from .routing import KeyTable
 from .routing.names import infer_subject
-from .routing.subjects import SubjectIndex, relation_text
+from .routing.subjects import names_subject, relation_text
 from .routing.table import cosine_distance
 
 
@@ -78,12 +78,12 @@ class Planner:
             return subject, False
         if subject is not None:
             for p in prompts:
-                if not _names(p, subject):
+                if not names_subject(p, subject):
                     raise InvalidEditError(f"the subject {subject!r} does not occur in the prompt {p!r}; key='subject' "
                                            "needs it written in every prompt (as whole words)")
             return subject, False
         guess = infer_subject(prompts[0]) if editor.config.infer_subject else None
-        if guess is not None and all(_names(p, guess) for p in prompts):
+        if guess is not None and all(names_subject(p, guess) for p in prompts):
             return guess, True
         return None, False
 
@@ -172,12 +172,6 @@ def check_texts(encode, task, prompt, target, subject):
         task.check_length(enc, tgt)
         check_token_limits(enc, len(tgt) - 1)  # the end-of-answer token is not the user's
     return prompts, encoded, target, targets
-
-
-def _names(text: str, subject: str) -> bool:
-    index = SubjectIndex()
-    index.add(subject, 0)
-    return bool(index.find(text))
 
 
 def same_subject(a: str, b: str) -> bool:

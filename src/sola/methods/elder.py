@@ -40,6 +40,7 @@ from ..nn.injection import inject, modules
 from ..nn.wrapped import WrappedLinear
 from ..training import frozen_prefix, minimise, train_fixed, trainable
 from .snapshot import BaselineConfig, FixedSchedule, SnapshotEditor, check_fixed_schedule
+from .subject_gate import GATE_THRESHOLD, SubjectGate
 
 ROLLBACK_NOTE = ("rolled back by removing its allocation code from the deferral table; the shared LoRAs and routers "
                  "keep what its training changed (ELDER cannot undo that)")
@@ -106,9 +107,16 @@ class ElderConfig(BaselineConfig, FixedSchedule):
     at Hamming distance < `epsilon` from a stored code. "queries" (ours, not the paper's): its query vector must lie
     within `query_radius` (Euclidean) of a stored query of a live edit, the way GRACE's and SoLA's keys are matched;
     the routers still mix the LoRAs as they are, the codes are only kept for the record. Stored queries are read
-    below the mixture, so later training does not move them (codes move as the routers train)."""
+    below the mixture, so later training does not move them (codes move as the routers train). "subject" (ours):
+    SoLA's default routing decides (`SubjectGate`: the input names a live edit's subject and asks the same relation),
+    so the mixture is used exactly for the inputs SoLA would edit, and ELDER's routers only choose the LoRAs."""
     query_radius: float | None = None
     """For deferral="queries": None until `calibrate_threshold` sets it (every input defers until then)."""
+    gate_threshold: float | None = None
+    """For deferral="subject": the subject gate's threshold (None: SoLA's subject-key default, 0.6)."""
+    gate_unnamed_threshold: float | None = None
+    """For deferral="subject": the gate's threshold for edits without a subject (whole prompts; None: SoLA's
+    encoder default until `calibrate_threshold` sets it)."""
     schedule: str = "until_converged"
     """How one edit trains: "until_converged" (Adam at `learning_rate` until the target is reproduced and the top-k
     equals the allocation, at most `max_steps`), or "fixed" (the fixed schedule, as a batch trains). Batches of
@@ -127,8 +135,13 @@ class ElderConfig(BaselineConfig, FixedSchedule):
             raise ConfigError("rank and lora_alpha must be positive, and epsilon and guide_weight non-negative")
         if self.epsilon_rate is not None and not 0 <= self.epsilon_rate < 1:
             raise ConfigError(f"epsilon_rate={self.epsilon_rate} must be in [0, 1)")
-        if self.deferral not in ("codes", "queries"):
-            raise ConfigError(f"deferral={self.deferral!r} is unknown; choose 'codes' (the paper) or 'queries'")
+        if self.deferral not in ("codes", "queries", "subject"):
+            raise ConfigError(f"deferral={self.deferral!r} is unknown; choose 'codes' (the paper), 'queries' or "
+                              "'subject'")
+        for name in ("gate_threshold", "gate_unnamed_threshold"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name}={value} must be positive (or None for SoLA's default)")
         if self.query_radius is not None and not self.query_radius > 0:
             raise ConfigError(f"query_radius={self.query_radius} must be positive (or None until calibrated)")
         if self.key not in ("last_token", "encoder"):
@@ -171,6 +184,7 @@ class _Routing:
     def __init__(self) -> None:
         self.weights: torch.Tensor | None = None
         self.pending = None
+        self.gate: torch.Tensor | None = None  # deferral="subject": (B,) whether each input passes the gate
 
 
 class ElderEditor(SnapshotEditor):
@@ -185,11 +199,14 @@ class ElderEditor(SnapshotEditor):
         if config.get("deferral") == "queries":  # ours: the threshold is a query radius, not ε
             radius = f" {threshold:.3g}" if isinstance(threshold, (int, float)) else ""
             return f"{cls.method} (query radius{radius})"
+        if config.get("deferral") == "subject":  # ours: SoLA's subject gate decides, at its own threshold
+            gate = config.get("gate_threshold") or GATE_THRESHOLD
+            return f"{cls.method} (subject gate {gate:.3g})"
         return super().bench_label(config, threshold)
 
     @classmethod
     def bench_name_parts(cls, config) -> list[str]:
-        return ["queries"] if config.get("deferral") == "queries" else []
+        return [config["deferral"]] if config.get("deferral") in ("queries", "subject") else []
 
     def _build(self):
         names = self.config.layers or _paper_layers(self.model)
@@ -227,6 +244,8 @@ class ElderEditor(SnapshotEditor):
         self.codes: dict[str, torch.Tensor] = {}  # per live edit: the packed codes of its training rows (rows, bytes)
         self.queries: dict[str, torch.Tensor] = {}  # per live edit: its query per training row (guide_replay, refresh)
         self.calibration = torch.zeros(0, dim)  # queries of the calibration questions (`calibrate_threshold`)
+        self.gate = SubjectGate(self.model, self.task, self.config.gate_threshold, self.config.gate_unnamed_threshold) \
+            if self.config.deferral == "subject" else None
         return [layer.base_layer for layer in self.layers]
 
     def _parameters(self) -> list[torch.Tensor]:
@@ -283,6 +302,8 @@ class ElderEditor(SnapshotEditor):
 
     def _within(self, top: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
         """Per input (its top-k `top`, and its query for deferral="queries"): whether it uses the mixture."""
+        if self.gate is not None:  # decided from the prompts' text before the forward pass (`_routed`)
+            return self.state.gate if self.state.gate is not None else torch.zeros(top.shape[0], dtype=torch.bool)
         distances, ids = self._distances(queries, top)
         if not ids:
             return torch.zeros(distances.shape[0], dtype=torch.bool)
@@ -310,7 +331,10 @@ class ElderEditor(SnapshotEditor):
     @contextmanager
     def _routed(self, prompts, batch):
         try:
-            if self._disabled or not self.codes:
+            live = not self._disabled and bool(self.codes)
+            gate = self.gate.passes([p.text for p in prompts]) if live and self.gate is not None else None
+            self.state.gate = gate
+            if not live or (gate is not None and not bool(gate.any())):  # nobody is edited: the base model
                 self.state.weights, self.state.pending = None, None
             elif self.keys.inside_model:
                 self.state.weights, self.state.pending = None, (batch.mask, True)
@@ -319,11 +343,16 @@ class ElderEditor(SnapshotEditor):
                 self.state.weights = self._weights(queries, True)[0]
             yield
         finally:
-            self.state.weights, self.state.pending = None, None
+            self.state.weights, self.state.pending, self.state.gate = None, None, None
 
     def locate(self, prompt):
         if not self.codes:
             return None, None, False
+        if self.gate is not None:
+            distance, slot = self.gate.nearest([self._encode(prompt).text])
+            if int(slot[0]) < 0:
+                return None, None, False
+            return f"e{int(slot[0])}", float(distance[0]), bool(distance[0] < self.gate.threshold)
         distances, ids = self._distances(self._query(self._encode(prompt)).unsqueeze(0))
         best = int(distances[0].argmin())
         distance = distances[0, best]
@@ -337,6 +366,11 @@ class ElderEditor(SnapshotEditor):
         prompts = list(prompts)
         if len(prompts) < 2 or not 0 <= max_activation_rate < 1:
             raise InvalidEditError("calibration needs at least 2 prompts and 0 <= max_activation_rate < 1")
+        if self.gate is not None:  # SoLA's calibration of the subject key: the threshold of edits without a subject
+            encoded = [self._encode(p) for p in against] if against is not None else None
+            unnamed = self.gate.calibrate([self._encode(p) for p in prompts], max_activation_rate, encoded)
+            self.config = self.config.replace(gate_unnamed_threshold=unnamed)
+            return self.gate.threshold
         self.calibration = self._queries([self._encode(p) for p in prompts])
         self.config = self.config.replace(epsilon_rate=max_activation_rate)
         if self.config.deferral == "queries" and not self.codes and against is not None:
@@ -349,7 +383,7 @@ class ElderEditor(SnapshotEditor):
     def _recalibrate(self) -> None:
         """epsilon = the smallest distance such that at most `epsilon_rate` of the calibration questions' nearest
         stored codes are closer (they use the mixture only below it)."""
-        if self.config.epsilon_rate is None or not self.codes or not len(self.calibration):
+        if self.config.epsilon_rate is None or not self.codes or not len(self.calibration) or self.gate is not None:
             return
         distances = self._distances(self.calibration)[0]
         if self.config.deferral == "queries":
@@ -374,7 +408,7 @@ class ElderEditor(SnapshotEditor):
         return self._deferral(self._queries([self._encode(p) for p in prompts]))
 
     def _deferral(self, queries: torch.Tensor) -> dict[str, Any]:
-        if not self.codes or not len(queries):
+        if not self.codes or not len(queries) or self.gate is not None:  # the gate reads text, not queries
             return {}
         nearest = self._distances(queries)[0].min(1).values
         if self.config.deferral == "queries":
@@ -521,9 +555,17 @@ class ElderEditor(SnapshotEditor):
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.config.seed}:replay:{edit_id}".encode()))
         return [live[i] for i in torch.randperm(len(live), generator=generator)[:count].tolist()]
 
+    def _record(self, edit_id, subject, prompts, target, outcome, seconds):
+        record = super()._record(edit_id, subject, prompts, target, outcome, seconds)
+        if self.gate is not None:
+            self.gate.add(_slot(edit_id), [self._encode(p) for p in prompts], subject)
+        return record
+
     def _forget(self, edit_id):
         del self.codes[edit_id]
         self.queries.pop(edit_id, None)
+        if self.gate is not None:
+            self.gate.remove(_slot(edit_id))
 
     # -- state -------------------------------------------------------------------------------------------------------
     def _state(self):
@@ -556,18 +598,30 @@ class ElderEditor(SnapshotEditor):
                 self.codes[edit_id] = tensor.view(-1, tensor.shape[-1])
                 query = tensors[f"{edit_id}.query"]  # one per training row (a mean of them before refresh_codes)
                 self.queries[edit_id] = query.view(-1, query.shape[-1])
+        if self.gate is not None:  # the gate holds no trained state: rebuilt from the live edits' prompts and subjects
+            for edit in self.edits():
+                if edit.id in self.codes:
+                    self.gate.add(_slot(edit.id), [self._encode(p) for p in edit.prompts], edit.subject)
 
     def _describe(self):
         parameters = sum(p.numel() for p in self._parameters())
         return {"layers": self.config.layers, "query_layer": self.config.query_layer, "rank": self.config.rank,
                 "loras": self.config.loras, "top_k": self.config.top_k, "epsilon": self.config.epsilon,
                 "deferral": self.config.deferral, "query_radius": self.config.query_radius,
-                "threshold": self.config.query_radius if self.config.deferral == "queries" else self.config.epsilon,
+                "threshold": self.gate.threshold if self.gate is not None else self.config.query_radius
+                if self.config.deferral == "queries" else self.config.epsilon,
+                **({"gate_threshold": self.gate.threshold, "gate_unnamed_threshold": self.gate.unnamed_threshold}
+                   if self.gate is not None else {}),
                 "epsilon_rate": self.config.epsilon_rate,
                 "key": self.config.key, "codes": sum(len(c) for c in self.codes.values()),
                 "distinct_codes": len({bytes(row.tolist()) for c in self.codes.values() for row in c}),
                 **{f"calibration_{k}": v for k, v in self._deferral(self.calibration).items() if k != "histogram"},
                 "memory_bytes": {"parameters": parameters * 4, "codes": sum(c.numel() for c in self.codes.values())}}
+
+
+def _slot(edit_id: str) -> int:
+    """The gate's slot of an edit: its number ("e12" -> 12)."""
+    return int(edit_id[1:])
 
 
 def _label(prompts, target: str) -> str:

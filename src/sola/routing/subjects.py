@@ -154,3 +154,10 @@ class SubjectIndex:
             if len(subjects) == 1:  # a shortened name that only one edited subject has
                 found.setdefault(" ".join(name), set()).update(slots)
         return {form: sorted(slots) for form, slots in found.items()}
+
+
+def names_subject(text: str, subject: str) -> bool:
+    """Whether `text` names `subject` the way the subject index finds it (a full form, or a short form)."""
+    index = SubjectIndex()
+    index.add(subject, 0)
+    return bool(index.find(text))
