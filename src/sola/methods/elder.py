@@ -608,8 +608,8 @@ class ElderEditor(SnapshotEditor):
         return {"layers": self.config.layers, "query_layer": self.config.query_layer, "rank": self.config.rank,
                 "loras": self.config.loras, "top_k": self.config.top_k, "epsilon": self.config.epsilon,
                 "deferral": self.config.deferral, "query_radius": self.config.query_radius,
-                "threshold": self.gate.threshold if self.gate is not None else self.config.query_radius
-                if self.config.deferral == "queries" else self.config.epsilon,
+                "threshold": self.gate.threshold if self.gate is not None
+                else (self.config.query_radius if self.config.deferral == "queries" else self.config.epsilon),
                 **({"gate_threshold": self.gate.threshold, "gate_unnamed_threshold": self.gate.unnamed_threshold}
                    if self.gate is not None else {}),
                 "epsilon_rate": self.config.epsilon_rate,
