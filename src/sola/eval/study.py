@@ -26,8 +26,16 @@ def label(results: dict) -> str:
 
     name = bench_naming(results["method"]).bench_label(results["config"], results["threshold"]["value"])
     batches = protocol_of(results)["batch_size"]
+    data = _other_data(results)
     return (name + (", subject withheld" if results.get("spec", {}).get("withhold_subject") else "")
-            + (f", batches of {batches}" if batches > 1 else ""))
+            + (f", batches of {batches}" if batches > 1 else "") + (f", {data} data" if data else ""))
+
+
+def _other_data(results: dict) -> str | None:
+    """The `--dataset` a run read when it is not its task's name (`wikibio`: KnowEdit's WikiBio, a hallucination
+    task), else None."""
+    asked = results.get("spec", {}).get("dataset")
+    return asked if asked and asked != results["dataset"] else None
 
 
 def archive(results: dict, directory: Path) -> Path:
@@ -35,7 +43,8 @@ def archive(results: dict, directory: Path) -> Path:
     config = results["config"]
     from ..methods.registry import bench_naming
 
-    parts = [results["dataset"], results["method"], *bench_naming(results["method"]).bench_name_parts(config)]
+    parts = [results["dataset"], *([_other_data(results)] if _other_data(results) else []), results["method"],
+             *bench_naming(results["method"]).bench_name_parts(config)]
     given = results.get("spec", {}).get("threshold")
     if isinstance(given, (int, float)):  # a threshold chosen by hand: its own file
         parts.append(f"thr{given:g}")
