@@ -12,8 +12,7 @@ from .edit import Edit
 from .errors import InvalidEditError
 from .prompts import EncodedPrompt, check_text, check_token_limits
 from .routing import KeyTable
-from .routing.names import infer_subject
-from .routing.subjects import names_subject, relation_text
+from .routing.subjects import names_subject, relation_text, shared_name
 from .routing.table import cosine_distance
 
 
@@ -82,10 +81,8 @@ class Planner:
                     raise InvalidEditError(f"the subject {subject!r} does not occur in the prompt {p!r}; key='subject' "
                                            "needs it written in every prompt (as whole words)")
             return subject, False
-        guess = infer_subject(prompts[0]) if editor.config.infer_subject else None
-        if guess is not None and all(names_subject(p, guess) for p in prompts):
-            return guess, True
-        return None, False
+        guess = shared_name(prompts) if editor.config.infer_subject else None
+        return guess, guess is not None
 
     def plan(self, request: EditRequest) -> EditPlan:
         """Keys, the edit it supersedes (against the committed edits) and its training rows."""

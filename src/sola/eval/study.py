@@ -43,7 +43,8 @@ def archive(results: dict, directory: Path) -> Path:
     config = results["config"]
     from ..methods.registry import bench_naming
 
-    parts = [results["dataset"], *([_other_data(results)] if _other_data(results) else []), results["method"],
+    data = _other_data(results)
+    parts = [results["dataset"], *([data] if data else []), results["method"],
              *bench_naming(results["method"]).bench_name_parts(config)]
     given = results.get("spec", {}).get("threshold")
     if isinstance(given, (int, float)):  # a threshold chosen by hand: its own file

@@ -15,9 +15,8 @@ from torch import nn
 
 from ..config import DEFAULT_THRESHOLDS, EditConfig
 from ..prompts import EncodedPrompt
-from ..routing.names import infer_subject
 from ..routing.router import Router
-from ..routing.subjects import names_subject
+from ..routing.subjects import names_subject, shared_name
 from ..tasks import Task
 
 GATE_THRESHOLD = DEFAULT_THRESHOLDS["subject"]
@@ -41,12 +40,10 @@ class SubjectGate:
     def add(self, slot: int, prompts: list[EncodedPrompt], subject: str | None) -> None:
         """An edit of these prompts: its subject if every prompt names it, else the name they share, else none."""
         texts = [p.text for p in prompts]
-        inferred = False
-        if subject is None or not all(names_subject(t, subject) for t in texts):
-            subject = infer_subject(texts[0])
+        inferred = subject is None or not all(names_subject(t, subject) for t in texts)
+        if inferred:
+            subject = shared_name(texts)
             inferred = subject is not None
-            if subject is not None and not all(names_subject(t, subject) for t in texts):
-                subject, inferred = None, False
         self.router.add(slot, self.router.edit_keys(list(prompts), subject), subject,
                         inferred_from=tuple(texts) if inferred else ())
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from .names import OPENERS, PARTICLES, clauses, fold, folded_words, forms, locate, names, short_forms
+from .names import OPENERS, PARTICLES, clauses, fold, folded_words, forms, infer_subject, locate, names, short_forms
 
 PLACEHOLDER = "something"
 
@@ -161,3 +161,10 @@ def names_subject(text: str, subject: str) -> bool:
     index = SubjectIndex()
     index.add(subject, 0)
     return bool(index.find(text))
+
+
+def shared_name(prompts: list[str]) -> str | None:
+    """The name an edit's prompts share: the one the first prompt gives (`names.infer_subject`), if every prompt names
+    it; else None."""
+    guess = infer_subject(prompts[0])
+    return guess if guess is not None and all(names_subject(p, guess) for p in prompts) else None
