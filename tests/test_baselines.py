@@ -310,15 +310,15 @@ def test_elder_codes_are_packed_bits_and_hamming_distances_count_them(tiny_dir):
     codes = editor._code(top)
     assert codes.dtype == torch.uint8 and codes.tolist() == [[0b11000011], [0b11000101]]
     editor.codes = {"a": codes[:1]}
-    distances, ids = editor._hamming(top)
+    distances, ids = editor.deferral_rule.distances(None, top)
     assert ids == ["a"] and distances.flatten().tolist() == [0, 2]  # one LoRA swapped: two bits differ
     # Algorithm 1 edits only below epsilon: a distance equal to it defers
     editor.config = editor.config.replace(epsilon=3)
-    assert editor._within(top).tolist() == [True, True]
+    assert editor.deferral_rule.within(top).tolist() == [True, True]
     editor.config = editor.config.replace(epsilon=2)
-    assert editor._within(top).tolist() == [True, False]
+    assert editor.deferral_rule.within(top).tolist() == [True, False]
     editor.codes = {"a": codes[:1], "b": codes[1:]}  # every stored code counts, each named by its edit
-    distances, ids = editor._hamming(top)
+    distances, ids = editor.deferral_rule.distances(None, top)
     assert ids == ["a", "b"] and distances.tolist() == [[0, 2], [2, 0]]
 
 

@@ -14,6 +14,7 @@ from sola.errors import ConfigError, SolaError
 from sola.eval import BenchSpec, run
 from sola.eval.study import write_study
 from sola.methods import ElderConfig, ElderEditor, GraceConfig, GraceEditor
+from sola.methods.subject_gate import SubjectGate
 
 from conftest import EDITS, UNRELATED
 
@@ -239,6 +240,26 @@ def test_elder_subject_gate_edits_exactly_the_inputs_about_a_live_edit(tiny_dir,
     assert editor.route(prompt) is None and torch.equal(editor.logits(prompt), base[0])
     with pytest.raises(ConfigError, match="gate_threshold=0 must be positive"):
         ElderConfig(deferral="subject", gate_threshold=0).validate()
+
+
+def test_subject_gate_rebuilt_in_one_call_routes_as_the_gate_built_edit_by_edit(tiny_dir):
+    """`SubjectGate.add_many` (rebuilding on load) keys each edit as `add` does: its given subject if every prompt
+    names it, else the name its prompts share, else the whole prompt; in any mix, in slot order."""
+    editor = elder(tiny_dir, deferral="subject")
+    edits = [(1, ["Who founded Acme Rockets?"], "Acme Rockets"),
+             (2, ["What is the capital of Freedonia?", "Freedonia's capital is"], None),  # the shared name
+             (4, ["Tell me a joke about ducks."], None),  # no name: the whole prompt
+             (7, ["Where was Ada Lovelace born?"], "Somebody Else")]  # a subject its prompt does not name
+    one_by_one, at_once = SubjectGate(editor.model, editor.task), SubjectGate(editor.model, editor.task)
+    for slot, prompts, subject in edits:
+        one_by_one.add(slot, [editor._encode(p) for p in prompts], subject)
+    at_once.add_many([(slot, [editor._encode(p) for p in prompts], subject) for slot, prompts, subject in edits])
+    texts = ["Who was the founder of Acme Rockets?", "Which city is the capital of Freedonia?",
+             "Tell me a joke about ducks.", "Where was Ada Lovelace born?", "Who founded Zenith Motors?"]
+    (near, slots), (near_at_once, slots_at_once) = one_by_one.nearest(texts), at_once.nearest(texts)
+    assert slots.tolist() == slots_at_once.tolist() and slots.tolist()[:4] == [1, 2, 4, 7]
+    assert torch.allclose(near, near_at_once, atol=1e-5)
+    assert one_by_one.passes(texts).tolist() == at_once.passes(texts).tolist() == [True, True, True, True, False]
 
 
 def test_elder_query_deferral_matches_stored_queries_and_defers_the_rest_to_the_base_model(tiny_dir, tmp_path):

@@ -14,6 +14,7 @@ Hamming-distance deferral. See ../docs/methods.md for how this implementation re
   (Algorithm 1: at exactly epsilon it defers), else it runs the base model, bit for bit. Codes are packed into bytes
   and compared with XOR and a popcount table. `calibrate_threshold` makes epsilon follow held-out unrelated
   questions instead (re-chosen after every training, as the codes move).
+  This rule and ours (a query radius, SoLA's subject gate) are `sola.methods.elder_deferral`.
 - Lifelong: the LoRAs and routers are shared and keep training as edits arrive: one edit at a time (a fresh Adam per
   edit, until it converges), or a batch at a time (`edit_many`: the authors' runner, MELO's: a fresh Adam at lr
   1e-2, `fixed_steps` = 50 iterations, the lr halved every 20, on the whole batch).
@@ -39,29 +40,11 @@ from ..routing import key_strategy
 from ..nn.injection import inject, modules
 from ..nn.wrapped import WrappedLinear
 from ..training import frozen_prefix, minimise, train_fixed, trainable
+from .elder_deferral import RULES, pack_codes
 from .snapshot import BaselineConfig, FixedSchedule, SnapshotEditor, check_fixed_schedule
-from .subject_gate import GATE_THRESHOLD, SubjectGate
 
 ROLLBACK_NOTE = ("rolled back by removing its allocation code from the deferral table; the shared LoRAs and routers "
                  "keep what its training changed (ELDER cannot undo that)")
-PAPER_EPSILON = 12
-_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int16)
-
-
-def pack_codes(top: torch.Tensor, loras: int) -> torch.Tensor:
-    """Top-k choices (B, L, k) -> packed allocation codes (B, bytes): bit l*N + j set when LoRA j of layer l is
-    selected (N = `loras`)."""
-    bits = torch.zeros(top.shape[0], top.shape[1], loras, dtype=torch.bool)
-    bits.scatter_(-1, top, True)
-    flat = bits.view(top.shape[0], -1)
-    pad = (-flat.shape[1]) % 8
-    flat = torch.cat([flat, flat.new_zeros(flat.shape[0], pad)], 1).view(flat.shape[0], -1, 8)
-    return (flat.to(torch.uint8) << torch.arange(8, dtype=torch.uint8)).sum(-1).to(torch.uint8)
-
-
-def hamming_distances(codes: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
-    """Packed codes (B, bytes) and (E, bytes) -> Hamming distances (B, E): XOR, then a popcount table."""
-    return _POPCOUNT[torch.bitwise_xor(codes[:, None, :], stored[None]).long()].sum(-1).to(torch.int32)
 
 
 @dataclass
@@ -135,7 +118,7 @@ class ElderConfig(BaselineConfig, FixedSchedule):
             raise ConfigError("rank and lora_alpha must be positive, and epsilon and guide_weight non-negative")
         if self.epsilon_rate is not None and not 0 <= self.epsilon_rate < 1:
             raise ConfigError(f"epsilon_rate={self.epsilon_rate} must be in [0, 1)")
-        if self.deferral not in ("codes", "queries", "subject"):
+        if self.deferral not in RULES:
             raise ConfigError(f"deferral={self.deferral!r} is unknown; choose 'codes' (the paper), 'queries' or "
                               "'subject'")
         for name in ("gate_threshold", "gate_unnamed_threshold"):
@@ -184,7 +167,7 @@ class _Routing:
     def __init__(self) -> None:
         self.weights: torch.Tensor | None = None
         self.pending = None
-        self.gate: torch.Tensor | None = None  # deferral="subject": (B,) whether each input passes the gate
+        self.gate: torch.Tensor | None = None  # (B,) whether each input may use the mixture, if decided from text
 
 
 class ElderEditor(SnapshotEditor):
@@ -196,17 +179,12 @@ class ElderEditor(SnapshotEditor):
 
     @classmethod
     def bench_label(cls, config, threshold) -> str:
-        if config.get("deferral") == "queries":  # ours: the threshold is a query radius, not ε
-            radius = f" {threshold:.3g}" if isinstance(threshold, (int, float)) else ""
-            return f"{cls.method} (query radius{radius})"
-        if config.get("deferral") == "subject":  # ours: SoLA's subject gate decides, at its own threshold
-            gate = config.get("gate_threshold") or GATE_THRESHOLD
-            return f"{cls.method} (subject gate {gate:.3g})"
-        return super().bench_label(config, threshold)
+        rule = RULES[config.get("deferral", "codes")]
+        return rule.label(cls.method, config, threshold) or super().bench_label(config, threshold)
 
     @classmethod
     def bench_name_parts(cls, config) -> list[str]:
-        return [config["deferral"]] if config.get("deferral") in ("queries", "subject") else []
+        return [config["deferral"]] if config.get("deferral", "codes") != "codes" else []  # the paper's is unnamed
 
     def _build(self):
         names = self.config.layers or _paper_layers(self.model)
@@ -244,8 +222,7 @@ class ElderEditor(SnapshotEditor):
         self.codes: dict[str, torch.Tensor] = {}  # per live edit: the packed codes of its training rows (rows, bytes)
         self.queries: dict[str, torch.Tensor] = {}  # per live edit: its query per training row (guide_replay, refresh)
         self.calibration = torch.zeros(0, dim)  # queries of the calibration questions (`calibrate_threshold`)
-        self.gate = SubjectGate(self.model, self.task, self.config.gate_threshold, self.config.gate_unnamed_threshold) \
-            if self.config.deferral == "subject" else None
+        self.deferral_rule = RULES[self.config.deferral](self)  # sola.methods.elder_deferral
         return [layer.base_layer for layer in self.layers]
 
     def _parameters(self) -> list[torch.Tensor]:
@@ -272,51 +249,11 @@ class ElderEditor(SnapshotEditor):
         keep = torch.zeros_like(scores).scatter(-1, top, 1.0)
         weights = scores * keep
         if deferral:
-            weights = weights * self._within(top, queries).view(-1, 1, 1).to(weights.dtype)
+            weights = weights * self.deferral_rule.within(top, queries).view(-1, 1, 1).to(weights.dtype)
         return weights, top
 
     def _code(self, top: torch.Tensor) -> torch.Tensor:
         return pack_codes(top, self.config.loras)
-
-    def _hamming(self, top: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
-        """(B, L, k) -> Hamming distances (B, C) to every stored code of the live edits, and the edit of each code."""
-        ids = [edit_id for edit_id, codes in self.codes.items() for _ in range(len(codes))]
-        if not ids:
-            return torch.zeros(top.shape[0], 0, dtype=torch.int32), ids
-        return hamming_distances(self._code(top), torch.cat(list(self.codes.values()))), ids
-
-    def _query_distances(self, queries: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
-        """(B, d) -> Euclidean distances (B, Q) to every stored query of the live edits, and the edit of each."""
-        ids = [edit_id for edit_id in self.codes for _ in range(len(self.queries[edit_id]))]
-        if not ids:
-            return torch.zeros(queries.shape[0], 0), ids
-        return torch.cdist(queries.float(), torch.cat([self.queries[e] for e in self.codes]).float()), ids
-
-    def _distances(self, queries: torch.Tensor | None, top: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, list[str]]:
-        """What deferral compares, per query: Hamming distances of its code (from `top` if the caller has routed
-        already) to the stored codes, or (deferral="queries") Euclidean distances to the stored queries."""
-        if self.config.deferral == "queries":
-            return self._query_distances(queries)
-        return self._hamming(top if top is not None else self._weights(queries, False)[1])
-
-    def _within(self, top: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
-        """Per input (its top-k `top`, and its query for deferral="queries"): whether it uses the mixture."""
-        if self.gate is not None:  # decided from the prompts' text before the forward pass (`_routed`)
-            return self.state.gate if self.state.gate is not None else torch.zeros(top.shape[0], dtype=torch.bool)
-        distances, ids = self._distances(queries, top)
-        if not ids:
-            return torch.zeros(distances.shape[0], dtype=torch.bool)
-        return self._reaches(distances.min(1).values)
-
-    def _reaches(self, nearest: torch.Tensor) -> torch.Tensor:
-        """Whether a nearest distance uses the mixture: Algorithm 1 (line 8) edits only below epsilon; with
-        deferral="queries", only below the query radius (none before it is calibrated)."""
-        if self.config.deferral == "queries":
-            if self.config.query_radius is None:
-                return torch.zeros(nearest.shape, dtype=torch.bool)
-            return nearest < self.config.query_radius
-        return nearest < self.config.epsilon
 
     def _query(self, prompt) -> torch.Tensor:
         return self._queries([prompt])[0]
@@ -332,7 +269,7 @@ class ElderEditor(SnapshotEditor):
     def _routed(self, prompts, batch):
         try:
             live = not self._disabled and bool(self.codes)
-            gate = self.gate.passes([p.text for p in prompts]) if live and self.gate is not None else None
+            gate = self.deferral_rule.admits([p.text for p in prompts]) if live else None
             self.state.gate = gate
             if not live or (gate is not None and not bool(gate.any())):  # nobody is edited: the base model
                 self.state.weights, self.state.pending = None, None
@@ -348,74 +285,25 @@ class ElderEditor(SnapshotEditor):
     def locate(self, prompt):
         if not self.codes:
             return None, None, False
-        if self.gate is not None:
-            distance, slot = self.gate.nearest([self._encode(prompt).text])
-            if int(slot[0]) < 0:
-                return None, None, False
-            return f"e{int(slot[0])}", float(distance[0]), bool(distance[0] < self.gate.threshold)
-        distances, ids = self._distances(self._query(self._encode(prompt)).unsqueeze(0))
-        best = int(distances[0].argmin())
-        distance = distances[0, best]
-        return ids[best], float(distance), bool(self._reaches(distance))
+        return self.deferral_rule.locate(self._encode(prompt))
 
     def calibrate_threshold(self, prompts, max_activation_rate=0.01, *, against=None):
-        """Make epsilon follow these unrelated prompts: after every training it is re-chosen so that at most
-        `max_activation_rate` of them reach a stored code (the way GRACE's radius is calibrated; ELDER's codes move
-        as its routers train, so one choice before the edits would not hold). `against` is not needed: the codes
-        are the edits'. Returns the epsilon for the codes stored now (the paper's value until there are any)."""
+        """Make the deferral threshold follow these unrelated prompts: at most `max_activation_rate` of them may use
+        the mixture (the way GRACE's radius is calibrated). For the codes (the paper's rule), epsilon is re-chosen
+        after every training, as ELDER's codes move with its routers; `against` is not needed, the codes are the
+        edits'. For the query radius, `against` gives a first radius before anything is stored. For the subject gate,
+        this calibrates the threshold of edits without a subject (SoLA's calibration). Returns the threshold for
+        what is stored now (the paper's epsilon until there are codes)."""
         prompts = list(prompts)
         if len(prompts) < 2 or not 0 <= max_activation_rate < 1:
             raise InvalidEditError("calibration needs at least 2 prompts and 0 <= max_activation_rate < 1")
-        if self.gate is not None:  # SoLA's calibration of the subject key: the threshold of edits without a subject
-            encoded = [self._encode(p) for p in against] if against is not None else None
-            unnamed = self.gate.calibrate([self._encode(p) for p in prompts], max_activation_rate, encoded)
-            self.config = self.config.replace(gate_unnamed_threshold=unnamed)
-            return self.gate.threshold
-        self.calibration = self._queries([self._encode(p) for p in prompts])
-        self.config = self.config.replace(epsilon_rate=max_activation_rate)
-        if self.config.deferral == "queries" and not self.codes and against is not None:
-            # nothing stored yet: a first radius against the prompts about to be edited (re-chosen after each training)
-            self.config = self.config.replace(query_radius=self._radius_for(
-                torch.cdist(self.calibration.float(), self._queries([self._encode(p) for p in against]).float())))
-        self._recalibrate()
-        return self.config.query_radius if self.config.deferral == "queries" else self.config.epsilon
-
-    def _recalibrate(self) -> None:
-        """epsilon = the smallest distance such that at most `epsilon_rate` of the calibration questions' nearest
-        stored codes are closer (they use the mixture only below it)."""
-        if self.config.epsilon_rate is None or not self.codes or not len(self.calibration) or self.gate is not None:
-            return
-        distances = self._distances(self.calibration)[0]
-        if self.config.deferral == "queries":
-            self.config = self.config.replace(query_radius=self._radius_for(distances))
-        else:
-            self.config = self.config.replace(epsilon=int(self._first_kept_out(distances)))
-
-    def _first_kept_out(self, distances: torch.Tensor) -> float:
-        """The nearest distance of the first calibration question (distances: questions x stored) that must stay
-        out for at most `epsilon_rate` of them to reach the mixture."""
-        nearest = distances.min(1).values.sort().values
-        return float(nearest[int(self.config.epsilon_rate * len(nearest))])
-
-    def _radius_for(self, distances: torch.Tensor) -> float:
-        """The query radius: a hair (0.1 %) below the first question that must stay out, so that it stays out however
-        its query is batched (batched and single reads differ in the last digits); positive, as a radius must be."""
-        return max(self._first_kept_out(distances) * (1 - 1e-3), 1e-6)
+        against = [self._encode(p) for p in against] if against is not None else None
+        return self.deferral_rule.calibrate([self._encode(p) for p in prompts], max_activation_rate, against)
 
     def deferral(self, prompts: list[str]) -> dict[str, Any]:
-        """How these prompts' nearest codes lie: the distances' histogram and the share that uses the mixture under
-        the current epsilon and under the paper's (12)."""
-        return self._deferral(self._queries([self._encode(p) for p in prompts]))
-
-    def _deferral(self, queries: torch.Tensor) -> dict[str, Any]:
-        if not self.codes or not len(queries) or self.gate is not None:  # the gate reads text, not queries
-            return {}
-        nearest = self._distances(queries)[0].min(1).values
-        if self.config.deferral == "queries":
-            return {"reached": float(self._reaches(nearest).float().mean())}
-        return {"histogram": {int(d): int((nearest == d).sum()) for d in nearest.unique()},
-                "reached": float((nearest < self.config.epsilon).float().mean()),
-                "reached_at_paper_epsilon": float((nearest < PAPER_EPSILON).float().mean())}
+        """How these prompts' nearest stored vectors lie under the deferral rule: for the codes, the distances'
+        histogram and the share that uses the mixture under the current epsilon and under the paper's (12)."""
+        return self.deferral_rule.report(self._queries([self._encode(p) for p in prompts]))
 
     # -- allocations -------------------------------------------------------------------------------------------------
     def _allocation(self, prompts: list[str], target: str, pending: dict | None = None) -> torch.Tensor:
@@ -453,7 +341,7 @@ class ElderEditor(SnapshotEditor):
         self.codes[edit_id] = result["codes"][:own]
         self.queries[edit_id] = result["queries"][:own]
         self._refresh_codes()
-        self._recalibrate()
+        self.deferral_rule.recalibrate()
         return result["steps"], result["losses"][:own].mean().item(), bool(result["exact"][:own].all())
 
     def _train_batch(self, edit_ids, edits):
@@ -482,7 +370,7 @@ class ElderEditor(SnapshotEditor):
             self.queries[edit_id] = mine["queries"][rows]
             outcomes.append((result["steps"], mine["losses"][rows].mean().item(), bool(mine["exact"][rows].all())))
         self._refresh_codes()
-        self._recalibrate()
+        self.deferral_rule.recalibrate()
         return outcomes
 
     def _fit(self, encoded, targets, wanted: torch.Tensor, own: int, earlier: list[str], fixed: bool = False):
@@ -557,15 +445,13 @@ class ElderEditor(SnapshotEditor):
 
     def _record(self, edit_id, subject, prompts, target, outcome, seconds):
         record = super()._record(edit_id, subject, prompts, target, outcome, seconds)
-        if self.gate is not None:
-            self.gate.add(_slot(edit_id), [self._encode(p) for p in prompts], subject)
+        self.deferral_rule.add(edit_id, [self._encode(p) for p in prompts], subject)
         return record
 
     def _forget(self, edit_id):
         del self.codes[edit_id]
         self.queries.pop(edit_id, None)
-        if self.gate is not None:
-            self.gate.remove(_slot(edit_id))
+        self.deferral_rule.remove(edit_id)
 
     # -- state -------------------------------------------------------------------------------------------------------
     def _state(self):
@@ -598,30 +484,20 @@ class ElderEditor(SnapshotEditor):
                 self.codes[edit_id] = tensor.view(-1, tensor.shape[-1])
                 query = tensors[f"{edit_id}.query"]  # one per training row (a mean of them before refresh_codes)
                 self.queries[edit_id] = query.view(-1, query.shape[-1])
-        if self.gate is not None:  # the gate holds no trained state: rebuilt from the live edits' prompts and subjects
-            for edit in self.edits():
-                if edit.id in self.codes:
-                    self.gate.add(_slot(edit.id), [self._encode(p) for p in edit.prompts], edit.subject)
+        self.deferral_rule.restore([edit for edit in self.edits() if edit.id in self.codes])
 
     def _describe(self):
         parameters = sum(p.numel() for p in self._parameters())
         return {"layers": self.config.layers, "query_layer": self.config.query_layer, "rank": self.config.rank,
                 "loras": self.config.loras, "top_k": self.config.top_k, "epsilon": self.config.epsilon,
                 "deferral": self.config.deferral, "query_radius": self.config.query_radius,
-                "threshold": self.gate.threshold if self.gate is not None
-                else (self.config.query_radius if self.config.deferral == "queries" else self.config.epsilon),
-                **({"gate_threshold": self.gate.threshold, "gate_unnamed_threshold": self.gate.unnamed_threshold}
-                   if self.gate is not None else {}),
+                "threshold": self.deferral_rule.threshold, **self.deferral_rule.describe(),
                 "epsilon_rate": self.config.epsilon_rate,
                 "key": self.config.key, "codes": sum(len(c) for c in self.codes.values()),
                 "distinct_codes": len({bytes(row.tolist()) for c in self.codes.values() for row in c}),
-                **{f"calibration_{k}": v for k, v in self._deferral(self.calibration).items() if k != "histogram"},
+                **{f"calibration_{k}": v for k, v in self.deferral_rule.report(self.calibration).items()
+                   if k != "histogram"},
                 "memory_bytes": {"parameters": parameters * 4, "codes": sum(c.numel() for c in self.codes.values())}}
-
-
-def _slot(edit_id: str) -> int:
-    """The gate's slot of an edit: its number ("e12" -> 12)."""
-    return int(edit_id[1:])
 
 
 def _label(prompts, target: str) -> str:

@@ -39,13 +39,27 @@ class SubjectGate:
 
     def add(self, slot: int, prompts: list[EncodedPrompt], subject: str | None) -> None:
         """An edit of these prompts: its subject if every prompt names it, else the name they share, else none."""
-        texts = [p.text for p in prompts]
-        inferred = subject is None or not all(names_subject(t, subject) for t in texts)
-        if inferred:
-            subject = shared_name(texts)
-            inferred = subject is not None
-        self.router.add(slot, self.router.edit_keys(list(prompts), subject), subject,
-                        inferred_from=tuple(texts) if inferred else ())
+        subject, inferred_from = _subject_of(prompts, subject)
+        self.router.add(slot, self.router.edit_keys(list(prompts), subject), subject, inferred_from=inferred_from)
+
+    def add_many(self, edits: list[tuple[int, list[EncodedPrompt], str | None]]) -> None:
+        """Many edits (slot, prompts, subject) at once, as `add` takes each (rebuilding the gate on load): the keys of
+        every edit with a subject in one encoder call, of every edit without one in another."""
+        if not edits:
+            return
+        resolved = [_subject_of(prompts, subject) for _, prompts, subject in edits]
+        named = [(prompt, subject) for (_, prompts, _), (subject, _) in zip(edits, resolved) if subject is not None
+                 for prompt in prompts]
+        unnamed = [prompt for (_, prompts, _), (subject, _) in zip(edits, resolved) if subject is None
+                   for prompt in prompts]
+        named_keys = iter(self.router.keys.relation([p.text for p, _ in named], [s for _, s in named])) if named \
+            else iter(())
+        unnamed_keys = iter(self.router.edit_keys(unnamed, None)) if unnamed else iter(())
+        keys = [next(named_keys if subject is not None else unnamed_keys)
+                for (_, prompts, _), (subject, _) in zip(edits, resolved) for _ in prompts]
+        self.router.add_many([slot for slot, _, _ in edits], torch.stack(keys),
+                             torch.tensor([len(prompts) for _, prompts, _ in edits]),
+                             [subject for subject, _ in resolved], inferred_from=[i for _, i in resolved])
 
     def remove(self, slot: int) -> None:
         self.router.remove(slot)
@@ -69,3 +83,13 @@ class SubjectGate:
         self.config = self.config.replace(unnamed_threshold=value)
         self.router.config = self.config
         return value
+
+
+def _subject_of(prompts: list[EncodedPrompt], subject: str | None) -> tuple[str | None, tuple[str, ...]]:
+    """The subject an edit is gated on: the one given if every prompt names it, else the name the prompts share,
+    else none; and the prompts it was read from, if it was read from them."""
+    texts = [p.text for p in prompts]
+    if subject is not None and all(names_subject(t, subject) for t in texts):
+        return subject, ()
+    shared = shared_name(texts)
+    return shared, tuple(texts) if shared is not None else ()
