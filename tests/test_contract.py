@@ -231,11 +231,18 @@ def test_training_reuses_frozen_blocks_without_changing_a_bit(make_editor, famil
     assert fast.edits()[0].steps == slow.edits()[0].steps
 
 
-def test_scores_read_the_same_logits_as_a_full_forward(make_editor):
-    """CausalTask.target_forward computes only the positions that predict target tokens."""
-    editor = make_editor("llama")
-    prompts, targets = ["Who founded Acme?", "Where is the river Nile? It flows"], ["Jane Roe", "through Egypt"]
-    scores = editor.score(prompts, targets, batch_size=2)
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_scores_read_the_same_logits_as_a_full_forward(make_editor, family):
+    """CausalTask.target_forward computes only the positions that predict target tokens, gathered per row of a
+    right-padded batch (prompts and targets of different lengths), and they are the logits of a full forward."""
+    editor = make_editor(family)
+    prompts = ["Who founded Acme?", "Where is the river Nile? It flows", "Capital of Peru:"]
+    targets = ["Jane Roe", "through Egypt", "Lima, on the coast of the Pacific Ocean"]
+    encoded = [editor._encode(p) for p in prompts]
+    batch = editor.task.batch(encoded, [editor.task.encode_target(p, t) for p, t in zip(prompts, targets)])
+    longest = int((batch.labels != -100).sum(1).max())
+    assert editor.task.target_forward(batch).shape[:2] == (3, longest)  # not (3, the batch's width)
+    scores = editor.score(prompts, targets, batch_size=3)
     for prompt, target, score in zip(prompts, targets, scores):
         logits = editor.logits(prompt, target)  # the whole sequence
         start = len(logits) - len(score.tokens) - 1

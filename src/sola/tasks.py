@@ -5,7 +5,6 @@ Each task builds padded batches, scores a target (teacher-forced loss and exact 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -158,18 +157,27 @@ class CausalTask(Task):
 
     kind = CAUSAL
 
-    def __init__(self, model, tokenizer, prompt_format: PromptFormat) -> None:
-        super().__init__(model, tokenizer, prompt_format)
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-
     def target_forward(self, batch):
-        """Logits from the position before the earliest target token on (the only ones a target score reads), and no
-        KV cache: one forward pass, nothing to continue."""
-        extra: dict = {"use_cache": False}
-        if self._keeps_logits:
-            first = int((batch.labels != -100).int().argmax(1).min())
-            extra["logits_to_keep"] = batch.labels.shape[1] - first + 1
-        return self.model(**batch.inputs, **extra).logits
+        """The logits that predict the target tokens and no others: (B, longest target, V), row i's target tokens
+        predicted by its first len(target_i) positions. The output layer (often the largest matrix of a small model)
+        reads only those positions' hidden states, gathered per row on their way in; no KV cache."""
+        positions = _predicting_positions(batch.labels)
+        head, gathered = self.model.get_output_embeddings(), []
+
+        def gather(_module, args):
+            gathered.append(True)
+            hidden = args[0]
+            return (hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])),) + args[1:]
+
+        handle = head.register_forward_pre_hook(gather) if head is not None else None
+        try:
+            logits = self.model(**batch.inputs, use_cache=False).logits
+        finally:
+            if handle is not None:
+                handle.remove()
+        if not gathered:  # a model that does not call its output layer as a module: gather from every position
+            logits = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+        return logits
 
     def encode_target(self, prompt: str, target: str) -> list[int]:
         check_text(target, "target")
@@ -200,13 +208,8 @@ class CausalTask(Task):
         return [self._decode(row[width:], stop_at_newline) for row in output]
 
     def target_logits(self, batch, logits):
-        """`logits` may hold only the last positions of the batch (see `target_forward`)."""
-        skipped = batch.labels.shape[1] - logits.shape[1]
-        out = []
-        for row_logits, row_labels in zip(logits, batch.labels):
-            positions = (row_labels != -100).nonzero().squeeze(1)
-            out.append(row_logits[positions - 1 - skipped])  # logits at t predict token t + 1
-        return out
+        """`logits` as `target_forward` gives them: row i's first len(target_i) positions predict its target."""
+        return [row_logits[:int(count)] for row_logits, count in zip(logits, (batch.labels != -100).sum(1))]
 
     def score(self, batch, logits):
         wanted = [row[row != -100] for row in batch.labels]
@@ -301,3 +304,13 @@ def _context_length(model, tokenizer) -> int | None:
             return value
     limit = getattr(tokenizer, "model_max_length", None)
     return limit if isinstance(limit, int) and limit < 1_000_000 else None
+
+
+def _predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) labels (-100 off the target) -> (B, longest target) the positions whose logits predict each target token
+    (the one before it), a shorter target's row padded with its last position."""
+    counts = (labels != -100).sum(1)
+    width = int(counts.max())
+    first = (labels != -100).int().argmax(1)  # a causal row's target is contiguous, after its prompt
+    steps = torch.arange(width, device=labels.device)
+    return first.unsqueeze(1) - 1 + torch.minimum(steps.unsqueeze(0), (counts - 1).unsqueeze(1))
