@@ -308,9 +308,9 @@ def _context_length(model, tokenizer) -> int | None:
 
 def _predicting_positions(labels: torch.Tensor) -> torch.Tensor:
     """(B, T) labels (-100 off the target) -> (B, longest target) the positions whose logits predict each target token
-    (the one before it), a shorter target's row padded with its last position."""
+    (the one before it), a shorter target's row padded with its last position (a row without one: position 0)."""
     counts = (labels != -100).sum(1)
     width = int(counts.max())
     first = (labels != -100).int().argmax(1)  # a causal row's target is contiguous, after its prompt
     steps = torch.arange(width, device=labels.device)
-    return first.unsqueeze(1) - 1 + torch.minimum(steps.unsqueeze(0), (counts - 1).unsqueeze(1))
+    return (first.unsqueeze(1) - 1 + torch.minimum(steps.unsqueeze(0), (counts - 1).unsqueeze(1))).clamp_min(0)

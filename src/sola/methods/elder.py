@@ -119,8 +119,8 @@ class ElderConfig(BaselineConfig, FixedSchedule):
         if self.epsilon_rate is not None and not 0 <= self.epsilon_rate < 1:
             raise ConfigError(f"epsilon_rate={self.epsilon_rate} must be in [0, 1)")
         if self.deferral not in RULES:
-            raise ConfigError(f"deferral={self.deferral!r} is unknown; choose 'codes' (the paper), 'queries' or "
-                              "'subject'")
+            raise ConfigError(f"deferral={self.deferral!r} is unknown; choose one of {', '.join(map(repr, RULES))} "
+                              "('codes' is the paper's)")
         for name in ("gate_threshold", "gate_unnamed_threshold"):
             value = getattr(self, name)
             if value is not None and not value > 0:
