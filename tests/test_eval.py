@@ -523,9 +523,11 @@ def test_latest_wins_reads_routes_against_the_latest_target():
     assert rows[0]["routes"][0]["right_target"] is False  # the per-record reading is left as it was
 
 
-def test_a_resumed_run_counts_the_time_of_earlier_sessions(tmp_path, tiny_dir, tiny_data):
+def test_a_resumed_run_counts_the_time_of_earlier_sessions(tmp_path, tiny_dir, tiny_data, monkeypatch):
+    monkeypatch.setattr("sola.eval.runner.code_version", lambda: "0.1.0+aaaaaaa")
     spec = _spec(tiny_dir, tiny_data, checkpoints=[])
     first = run(spec, tmp_path / "run", progress=False)
+    assert first["code_versions"] == [{"code": "0.1.0+aaaaaaa", "edits": 5}]
     progress = tmp_path / "run" / "progress.jsonl"
     rows = [json.loads(line) for line in progress.read_text().splitlines()]
     assert [r["wall_s"] for r in rows] == sorted(r["wall_s"] for r in rows) and rows[-1]["wall_s"] > 0
@@ -537,6 +539,12 @@ def test_a_resumed_run_counts_the_time_of_earlier_sessions(tmp_path, tiny_dir, t
     old = run(spec, tmp_path / "run", progress=False)  # progress from before rows carried their time
     assert old["timings"]["earlier_sessions_unrecorded"] is True
     assert "Wall time >= " in (tmp_path / "run" / "results.md").read_text()
+    # which code made which edits of a run that spans commits: said in results.json and results.md
+    progress.write_text("".join(json.dumps({**r, "code": "0.1.0+bbbbbbb" if i < 2 else r["code"]}) + "\n"
+                                for i, r in enumerate(rows)))
+    mixed = run(spec, tmp_path / "run", progress=False)
+    assert mixed["code_versions"] == [{"code": "0.1.0+bbbbbbb", "edits": 2}, {"code": "0.1.0+aaaaaaa", "edits": 3}]
+    assert "edits made by 0.1.0+bbbbbbb (2), 0.1.0+aaaaaaa (3)" in (tmp_path / "run" / "results.md").read_text()
 
 
 def test_alias_probes_and_withheld_subjects_in_a_run(tmp_path, tiny_dir, tiny_data):

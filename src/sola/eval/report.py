@@ -78,6 +78,14 @@ def protocol_of(results: dict) -> dict:
     return results.get("protocol") or {"batch_size": 1, "name": "sequential"}
 
 
+def _edits_made_by(results: dict) -> str:
+    """", edits made by A (100), B (900)" when more than one code made a resumed run's edits; else nothing."""
+    spans = results.get("code_versions") or []
+    if len(spans) < 2:
+        return ""
+    return ", edits made by " + ", ".join(f"{s['code'] or 'unrecorded code'} ({s['edits']})" for s in spans)
+
+
 def markdown(results: dict) -> str:
     label = _run_label(results)
     subsets = [(f"{name} ({results['subsets'][name]})", results["metrics"][name]) for name in results["metrics"]]
@@ -85,7 +93,7 @@ def markdown(results: dict) -> str:
     findings = results.get("findings", {})
     lines = [
         f"# {label}", "",
-        f"Model: `{results['model'].get('name')}`; code {results['code_version']}; threshold "
+        f"Model: `{results['model'].get('name')}`; code {results['code_version']}{_edits_made_by(results)}; threshold "
         f"{_fmt(results['threshold']['value'])} ({results['threshold']['how']}); data `{results['data']['path']}`.",
         f"Machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs, torch "
         f"{results['machine']['torch']}. Wall time {wall_time(results['timings'])}.", "",

@@ -76,7 +76,7 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
         timings["resumed_after_edits"] = len(done)
     t = time.perf_counter()
     final_rows, checkpoints = _edit_stream(method, evaluator, rundir, dataset, spec, done,
-                                           lambda: round(earlier + time.perf_counter() - started, 3), progress)
+                                           lambda: round(earlier + time.perf_counter() - started, 3), version, progress)
     timings["edit_and_checkpoints_s"] = time.perf_counter() - t
     method.finish()
     for r, d in zip(final_rows, done):
@@ -97,7 +97,7 @@ def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[
         "edits": spec.edits, "config": described["config"], "model": described["model"],
         "threshold": {"value": described["config"].get("threshold") or described["info"].get("threshold"),
                       "how": threshold_note},
-        "code_version": version, "machine": machine(),
+        "code_version": version, "code_versions": code_versions(done), "machine": machine(),
         "subsets": {name: len(rows) for name, rows in subsets.items()},
         "metrics": metrics, "checkpoints": checkpoints, "state": method_state(described),
         "findings": {
@@ -178,7 +178,8 @@ def _resume(method, rundir: RunDir, dataset: Dataset, spec: BenchSpec) -> list[d
 
 
 def _edit_stream(method, evaluator: Evaluator, rundir: RunDir, dataset: Dataset, spec: BenchSpec,
-                 done: list[dict[str, Any]], wall, progress: bool) -> tuple[list[dict[str, Any]], list[dict]]:
+                 done: list[dict[str, Any]], wall, version: str, progress: bool
+                 ) -> tuple[list[dict[str, Any]], list[dict]]:
     """Make the edits after `done` (appending to `done`), `spec.edit_batch_size` at a time (batches start at
     multiples of it, so a resumed run finishes the batch it stopped in), measuring each checkpoint not yet measured
     after the batch that reaches it; -> the final evaluation's rows and every checkpoint."""
@@ -201,7 +202,7 @@ def _edit_stream(method, evaluator: Evaluator, rundir: RunDir, dataset: Dataset,
             infos = method.edit_batch(given) if size > 1 else [method.edit(given[0])]
             for record, row in zip(records, _edited_rows(method, records, infos, spec, dataset.kind)):
                 edit_of[record.id] = row["edit"]
-                row["wall_s"] = wall()
+                row["wall_s"], row["code"] = wall(), version
                 done.append(row)
                 rundir.add_row(row)
             if bar is not None:
@@ -221,6 +222,19 @@ def _edit_stream(method, evaluator: Evaluator, rundir: RunDir, dataset: Dataset,
     if not final_rows:  # resumed after the last edit: evaluate again
         final_rows = _evaluate(evaluator, spec.edits, edit_of, done, with_routes=True)
     return final_rows, measured
+
+
+def code_versions(done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Which code made the edits of a run, in the order it ran: [{"code", "edits"}], one entry per run of rows made by
+    the same code (a resumed run may span commits; rows from before rows carried it: code None)."""
+    spans: list[dict[str, Any]] = []
+    for row in done:
+        code = row.get("code")
+        if spans and spans[-1]["code"] == code:
+            spans[-1]["edits"] += 1
+        else:
+            spans.append({"code": code, "edits": 1})
+    return spans
 
 
 def _evaluate(evaluator: Evaluator, upto: int, edit_of: dict[str, str], done: list[dict[str, Any]],
