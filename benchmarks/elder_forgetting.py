@@ -47,10 +47,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from sola.data.probes import normalise
-    from sola.methods import ElderEditor, ElderOnlineEditor
+    from sola.methods.registry import BASELINES
+    from sola.methods.snapshot import MANIFEST
 
-    method = json.loads((Path(args.store) / "snapshot.json").read_text()).get("method", "elder")
-    editor = (ElderOnlineEditor if method == "elder-online" else ElderEditor).load(args.store)
+    method = json.loads((Path(args.store) / MANIFEST).read_text()).get("method")
+    if method not in ("elder", "elder-online"):
+        raise SystemExit(f"{args.store} holds a {method!r} snapshot; give the store of an elder or elder-online run")
+    editor = BASELINES[method].load(args.store)
     live = [edit for edit in editor.edits() if edit.id in editor.codes]
     rows = []
     for age, edit in zip(range(len(live) - 1, -1, -1), live):

@@ -167,12 +167,10 @@ class QueryDeferral(CodeDeferral):
 
     def calibrate(self, prompts, rate, against):
         editor = self.editor
-        editor.calibration = editor._queries(prompts)
-        editor.config = editor.config.replace(epsilon_rate=rate)
+        super().calibrate(prompts, rate, against)
         if not editor.codes and against is not None:
             # nothing stored yet: a first radius against the prompts about to be edited (re-chosen after each training)
             self._choose(torch.cdist(editor.calibration.float(), editor._queries(against).float()))
-        self.recalibrate()
         return self.threshold
 
     def _choose(self, distances):
