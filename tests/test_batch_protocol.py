@@ -119,6 +119,7 @@ def test_bench_batch_protocol_checks_each_batch_and_resumes_inside_it(tmp_path, 
     stopped = tmp_path / "stopped"
     shutil.copytree(tmp_path / "run", stopped)
     (stopped / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    (stopped / "results.json").unlink()  # written only at the end of a run
     again = run(spec, stopped, progress=False)
     resumed = [json.loads(line) for line in (stopped / "progress.jsonl").read_text().splitlines()]
     assert [r["edit"] for r in resumed] == [r["edit"] for r in rows] and resumed[3]["steps"] == 30

@@ -531,20 +531,48 @@ def test_a_resumed_run_counts_the_time_of_earlier_sessions(tmp_path, tiny_dir, t
     progress = tmp_path / "run" / "progress.jsonl"
     rows = [json.loads(line) for line in progress.read_text().splitlines()]
     assert [r["wall_s"] for r in rows] == sorted(r["wall_s"] for r in rows) and rows[-1]["wall_s"] > 0
-    again = run(spec, tmp_path / "run", progress=False)  # every edit committed: evaluates again
+    again = run(spec, tmp_path / "run", progress=False, rescore=True)  # every edit committed: evaluates again
     assert again["metrics"] == first["metrics"]
     assert again["timings"]["resumed_after_edits"] == 5 and again["timings"]["total_s"] > rows[-1]["wall_s"]
     assert "earlier_sessions_unrecorded" not in again["timings"]
     progress.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "wall_s"}) + "\n" for r in rows))
-    old = run(spec, tmp_path / "run", progress=False)  # progress from before rows carried their time
+    old = run(spec, tmp_path / "run", progress=False, rescore=True)  # progress from before rows carried their time
     assert old["timings"]["earlier_sessions_unrecorded"] is True
     assert "Wall time >= " in (tmp_path / "run" / "results.md").read_text()
     # which code made which edits of a run that spans commits: said in results.json and results.md
     progress.write_text("".join(json.dumps({**r, "code": "0.1.0+bbbbbbb" if i < 2 else r["code"]}) + "\n"
                                 for i, r in enumerate(rows)))
-    mixed = run(spec, tmp_path / "run", progress=False)
+    mixed = run(spec, tmp_path / "run", progress=False, rescore=True)
     assert mixed["code_versions"] == [{"code": "0.1.0+bbbbbbb", "edits": 2}, {"code": "0.1.0+aaaaaaa", "edits": 3}]
     assert "edits made by 0.1.0+bbbbbbb (2), 0.1.0+aaaaaaa (3)" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_a_finished_run_returns_its_results_unless_rescored(tmp_path, tiny_dir, tiny_data, monkeypatch, capsys):
+    """Re-running a finished run (say, a chain of runs restarted) returns what it wrote and evaluates nothing; with
+    --rescore its edits are evaluated again. A results.json cut short while being written does not count."""
+    from sola.cli import main
+
+    spec = _spec(tiny_dir, tiny_data, checkpoints=[])
+    first = run(spec, tmp_path / "run", progress=False)
+    written = (tmp_path / "run" / "results.json").read_text()
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a finished run was evaluated again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("sola.eval.runner.build_method", no_evaluation)
+        assert run(spec, tmp_path / "run") == json.loads(written)
+        assert "--rescore" in capsys.readouterr().err
+        main(["bench", "--model", spec.model, "--data", spec.data, "--edits", str(spec.edits), "--key", spec.key,
+              "--checkpoints", "", "--eval-batch-size", str(spec.batch_size), "--max-new-tokens",
+              str(spec.max_new_tokens), "--config", json.dumps(spec.config), "--out", str(tmp_path / "run")])
+        assert capsys.readouterr().out.strip() == (tmp_path / "run" / "results.md").read_text().strip()
+    assert (tmp_path / "run" / "results.json").read_text() == written
+    (tmp_path / "run" / "results.json").write_text(written[: len(written) // 2])  # a write cut short
+    again = run(spec, tmp_path / "run", progress=False)
+    assert again["metrics"] == first["metrics"] and again["timings"]["resumed_after_edits"] == spec.edits
+    rescored = run(spec, tmp_path / "run", progress=False, rescore=True)
+    assert rescored["metrics"] == first["metrics"] and rescored["timings"] != again["timings"]
 
 
 def test_alias_probes_and_withheld_subjects_in_a_run(tmp_path, tiny_dir, tiny_data):

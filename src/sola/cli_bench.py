@@ -41,7 +41,7 @@ def _bench(args) -> None:
                      reuse_adapters=args.reuse_adapters, locality=not args.no_locality,
                      full_locality=args.full_locality, withhold_subject=args.withhold_subject,
                      config=_json_object(args.config, "--config"))
-    results = run(spec, args.out, progress=not args.json)
+    results = run(spec, args.out, progress=not args.json, rescore=args.rescore)
     if args.json:
         print(json.dumps({k: results[k] for k in ("metrics", "subsets", "cost", "timings")}, indent=2, default=str))
     else:
@@ -83,6 +83,9 @@ def add_bench_parser(commands) -> None:
     bench.add_argument("--reuse-adapters", help="a finished run over the same records whose LoRAs to import instead "
                        "of training again (only the key strategy and threshold may differ)")
     bench.add_argument("--config", help="further EditConfig fields as JSON, e.g. '{\"rank\": 8}'")
+    bench.add_argument("--rescore", action="store_true",
+                       help="evaluate a finished run's edits again with the current code (re-running a finished "
+                       "--out otherwise shows its results as written)")
     bench.add_argument("--compare", nargs="+", metavar="DIR", help="print one table over these finished runs")
     bench.add_argument("--subset", default="all", help="with --compare: all, conflict_free or latest_wins")
     bench.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -202,10 +203,14 @@ def plot(results: dict, out: Path) -> list[Path]:
 
 
 def write_report(results: dict, out: str | Path) -> None:
+    """The plots, results.md, then results.json: written last and renamed into place, so a run whose results.json
+    exists finished with its whole report (see `RunDir.results`)."""
     out = Path(out)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     plot(results, out)
     (out / "results.md").write_text(markdown({**results, "_out": str(out)}))
+    partial = out / "results.json.partial"
+    partial.write_text(json.dumps(results, indent=1, default=str))
+    os.replace(partial, out / "results.json")
 
 
 def load_results(source: str | Path) -> dict:

@@ -5,7 +5,8 @@
     OUT/progress.jsonl     one row per edit made: what the method said of it and its ES, in order
     OUT/checkpoints.jsonl  the metrics measured after 10, 100, ... edits
     OUT/store/             the method's durable state
-    OUT/results.json, results.md, plots   written at the end (`sola.eval.report`)
+    OUT/results.md, plots, results.json   written at the end (`sola.eval.report`), results.json last: a run with
+                                          it finished
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ class RunDir:
         if spec_file.exists() and {**asdict(BenchSpec()), **json.loads(spec_file.read_text())} != asdict(spec):
             raise ConfigError(f"{self.path} holds a run with another spec ({spec_file}); use a new --out directory")
         spec_file.write_text(json.dumps(asdict(spec), indent=1))
+
+    def results(self, spec: BenchSpec) -> dict[str, Any] | None:
+        """The results of this run if it finished: results.json, written once at its end, if it holds this spec
+        (None if absent, cut short while being written, or of another spec)."""
+        path = self.path / "results.json"
+        try:
+            results = json.loads(path.read_text()) if path.is_file() else None
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(results, dict) or {**asdict(BenchSpec()), **results.get("spec", {})} != asdict(spec):
+            return None
+        return results
 
     # -- rows of edits made ------------------------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:

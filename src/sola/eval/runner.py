@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 import os
+import sys
 import time
 from pathlib import Path
 from dataclasses import asdict
@@ -35,15 +36,22 @@ from .summary import method_state, summarise
 SCHEMA = 1
 
 
-def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+def run(spec: BenchSpec, out: str | os.PathLike, progress: bool = True, rescore: bool = False) -> dict[str, Any]:
     """Run the benchmark and write results.json, results.md and plots into `out`. Re-running into the same `out`
-    resumes after the last edit it committed."""
+    resumes after the last edit it committed; a run that finished (its results.json written) returns its results as
+    they are, unless `rescore`: then its edits, as made, are evaluated again with the code that runs now."""
     from .report import write_report
 
     started = time.perf_counter()
     version = code_version()  # the code that runs, read before it runs (the checkout may move meanwhile)
     rundir = RunDir(out)
     rundir.claim(spec)
+    finished = None if rescore else rundir.results(spec)
+    if finished is not None:
+        if progress:
+            print(f"{rundir.path} holds a finished run: its results are shown as they were written (pass --rescore "
+                  "to evaluate its edits again with the current code)", file=sys.stderr)
+        return finished
     dataset = load_dataset(spec.dataset, spec.data)
     if spec.edit_batch_size < 1:
         raise ConfigError(f"--batch-size {spec.edit_batch_size}: give a positive number of edits per batch (1: one "
