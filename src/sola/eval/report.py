@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..files import atomic_write
 
 # (label, section, metric) of the headline table: teacher-forced and autoregressive side by side
 HEADLINE = [
@@ -208,9 +208,8 @@ def write_report(results: dict, out: str | Path) -> None:
     out = Path(out)
     plot(results, out)
     (out / "results.md").write_text(markdown({**results, "_out": str(out)}))
-    partial = out / "results.json.partial"
-    partial.write_text(json.dumps(results, indent=1, default=str))
-    os.replace(partial, out / "results.json")
+    text = json.dumps(results, indent=1, default=str)
+    atomic_write(out / "results.json", lambda temp: temp.write_text(text))
 
 
 def load_results(source: str | Path) -> dict:

@@ -34,7 +34,7 @@ class RunDir:
         """Write the spec, or check it is the one this directory's run started with (a field added since then reads
         as its default)."""
         spec_file = self.path / "spec.json"
-        if spec_file.exists() and {**asdict(BenchSpec()), **json.loads(spec_file.read_text())} != asdict(spec):
+        if spec_file.exists() and not _same_spec(json.loads(spec_file.read_text()), spec):
             raise ConfigError(f"{self.path} holds a run with another spec ({spec_file}); use a new --out directory")
         spec_file.write_text(json.dumps(asdict(spec), indent=1))
 
@@ -46,7 +46,7 @@ class RunDir:
             results = json.loads(path.read_text()) if path.is_file() else None
         except json.JSONDecodeError:
             return None
-        if not isinstance(results, dict) or {**asdict(BenchSpec()), **results.get("spec", {})} != asdict(spec):
+        if not isinstance(results, dict) or not _same_spec(results.get("spec", {}), spec):
             return None
         return results
 
@@ -75,6 +75,11 @@ class RunDir:
     def add_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         with self._checkpoints.open("a") as handle:
             handle.write(json.dumps(checkpoint) + "\n")
+
+
+def _same_spec(stored: dict[str, Any], spec: BenchSpec) -> bool:
+    """Whether a spec written to disk is `spec` (a field added since it was written reads as its default)."""
+    return {**asdict(BenchSpec()), **stored} == asdict(spec)
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
