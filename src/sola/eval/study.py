@@ -101,7 +101,7 @@ def curves(runs: list[tuple[str, dict]], out: Path, title: str) -> bool:
 
 def cost_table(runs: list[tuple[str, dict]]) -> str:
     lines = ["| run | wall time | s/edit median | s/edit p90 | store bytes/edit | memory bytes/edit | "
-             "inference overhead |", "|---|---|---|---|---|---|---|"]
+             "generation time vs bare (same prompts) |", "|---|---|---|---|---|---|---|"]
     for name, r in runs:
         cost = r.get("cost", {})
         spe = cost.get("seconds_per_edit", {})
@@ -193,7 +193,7 @@ def hallucination_table(runs: list[tuple[str, dict]]) -> str:
             + " | ".join(_fmt(routing.get(k)) for k in ("prompt_own_edit", "subject_activated", "relation_activated",
                                                        "unrelated_activated"))
             + f" | {_median_seconds(r.get('cost', {}))} | "
-            + (" / ".join(f"{v:g}" for v in published) if published else "–") + " |")
+            + (" / ".join(f"{v:.2f}" for v in published) if published else "–") + " |")
     return "\n".join(lines)
 
 
