@@ -7,8 +7,14 @@ scratch store) and prints, after each batch: epsilon, the share of calibration q
 distance 0 (if more than the rate, epsilon must be 0 and every input defers, the batch's own prompts included), and
 the nearest distance and deferral of each prompt of the batch. Public API only.
 
+With `--store RUN/store` (a finished or resumed run's ELDER store) it trains nothing and reports the same for the
+store as it is: its epsilon, and the nearest stored code of the calibration questions and of the first `--edits`
+edit prompts of the dataset (how far, and whether they reach the mixture).
+
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/elder_epsilon_start.py --dataset hallucination --batches 3 \
     --batch-size 4 --out results/elder_epsilon_start.json
+     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/elder_epsilon_start.py --store RUN/store --edits 600 \
+    --out results/elder_epsilon_end.json
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rate", type=float, default=0.01, help="the share of calibration questions that may reach")
+    parser.add_argument("--store", help="report on this ELDER store as it is instead of replaying batches")
+    parser.add_argument("--edits", type=int, default=600, help="with --store: how many of the dataset's edits it holds")
     parser.add_argument("--out", default="results/elder_epsilon_start.json")
     args = parser.parse_args()
 
@@ -37,13 +45,16 @@ def main() -> None:
     from sola.eval.spec import BenchSpec
     from sola.methods.elder import ElderConfig, ElderEditor
 
-    spec = BenchSpec(method="elder", dataset=args.dataset, data=args.data, edits=args.batches * args.batch_size,
+    edits = args.edits if args.store else args.batches * args.batch_size
+    spec = BenchSpec(method="elder", dataset=args.dataset, data=args.data, edits=edits,
                      edit_batch_size=args.batch_size, threshold="calibrate")
     dataset = load_dataset(spec.dataset, spec.data).head(spec.edits)
     nq = nq_pool(spec)
     questions = calibration_questions(build_items(dataset, nq, spec.seed, spec.subject_probes), nq)
     if len(questions) < 50:
         raise SystemExit("needs NQ questions (nq/NQ-open.dev.jsonl in the data directory)")
+    if args.store:
+        return report_store(ElderEditor.load(args.store), dataset, questions, args.out)
     editor = ElderEditor.from_pretrained(spec.model, config=ElderConfig(prompt_format=spec.prompt_format,
                                                                         seed=spec.seed))
     before = editor.calibrate_threshold(questions, args.rate, against=[r.prompt for r in dataset.records])
@@ -71,9 +82,47 @@ def main() -> None:
               "config": editor.config.to_dict(),
               "machine": {"platform": platform.platform(), "torch": torch.__version__,
                           "threads": torch.get_num_threads()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write(result, args.out)
+
+
+def report_store(editor, dataset, questions: list[str], out: str) -> None:
+    """The deferral of a stored ELDER run as it is: epsilon, and the nearest stored code of the calibration questions
+    and of the edit prompts (which must reach the mixture). Many edits share a code, so the nearest edit is the
+    first of a tie: what decides an edit prompt's fate is its distance to the nearest code, compared with the
+    questions'."""
+    report = editor.deferral(questions)
+    prompts = []
+    for record in dataset.records:
+        nearest, distance, within = editor.locate(record.prompt)
+        prompts.append({"nearest": nearest, "distance": distance, "uses_mixture": within})
+    distances = [int(p["distance"]) for p in prompts]
+    result = {"store": editor_store_summary(editor), "calibration_questions": len(questions),
+              "calibration_at_distance_0": report["histogram"].get(0, 0) / len(questions),
+              "calibration_nearest_histogram": {str(d): n for d, n in sorted(report["histogram"].items())},
+              "calibration_reached": report["reached"],
+              "calibration_reached_at_paper_epsilon": report["reached_at_paper_epsilon"],
+              "edit_prompts": len(prompts),
+              "edit_prompts_nearest_histogram": {str(d): distances.count(d) for d in sorted(set(distances))},
+              "edit_prompts_reaching_the_mixture": sum(p["uses_mixture"] for p in prompts) / len(prompts),
+              "prompts": prompts}
+    print(f"epsilon {editor.config.epsilon}; calibration questions: nearest code at "
+          f"{result['calibration_nearest_histogram']}, reaching the mixture {report['reached']:.3f} (at the paper's "
+          f"12: {report['reached_at_paper_epsilon']:.3f}); the {len(prompts)} edit prompts: nearest code at "
+          f"{result['edit_prompts_nearest_histogram']}, reaching the mixture "
+          f"{result['edit_prompts_reaching_the_mixture']:.3f}")
+    write(result, out)
+
+
+def editor_store_summary(editor) -> dict:
+    return {"config": editor.config.to_dict(), "edits": len(editor.edits()),
+            "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads()}}
+
+
+def write(result: dict, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
