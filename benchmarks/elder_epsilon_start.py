@@ -79,17 +79,14 @@ def main() -> None:
               f"using the mixture: {[p['uses_mixture'] for p in row['batch_prompts']]}")
     result = {"dataset": dataset.name, "batch_size": args.batch_size, "rate": args.rate,
               "calibration_questions": len(questions), "epsilon_before_codes": before, "batches": rows,
-              "config": editor.config.to_dict(),
-              "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads()}}
+              "config": editor.config.to_dict(), "machine": machine()}
     write(result, args.out)
 
 
 def report_store(editor, dataset, questions: list[str], out: str) -> None:
     """The deferral of a stored ELDER run as it is: epsilon, and the nearest stored code of the calibration questions
-    and of the edit prompts (which must reach the mixture). Many edits share a code, so the nearest edit is the
-    first of a tie: what decides an edit prompt's fate is its distance to the nearest code, compared with the
-    questions'."""
+    and of the edit prompts (which must reach the mixture). What decides an edit prompt's fate is its distance to
+    the nearest stored code (of any edit), compared with the questions'."""
     report = editor.deferral(questions)
     prompts = []
     for record in dataset.records:
@@ -114,9 +111,11 @@ def report_store(editor, dataset, questions: list[str], out: str) -> None:
 
 
 def editor_store_summary(editor) -> dict:
-    return {"config": editor.config.to_dict(), "edits": len(editor.edits()),
-            "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads()}}
+    return {"config": editor.config.to_dict(), "edits": len(editor.edits()), "machine": machine()}
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def write(result: dict, out: str) -> None:
