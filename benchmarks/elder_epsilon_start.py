@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-import torch
+from sola.eval.provenance import machine
 
 
 def main() -> None:
@@ -64,12 +63,10 @@ def main() -> None:
         batch = dataset.records[b * args.batch_size:(b + 1) * args.batch_size]
         started = time.perf_counter()
         edits = editor.edit_many([{"prompt": r.prompt, "target": r.target, "subject": r.subject} for r in batch])
-        report = editor.deferral(questions)
-        at_zero = report["histogram"].get(0, 0) / len(questions)
+        calibration = calibration_summary(editor.deferral(questions), len(questions))
+        at_zero = calibration["calibration_at_distance_0"]
         own = [editor.locate(r.prompt) for r in batch]
-        row = {"batch": b + 1, "epsilon": editor.config.epsilon, "calibration_at_distance_0": at_zero,
-               "calibration_nearest_histogram": {str(d): n for d, n in sorted(report["histogram"].items())},
-               "calibration_reached": report["reached"],
+        row = {"batch": b + 1, "epsilon": editor.config.epsilon, **calibration,
                "batch_prompts": [{"edit": e.id, "own_edit_nearest": r[0] == e.id, "distance": r[1],
                                   "uses_mixture": r[2], "loss": e.loss} for e, r in zip(edits, own)],
                "seconds": round(time.perf_counter() - started, 1)}
@@ -87,35 +84,32 @@ def report_store(editor, dataset, questions: list[str], out: str) -> None:
     """The deferral of a stored ELDER run as it is: epsilon, and the nearest stored code of the calibration questions
     and of the edit prompts (which must reach the mixture). What decides an edit prompt's fate is its distance to
     the nearest stored code (of any edit), compared with the questions'."""
-    report = editor.deferral(questions)
+    calibration = calibration_summary(editor.deferral(questions), len(questions))
     prompts = []
     for record in dataset.records:
         nearest, distance, within = editor.locate(record.prompt)
         prompts.append({"nearest": nearest, "distance": distance, "uses_mixture": within})
     distances = [int(p["distance"]) for p in prompts]
-    result = {"store": editor_store_summary(editor), "calibration_questions": len(questions),
-              "calibration_at_distance_0": report["histogram"].get(0, 0) / len(questions),
-              "calibration_nearest_histogram": {str(d): n for d, n in sorted(report["histogram"].items())},
-              "calibration_reached": report["reached"],
-              "calibration_reached_at_paper_epsilon": report["reached_at_paper_epsilon"],
-              "edit_prompts": len(prompts),
+    result = {"store": {"config": editor.config.to_dict(), "edits": len(editor.edits()), "machine": machine()},
+              "calibration_questions": len(questions), **calibration, "edit_prompts": len(prompts),
               "edit_prompts_nearest_histogram": {str(d): distances.count(d) for d in sorted(set(distances))},
               "edit_prompts_reaching_the_mixture": sum(p["uses_mixture"] for p in prompts) / len(prompts),
               "prompts": prompts}
     print(f"epsilon {editor.config.epsilon}; calibration questions: nearest code at "
-          f"{result['calibration_nearest_histogram']}, reaching the mixture {report['reached']:.3f} (at the paper's "
-          f"12: {report['reached_at_paper_epsilon']:.3f}); the {len(prompts)} edit prompts: nearest code at "
-          f"{result['edit_prompts_nearest_histogram']}, reaching the mixture "
+          f"{calibration['calibration_nearest_histogram']}, reaching the mixture "
+          f"{calibration['calibration_reached']:.3f} (at the paper's 12: "
+          f"{calibration['calibration_reached_at_paper_epsilon']:.3f}); the {len(prompts)} edit prompts: nearest "
+          f"code at {result['edit_prompts_nearest_histogram']}, reaching the mixture "
           f"{result['edit_prompts_reaching_the_mixture']:.3f}")
     write(result, out)
 
 
-def editor_store_summary(editor) -> dict:
-    return {"config": editor.config.to_dict(), "edits": len(editor.edits()), "machine": machine()}
-
-
-def machine() -> dict:
-    return {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+def calibration_summary(report: dict, count: int) -> dict:
+    """`ElderEditor.deferral` of the `count` calibration questions, as the JSON records it."""
+    return {"calibration_at_distance_0": report["histogram"].get(0, 0) / count,
+            "calibration_nearest_histogram": {str(d): n for d, n in sorted(report["histogram"].items())},
+            "calibration_reached": report["reached"],
+            "calibration_reached_at_paper_epsilon": report["reached_at_paper_epsilon"]}
 
 
 def write(result: dict, out: str) -> None:
