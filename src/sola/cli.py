@@ -89,6 +89,16 @@ def _describe(edit) -> str:
             f"{subject})")
 
 
+def _planned(editor, plan) -> str:
+    """A supersede decision in words, with the prompts of the edits it names."""
+    if plan.supersedes:
+        return f"update: supersedes {plan.supersedes} {editor.get(plan.supersedes).prompt!r}: {plan.reason}"
+    if plan.nearest:
+        return (f"new fact: nearest live edit {plan.nearest} {editor.get(plan.nearest).prompt!r} at "
+                f"{plan.distance:.3f}: {plan.reason}")
+    return f"new fact: {plan.reason}"
+
+
 def _edit(args) -> None:
     from .errors import NotConvergedError
     from .prompts import check_text
@@ -109,15 +119,32 @@ def _edit(args) -> None:
             check_text(args.subject, "subject")
         for alias in args.alias or ():
             check_text(alias, "alias")
-    editor = _editor(args, create=True)
+    if args.dry_run and args.file:
+        raise SolaError("--dry-run plans one edit (PROMPT TARGET); it does not read --file")
+    if args.dry_run and not args.file:
+        from .store import Store
+
+        if not Store.exists(_store_path(args)):
+            _emit(args, {"prompt": args.prompt, "target": args.target, "action": "new fact", "supersedes": None,
+                         "nearest": None, "distance": None, "reason": "the store does not exist yet"},
+                  "would be a new fact: the store does not exist yet (dry run: nothing trained or stored)")
+            return
+    editor = _editor(args, create=not args.dry_run)
     if not args.file:
+        # the decision is made first and then followed exactly, so what is printed is what was done
+        plan = editor.plan(args.prompt, args.target, subject=args.subject, aliases=args.alias or (),
+                           supersedes=args.supersedes, new_fact=args.new_fact)
+        if args.dry_run:
+            _emit(args, plan.to_dict(), f"would be a {_planned(editor, plan)} (dry run: nothing trained or stored)")
+            return
         try:
             edit = editor.edit(args.prompt, args.target, subject=args.subject, aliases=args.alias or (),
-                               supersedes=args.supersedes, new_fact=args.new_fact)
+                               supersedes=plan.supersedes, new_fact=plan.supersedes is None)
         except NotConvergedError as err:
             print(f"error: {err}", file=sys.stderr)
             raise _Exit(EXIT_NOT_CONVERGED) from None
-        _emit(args, [edit.to_dict()], f"{edit.id}: {_describe(edit)}")
+        _emit(args, [{**edit.to_dict(), "decision": plan.to_dict()}],
+              f"{edit.id}: {_describe(edit)}\n  {_planned(editor, plan)}")
         if not edit.converged:
             print(f"warning: {edit.id} did not converge but was stored (--keep-unconverged): the model may not answer "
                   f"{edit.prompt!r} with {edit.target!r}; `sola rollback {edit.id}` undoes it", file=sys.stderr)
@@ -338,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     update = edit.add_mutually_exclusive_group()
     update.add_argument("--supersedes", metavar="ID", help="this edit updates the fact of edit ID")
     update.add_argument("--new-fact", action="store_true", help="never treat this edit as an update")
+    edit.add_argument("--dry-run", action="store_true",
+                      help="say what the edit would do (a new fact, or an update of which edit and why) without "
+                      "training or storing anything")
     edit.set_defaults(run=_edit)
     ask = commands.add_parser("ask", parents=[common, readers], help="answer PROMPT (greedy) and say which edit answered")
     ask.add_argument("prompt")

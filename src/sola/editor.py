@@ -31,7 +31,7 @@ from .loading import EMBEDDED_NOTE, EMBEDDED_SOURCE, load_model
 from .locking import DEFAULT_WAIT
 from .nn import Decision, RoutedLoraLayer
 from .nn.injection import inject, modules
-from .planning import Planner
+from .planning import PlannedEdit, Planner
 from .prompts import EncodedPrompt, check_text
 from .residency import Residency
 from .routing import Explanation, KeyTable, Route
@@ -243,7 +243,10 @@ class Editor(BaseEditor):
         """The edit this prompt is routed to and its key distance, or None if it runs on the base model (`explain`
         says why, and which edit was nearest)."""
         found = self.nearest(prompt)
-        return found if found is not None and found.distance < self.config.resolved_threshold() else None
+        return found if found is not None and self._routes(found) else None
+
+    def _routes(self, found: Route) -> bool:
+        return found.rival is None and found.distance < self.config.resolved_threshold()
 
     def explain(self, prompt: str) -> Explanation:
         """Why this prompt runs as it does: the edit that answers it (`routed`), or the nearest live edit that does not,
@@ -257,8 +260,11 @@ class Editor(BaseEditor):
         found = self.nearest(prompt)
         if found is None:
             return Explanation(False, None, None, threshold, "names no edited subject")
-        routed = found.distance < threshold
-        return Explanation(routed, found.edit_id, found.distance, threshold, "routed" if routed else "too far")
+        if self._routes(found):
+            return Explanation(True, found.edit_id, found.distance, threshold, "routed")
+        if found.rival is not None and found.distance < threshold:
+            return Explanation(False, found.edit_id, found.distance, threshold, "another question", found.rival)
+        return Explanation(False, found.edit_id, found.distance, threshold, "too far")
 
     def route_many(self, prompts: Iterable[str]) -> list[Route | None]:
         """`route` for each prompt: in front of a multi-LoRA engine, the adapter (edit id) to request, or None."""
@@ -268,7 +274,7 @@ class Editor(BaseEditor):
         """The nearest live edit and its distance, whether or not it is under the threshold (None without edits)."""
         self._before_asking()
         found = self.router.nearest(self._encode(prompt)) if len(self.router) else None
-        return Route(self.slots.owner(found[1]), found[0]) if found is not None else None
+        return Route(self.slots.owner(found.slot), found.distance, found.rival) if found is not None else None
 
     def calibrate_threshold(self, prompts: Iterable[str], max_activation_rate: float = 0.01, *,
                             against: Iterable[str] | None = None) -> float:
@@ -316,6 +322,14 @@ class Editor(BaseEditor):
         if not stored:
             raise NotConvergedError(batching.not_converged([edit], self.config), committed=[], failed=[(0, edit)])
         return edit
+
+    def plan(self, prompt: str | list[str], target: str, *, subject: str | None = None, aliases: Iterable[str] = (),
+             supersedes: str | None = None, new_fact: bool = False) -> PlannedEdit:
+        """What `edit` with these arguments would do now, without training or storing anything: a new fact or an
+        update (`supersedes`: the edit it would replace), the live edit its prompts route to, and why
+        ("same question: relation distance 0.081", "another question: relation 'founding date', not 'founder'")."""
+        self._before_asking()
+        return self.planner.preview(self.planner.check(prompt, target, subject, supersedes, new_fact, aliases))
 
     def edit_many(self, requests: Iterable[dict[str, Any]], progress: bool = False, *, batch_size: int = 16,
                   skip_committed: bool = False, on_result: Callable[[int, Edit, str], None] | None = None

@@ -12,6 +12,7 @@ from .edit import Edit
 from .errors import InvalidEditError
 from .prompts import EncodedPrompt, check_text, check_token_limits
 from .routing import KeyTable
+from .routing.router import Candidate
 from .routing.subjects import names_subject, relation_text, shared_name
 from .routing.table import cosine_distance
 
@@ -43,6 +44,34 @@ class EditPlan:
     older: str | None  # the answering edit of the same fact this edit supersedes
     training: tuple[EncodedPrompt, ...]  # training rows: the prompts, prefixed prompts, the older edits' prompts
     training_targets: tuple[list[int], ...]
+
+
+@dataclass(frozen=True)
+class PlannedEdit:
+    """What an edit would do if made now (`Editor.plan`), computed without training: a new fact, or an update of
+    the answering edit `supersedes`; the live edit its prompts route to (`nearest`, at `distance`), and why."""
+
+    prompt: str
+    target: str
+    subject: str | None
+    subject_inferred: bool
+    supersedes: str | None  # the answering edit it would update; None: a new fact
+    nearest: str | None  # the live edit its prompts route to (None: none does)
+    distance: float | None
+    reason: str
+
+    @property
+    def action(self) -> str:
+        return f"update of {self.supersedes}" if self.supersedes else "new fact"
+
+    def __str__(self) -> str:
+        near = f"; routes to {self.nearest} at {self.distance:.3f}" if self.nearest else ""
+        return f"{self.action} ({self.reason}{near})"
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "target": self.target, "subject": self.subject,
+                "subject_inferred": self.subject_inferred, "action": self.action, "supersedes": self.supersedes,
+                "nearest": self.nearest, "distance": self.distance, "reason": self.reason}
 
 
 class Planner:
@@ -104,6 +133,25 @@ class Planner:
                 targets.append(editor.task.encode_target(text, request.target))
         return EditPlan(request, keys, older, tuple(training), tuple(targets))
 
+    def preview(self, request: EditRequest) -> PlannedEdit:
+        """What `plan` would decide for this request, and why, without training anything."""
+        editor = self.editor
+        if request.supersedes is not None:
+            editor.ledger.check_supersedable(request.supersedes)
+        keys = editor.router.edit_keys(list(request.encoded), request.subject)
+        decision = self.decide(list(request.encoded), keys, request.subject)
+        nearest, distance = (decision.nearest, decision.distance) if decision is not None else (None, None)
+        if request.supersedes is not None:
+            older, reason = request.supersedes, "supersedes= given"
+        elif request.new_fact:
+            older, reason = None, "new_fact=True given"
+        elif decision is None:
+            older, reason = None, "its prompts route to no live edit"
+        else:
+            older, reason = decision.older, decision.reason
+        return PlannedEdit(request.prompts[0], request.target, request.subject, request.subject_inferred, older,
+                           nearest, distance, reason)
+
     def overlaps(self, plan: EditPlan, pending: list[EditPlan]) -> bool:
         """Could `plan` be about the same fact as a pending edit (so it must see that edit committed first)?"""
         config, request = self.editor.config, plan.request
@@ -119,39 +167,87 @@ class Planner:
 
     def same_fact(self, prompts: list[EncodedPrompt], keys: torch.Tensor, subject: str | None) -> str | None:
         """The answering edit a new edit with these prompts and keys updates under `config.supersede`, if any."""
+        if self.editor.config.supersede == "never":
+            return None
+        decision = self.decide(prompts, keys, subject)
+        return decision.older if decision is not None else None
+
+    def decide(self, prompts: list[EncodedPrompt], keys: torch.Tensor, subject: str | None) -> "SupersedeDecision | None":
+        """Whether a new edit with these prompts and keys updates a live edit, and why; None if no live edit is near
+        enough to ask (its prompts route to none)."""
         editor = self.editor
         config, router = editor.config, editor.router
-        if config.supersede == "never" or len(router) == 0:
+        if len(router) == 0:
             return None
         if router.keys.needs_subject:
-            dist, slots = router.nearest_texts([p.text for p in prompts])
+            weighed = router.weigh_texts([p.text for p in prompts])
+            candidate = min(weighed, key=lambda c: (c.rival is not None, c.distance, c.slot))
         else:  # the keys are the prompts' routing queries, each computed alone, as at inference
             found = [router.table.nearest(k.unsqueeze(0)) for k in keys]
-            dist, slots = torch.cat([d for d, _ in found]), torch.cat([s for _, s in found])
-        best = int(dist.argmin())
-        distance, slot = float(dist[best]), int(slots[best])
+            candidate = min((Candidate(float(d[0]), int(s[0])) for d, s in found), key=lambda c: (c.distance, c.slot))
+        distance, slot = candidate.distance, candidate.slot
         if slot < 0 or not distance < config.resolved_threshold():
             return None
         found = editor.ledger.get(editor.slots.owner(slot))
+        if candidate.rival is not None:
+            return SupersedeDecision(None, found.id, distance,
+                                     f"another question: nearer to {candidate.rival!r} than to {found.id}")
+        answering = editor.slots.owner(int(router.answering(torch.tensor([slot]))[0]))
+        if config.supersede == "never":
+            return SupersedeDecision(None, found.id, distance, "supersede='never': every edit is a new fact")
         if subject is not None and found.subject is not None:
-            same = same_subject(subject, found.subject) and self._same_question(prompts, subject, found, distance)
+            if not same_subject(subject, found.subject):
+                return SupersedeDecision(None, found.id, distance, "another subject")
+            same, why = self._same_question(prompts, keys, subject, found, slot, distance)
         else:
             same = distance < config.resolved_supersede_threshold()
-        return editor.slots.owner(int(router.answering(slots[best:best + 1])[0])) if same else None
+            why = f"{'same' if same else 'another'} question: prompt distance {distance:.3f}"
+        return SupersedeDecision(answering if same else None, found.id, distance, why)
 
-    def _same_question(self, prompts: list[EncodedPrompt], subject: str, found: Edit, distance: float) -> bool:
-        """Whether prompts about `subject` ask what `found` (an edit of the same subject) asks: their questions with
-        the subject masked out are near in the sentence encoder's space. Keys read inside the model have no encoder:
-        only a near-identical prompt counts."""
-        config, keys = self.editor.config, self.editor.router.keys
+    def _same_question(self, prompts: list[EncodedPrompt], keys: torch.Tensor, subject: str, found: Edit, slot: int,
+                       distance: float) -> tuple[bool, str]:
+        """Whether prompts about `subject` ask what `found` (an edit of the same subject, at key slot `slot`) asks, and
+        why. With the relation check: each routes to the other (the new prompts already reached `found`), and the
+        question bank does not put them in two relations. Without it: their questions with the subject masked out are
+        within `supersede_relation_threshold`. Keys read inside the model have no encoder: only a near-identical
+        prompt counts."""
+        config, router = self.editor.config, self.editor.router
+        if router.relations is not None:
+            ours, theirs = router.relations.profile(keys), router.profile(slot)
+            if ours.relation is not None and theirs.relation is not None and ours.relation != theirs.relation:
+                names = router.relations.bank.names
+                return False, (f"another question: relation {names[ours.relation]!r}, not "
+                               f"{names[theirs.relation]!r}")
+            back = [router.relations.weigh(q, float((1 - keys.float() @ q.float()).min()), ours)
+                    for q in router.keys.relation(list(found.prompts), [found.subject] * len(found.prompts))]
+            turned = next((v for v in back if v.rival is not None or not v.distance < config.resolved_threshold()),
+                          None)
+            if turned is not None:
+                rival = f"nearer to {turned.rival!r}" if turned.rival else f"distance {turned.distance:.3f}"
+                return False, f"another question: its prompt does not route to this one ({rival})"
+            return True, f"same question: relation distance {distance:.3f}"
         bound = config.resolved_relation_threshold()
-        if bound is None or not hasattr(keys, "encode"):
-            return distance < config.resolved_supersede_threshold()
-        ours = [relation_text(p.text, subject) for p in prompts]
-        theirs = [relation_text(p, found.subject) for p in found.prompts]
-        vectors = torch.nn.functional.normalize(keys.encode(ours + theirs).float(), dim=-1)
-        nearest = cosine_distance(vectors[:len(ours)], vectors[len(ours):]).min()
-        return float(nearest) < bound
+        keys_of = router.keys
+        if bound is None or not hasattr(keys_of, "encode"):
+            same = distance < config.resolved_supersede_threshold()
+            return same, f"{'same' if same else 'another'} question: prompt distance {distance:.3f}"
+        ours_text = [relation_text(p.text, subject) for p in prompts]
+        theirs_text = [relation_text(p, found.subject) for p in found.prompts]
+        vectors = torch.nn.functional.normalize(keys_of.encode(ours_text + theirs_text).float(), dim=-1)
+        nearest = float(cosine_distance(vectors[:len(ours_text)], vectors[len(ours_text):]).min())
+        same = nearest < bound
+        return same, f"{'same' if same else 'another'} question: relation distance {nearest:.3f}"
+
+
+@dataclass(frozen=True)
+class SupersedeDecision:
+    """What `supersede="auto"` makes of a new edit near a live one: `older` is the answering edit it updates (None:
+    a new fact), `nearest` the live edit its prompts route to, at `distance`; `reason` says why, in words."""
+
+    older: str | None
+    nearest: str
+    distance: float
+    reason: str
 
 
 def check_texts(encode, task, prompt, target, subject):

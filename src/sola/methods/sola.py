@@ -83,7 +83,8 @@ class SolaMethod(EditorMethod):
             if nearest is None:
                 found.append(MethodRoute(None, None, False))
             else:
-                found.append(MethodRoute(nearest.edit_id, nearest.distance, nearest.distance < threshold))
+                found.append(MethodRoute(nearest.edit_id, nearest.distance,
+                                         nearest.rival is None and nearest.distance < threshold))
         return found
 
 

@@ -8,6 +8,8 @@ other index spaces are the ledger's (edit ids) and the residency's (buffer rows)
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -18,8 +20,18 @@ from ..nn.injection import capture, modules
 from ..prompts import EncodedPrompt
 from ..tasks import Batch, Task
 from .keys import key_strategy
+from .relations import Profile, RelationCheck, Verdict
 from .subjects import SubjectIndex, shared_relation_texts
 from .table import KeyTable
+
+
+class Candidate(NamedTuple):
+    """An edit weighed for an input: its distance on the threshold's scale, its slot, and the bank form the input is
+    nearer to if the relation check turned it away (`sola.routing.relations`; None: it may route)."""
+
+    distance: float
+    slot: int
+    rival: str | None = None
 
 
 class Router:
@@ -35,6 +47,10 @@ class Router:
         # read from them (`EditConfig.mask_shared_words`)
         self._live: set[int] = set()
         self._answer = torch.zeros(0, dtype=torch.long)
+        # key="subject" with relation_check="bank": the bank, and each edit's profile in it (made when first needed)
+        self.relations = RelationCheck(self.keys.encode) \
+            if self.keys.needs_subject and config.relation_check == "bank" else None
+        self._profiles: dict[int, Profile] = {}
 
     def _hook_key_module(self) -> None:
         name = self.config.key_module or self.config.layers[0]
@@ -85,6 +101,7 @@ class Router:
         self.subjects.remove(slot)
         self.unnamed.discard(slot)
         self.inferred.pop(slot, None)
+        self._profiles.pop(slot, None)
         self._live.discard(slot)
 
     def supersede(self, older: int, newer: int) -> None:
@@ -143,50 +160,75 @@ class Router:
         queries = self.keys.pool(hidden, mask).float().cpu()  # the key table lives on the CPU
         return self.answering(self.table.route(queries, self.config.resolved_threshold()))
 
-    def nearest(self, prompt: EncodedPrompt) -> tuple[float, int] | None:
-        """(distance, answering slot) of the prompt's nearest edit, under the threshold or not; None if none."""
+    def nearest(self, prompt: EncodedPrompt) -> Candidate | None:
+        """The prompt's nearest edit, under the threshold or not, with its answering slot; None if none. Under
+        key="subject" an edit the relation check admits comes before a nearer one it turned away (`Candidate.rival`)."""
         if self.keys.inside_model:
             dist, slot = self.table.nearest(self.queries([prompt]))
+            found = Candidate(float(dist[0]), int(slot[0]))
         else:
-            dist, slot = self.nearest_texts([prompt.text])
-        if int(slot[0]) < 0:
+            found = self.weigh_texts([prompt.text])[0]
+        if found.slot < 0:
             return None  # key="subject": the prompt names no edited subject
-        return float(dist[0]), int(self.answering(slot)[0])
+        return found._replace(slot=int(self.answering(torch.tensor([found.slot]))[0]))
 
     def nearest_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distance (B,), slot (B,)) of each text's nearest edit, for keys computed outside the model. With
-        key="subject", the candidates are the edits whose subject the text names (by relation) and the edits made
-        without a subject (by the whole text, the distance rescaled to the subject key's threshold); slot -1 and
-        distance inf if there are none."""
-        if not self.keys.needs_subject:
-            return self.table.nearest(self.keys.encode(texts))
-        if self.unnamed and len(self.unnamed) == len(self._live):  # no edit names a subject: key="encoder"
-            dists, slots = self.table.nearest(self.keys.encode(texts))
-            return self.on_subject_scale(dists), slots
-        dists, slots = torch.full((len(texts),), float("inf")), torch.full((len(texts),), -1, dtype=torch.long)
+        """(distance (B,), slot (B,)) of each text's nearest edit that may route it, for keys computed outside the
+        model; an edit the relation check turned away counts as infinitely far. Slot -1 and distance inf if there is
+        no candidate (key="subject": the text names no edited subject)."""
+        found = self.weigh_texts(texts)
+        dists = torch.tensor([c.distance if c.rival is None else float("inf") for c in found])
+        return dists, torch.tensor([c.slot for c in found], dtype=torch.long)
+
+    def weigh_texts(self, texts: list[str]) -> list[Candidate]:
+        """Each text's best candidate (see `nearest`). With key="subject", the candidates are the edits whose subject
+        the text names (by relation, then the relation check) and the edits made without a subject (by the whole
+        text, the distance rescaled to the subject key's threshold); Candidate(inf, -1) if there are none."""
+        if not self.keys.needs_subject or (self.unnamed and len(self.unnamed) == len(self._live)):
+            dists, slots = self.table.nearest(self.keys.encode(texts))  # no edit names a subject: key="encoder"
+            if self.keys.needs_subject:
+                dists = self.on_subject_scale(dists)
+            return [Candidate(float(d), int(s)) for d, s in zip(dists, slots)]
         unnamed = sorted(self.unnamed)
         whole = self.keys.encode(texts) if unnamed else None  # the queries key="encoder" would route by
+        best = []
         for row, text in enumerate(texts):
-            found = [self._nearest_by_relation(text, form, candidates)
-                     for form, candidates in self.subjects.find(text).items()]
+            found = [c for form, candidates in self.subjects.find(text).items()
+                     for c in self._weigh_by_relation(text, form, candidates)]
             if unnamed:
                 distance, slot = self.table.nearest_among(whole[row], unnamed)
-                found.append((float(self.on_subject_scale(torch.tensor([distance]))[0]), slot))
-            for distance, slot in found:
-                if distance < dists[row]:
-                    dists[row], slots[row] = distance, slot
-        return dists, slots
+                found.append(Candidate(float(self.on_subject_scale(torch.tensor([distance]))[0]), slot))
+            # admitted before turned away, then nearest, then oldest (as in the key table)
+            best.append(min(found, key=lambda c: (c.rival is not None, c.distance, c.slot), default=Candidate(
+                float("inf"), -1)))
+        return best
 
-    def _nearest_by_relation(self, text: str, form: str, candidates: list[int]) -> tuple[float, int]:
-        """(distance, slot) of the nearest of the edits `text` names by `form`, by relation. Edits whose subject was
-        inferred are compared by the clauses masked over the words they share (`EditConfig.mask_shared_words`); the
-        first (oldest) of equal distances wins, as in the key table."""
+    def _weigh_by_relation(self, text: str, form: str, candidates: list[int]) -> list[Candidate]:
+        """The edits `text` names by `form`, each weighed by relation. Edits whose subject was inferred are compared
+        by the clauses masked over the words they share (`EditConfig.mask_shared_words`)."""
         query = self.keys.relation([text], [form])[0]
-        shared = [c for c in candidates if c in self.inferred] if self.config.mask_shared_words else []
-        plain = [c for c in candidates if c not in shared]
-        found = [self.table.nearest_among(query, plain)] if plain else []
-        found += [(self._shared_distance(text, form, slot, query), slot) for slot in shared]
-        return min(found, key=lambda pair: (pair[0], pair[1]))
+        found = []
+        for slot in candidates:
+            if self.config.mask_shared_words and slot in self.inferred:
+                distance = self._shared_distance(text, form, slot, query)
+            else:
+                distance = self.table.nearest_among(query, [slot])[0]
+            found.append(self._judged(query, distance, slot))
+        return found
+
+    def _judged(self, query: torch.Tensor, distance: float, slot: int) -> Candidate:
+        """The relation check's verdict on one edit (the distance as it is without the check)."""
+        if self.relations is None:
+            return Candidate(distance, slot)
+        verdict: Verdict = self.relations.weigh(query, distance, self.profile(slot))
+        return Candidate(verdict.distance, slot, verdict.rival)
+
+    def profile(self, slot: int) -> Profile:
+        """The bank's profile of an edit of a named subject (its relation and extra keys), made on first use."""
+        assert self.relations is not None, "profiles exist under relation_check='bank'"
+        if slot not in self._profiles:
+            self._profiles[slot] = self.relations.profile(self.table.keys_of(slot))
+        return self._profiles[slot]
 
     def _shared_distance(self, text: str, form: str, slot: int, query: torch.Tensor) -> float:
         """The distance of `text` to an edit whose subject was inferred: per prompt, its stored key against the

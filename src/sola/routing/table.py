@@ -9,10 +9,13 @@ import torch
 
 
 class Route(NamedTuple):
-    """Why the model answered as it did: the edit an input was routed to and its distance to that edit's key."""
+    """Why the model answered as it did: the edit an input was routed to and its distance to that edit's key. From
+    `Editor.nearest` also an edit that does not answer it: `rival` is then the other question the input asks, if the
+    relation check turned the edit away for it (`sola.routing.relations`)."""
 
     edit_id: str
     distance: float
+    rival: str | None = None
 
 
 @dataclass(frozen=True)
@@ -24,11 +27,15 @@ class Explanation:
     edit_id: str | None  # the answering edit if routed, else the nearest live edit (None if there is none to compare)
     distance: float | None
     threshold: float
-    reason: str  # "routed", "too far", "names no edited subject", "no edits", "editing disabled"
+    reason: str  # "routed", "too far", "another question", "names no edited subject", "no edits", "editing disabled"
+    rival: str | None = None  # "another question": the bank's question the input is nearer to than to the edit's
 
     def __str__(self) -> str:
         if self.routed:
             return f"edit {self.edit_id}, distance {self.distance:.3f} < threshold {self.threshold:.3f}"
+        if self.rival is not None:
+            return (f"base model: edit {self.edit_id} at distance {self.distance:.3f} asks another question (the input "
+                    f"is nearer to {self.rival!r})")
         if self.edit_id is not None:
             return (f"base model: nearest edit {self.edit_id} at distance {self.distance:.3f} >= threshold "
                     f"{self.threshold:.3f}")
@@ -36,7 +43,7 @@ class Explanation:
 
     def to_dict(self) -> dict:
         return {"routed": self.routed, "edit": self.edit_id, "distance": self.distance, "threshold": self.threshold,
-                "reason": self.reason}
+                "reason": self.reason, "rival": self.rival}
 
 
 # Cosine tables of at least this many keys search in two stages: half-precision scores of every key, then exact float32
