@@ -27,12 +27,14 @@ class SolaMethod(EditorMethod):
         update = ", updates supersede" if config.get("supersede") == "auto" else ""
         names = " + names" if _names(config) else ""
         masks = " + shared-word masks" if _masks(config) else ""
+        masks += " + question bank" if _bank(config) else ""
         prefixes = f", {config['prefix_contexts']} prefix contexts" if config.get("prefix_contexts") else ""
         return f"sola {config['key']}{names}{masks} (thr {threshold:.3f}{update}{prefixes})"
 
     @classmethod
     def bench_name_parts(cls, config: dict[str, Any]) -> list[str]:
         return [config["key"], *(["names"] if _names(config) else []), *(["masks"] if _masks(config) else []),
+                *(["bank"] if _bank(config) else []),
                 *(["supersede"] if config.get("supersede") == "auto" else []),
                 *([f"prefix{config['prefix_contexts']}"] if config.get("prefix_contexts") else [])]
 
@@ -92,6 +94,11 @@ def _names(config: dict[str, Any]) -> bool:
     """A subject-key run whose router reads names: made since `infer_subject` existed (runs before it matched the
     subject's words exactly)."""
     return config.get("key") == "subject" and "infer_subject" in config
+
+
+def _bank(config: dict[str, Any]) -> bool:
+    """A subject-key run with the relation check of the question bank (`sola.routing.relations`, 2026-12-06)."""
+    return config.get("key") == "subject" and config.get("relation_check") == "bank"
 
 
 def _masks(config: dict[str, Any]) -> bool:

@@ -84,6 +84,11 @@ class SentenceEncoder:
 
         return {"kind": "encoder", "name": self.path.name, "config_hash": config_hash(self.model.config)}
 
+    def identity(self) -> str:
+        """Which weights these are, for caches of what they computed: the directory and its files' sizes and times."""
+        files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in self.path.iterdir() if f.is_file())
+        return repr((str(self.path.resolve()), files))
+
 
 class SubjectRelationKeys(SentenceEncoder):
     """The sentence encoder applied to an edit's relation (its prompt with the subject masked, see

@@ -21,14 +21,18 @@ edit's relation out of the bank) are in docs/evaluation.md, "Relation check".
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
+from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from ..files import atomic_write
 from .subjects import PLACEHOLDER
 
 # An edit's masked prompt within this cosine distance of a bank relation's nearest form asks that relation (0.2: the
@@ -97,23 +101,44 @@ class Verdict:
 class RelationCheck:
     """The bank, encoded once by the key encoder (`encode`: texts -> (N, d) unit vectors)."""
 
-    def __init__(self, encode: Callable[[list[str]], torch.Tensor], bank: QuestionBank | None = None) -> None:
+    def __init__(self, encode: Callable[[list[str]], torch.Tensor], bank: QuestionBank | None = None,
+                 cache: Path | None = None, encoder_id: str = "") -> None:
+        """`cache`: a directory where the encoded bank is kept (safetensors), named by a hash of the forms and of
+        `encoder_id` (which weights `encode` runs); None: encoded in every process."""
         self._encode, self.bank = encode, bank or QuestionBank.bundled()
+        self._cache, self.encoder_id = cache, encoder_id
 
     def without(self, relations: set[str]) -> "RelationCheck":
         """The same check with these relations taken out of the bank (the encoded forms are shared, not encoded
         again): how it does on relations it has never seen."""
         kept = {name: forms for name, forms in self.bank.relations.items() if name not in relations}
-        check = RelationCheck(self._encode, QuestionBank(kept))
+        check = RelationCheck(self._encode, QuestionBank(kept))  # no cache: its vectors are a slice of these
         keep = torch.tensor([self.bank.names[int(r)] not in relations for r in self.bank.relation_of_form])
         check.__dict__["vectors"] = self.vectors[keep]
         return check
 
     @cached_property
     def vectors(self) -> torch.Tensor:
-        """(F, d) the masked forms' embeddings, encoded on first use (about a second for the bundled bank)."""
+        """(F, d) the masked forms' embeddings: read from the cache, or encoded on first use (1-2 s for the bundled
+        bank on 2 CPU cores) and cached. Every process on one machine then routes by the same bits."""
+        path = None
+        if self._cache is not None:
+            digest = hashlib.sha256("\n".join([self.encoder_id, *self.bank.forms]).encode()).hexdigest()[:20]
+            path = self._cache / f"question-bank-{digest}.safetensors"
+            if path.is_file():
+                try:
+                    return load_file(path)["vectors"]
+                except Exception:  # a damaged cache file is encoded again and replaced
+                    pass
         forms = self.bank.forms
-        return torch.cat([self._encode(forms[i:i + 128]).float() for i in range(0, len(forms), 128)])
+        vectors = torch.cat([self._encode(forms[i:i + 128]).float() for i in range(0, len(forms), 128)])
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, lambda temp: save_file({"vectors": vectors.contiguous()}, str(temp)))
+            except OSError:  # a read-only home: encode in every process
+                pass
+        return vectors
 
     def relation_distances(self, vector: torch.Tensor) -> torch.Tensor:
         """(d,) a masked clause's embedding -> (R,) its cosine distance to each relation's nearest form."""

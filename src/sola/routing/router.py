@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import EditConfig
 from ..errors import InvalidEditError
+from ..loading import sola_home
 from ..nn import Decision, RoutedLoraLayer
 from ..nn.injection import capture, modules
 from ..prompts import EncodedPrompt
@@ -48,8 +49,10 @@ class Router:
         self._live: set[int] = set()
         self._answer = torch.zeros(0, dtype=torch.long)
         # key="subject" with relation_check="bank": the bank, and each edit's profile in it (made when first needed)
-        self.relations = RelationCheck(self.keys.encode) \
-            if self.keys.needs_subject and config.relation_check == "bank" else None
+        self.relations = None
+        if self.keys.needs_subject and config.relation_check == "bank":
+            self.relations = RelationCheck(self.keys.encode, cache=sola_home() / "cache",
+                                           encoder_id=self.keys.identity())
         self._profiles: dict[int, Profile] = {}
 
     def _hook_key_module(self) -> None:
