@@ -59,10 +59,14 @@ class QuestionBank:
 
     @classmethod
     def from_dict(cls, relations: dict[str, list[str]]) -> "QuestionBank":
+        seen: dict[str, str] = {}
         for name, forms in relations.items():
             bad = [f for f in forms if f.count("{}") != 1]
             if bad:
                 raise ValueError(f"question forms of {name!r} must name the subject once as '{{}}': {bad}")
+            for form in forms:
+                if seen.setdefault(form, name) != name:  # it would be a rival of its own relation's edits
+                    raise ValueError(f"the form {form!r} is in two relations ({seen[form]!r}, {name!r}); keep it in one")
         return cls({name: tuple(forms) for name, forms in relations.items()})
 
     @cached_property
