@@ -7,7 +7,8 @@ encoded by the real encoder in batches); the asked questions name some of them (
 Velkordan Misvel?"). Each ask is timed alone, after one warm-up ask that
 encodes (or reads the cache of) the bank.
 
-Run: .venv/bin/python benchmarks/relation_check_cost.py --edits 10000 --out docs/runs/experiments/relation-check-cost.json
+Run: .venv/bin/python benchmarks/relation_check_cost.py --edits 10000 \
+        --out docs/runs/experiments/relation-check-cost.json
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 
 RELATIONS = ["Who founded {}?", "Where is {} headquartered?", "Who is the CEO of {}?", "When was {} founded?",
              "What does {} make?", "Who owns {}?"]
-ASKS = ["Who was the founder of {}?", "Where are the headquarters of {}?", "Who runs {}?", "In what year was {} set up?"]
+ASKS = ["Who was the founder of {}?", "Where are the headquarters of {}?", "Who runs {}?",
+        "In what year was {} set up?"]
 
 
 def made_up_names(count: int) -> list[str]:

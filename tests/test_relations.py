@@ -52,7 +52,8 @@ def test_a_second_fact_about_a_subject_never_supersedes_and_an_update_does(edito
     assert editor.route("When was Velmora Foods founded?").edit_id == other.id
     runs = editor.edit("Who runs the Zelkova Pump Company?", "Jane Roe")
     plan = editor.plan("Who is the chief executive of the Zelkova Pump Company?", "Bob Poe")
-    assert plan.supersedes == runs.id and plan.reason.startswith("same question") and plan.action == f"update of {runs.id}"
+    assert plan.supersedes == runs.id and plan.reason.startswith("same question")
+    assert plan.action == f"update of {runs.id}"
     update = editor.edit("Who is the chief executive of the Zelkova Pump Company?", "Bob Poe")
     assert update.supersedes == runs.id and editor.route("Who runs the Zelkova Pump Company?").edit_id == update.id
     assert len(editor.edits()) == 4  # plan() stored nothing

@@ -106,9 +106,10 @@ class EditConfig:
     (default): its masked clause must be nearer to the edit's than to every generic question form of another relation
     (`sola.routing.relations`; the bank's phrasings of the edit's own relation count as the edit's), and under
     `threshold`; the same decision makes an edit an update of another (`supersede`). "none": under `threshold` alone
-    (the behaviour before 2026-12-06, and of stores made before then). At T = 1,000 without training, same-subject
-    questions activating an edit: 0.094 -> 0.028 (CounterFact), 0.103 -> 0.029 (zsRE), for 0.801 -> 0.645 of
-    CounterFact's real paraphrases and 0.768 -> 0.741 of zsRE's rephrases (docs/evaluation.md, "Relation check")."""
+    (the behaviour before 2026-12-06, and of stores made before then). On the benchmarks' first 1,000 records, routing
+    alone: same-subject questions activating an edit 0.097 -> 0.033 (CounterFact) and 0.104 -> 0.023 (zsRE), for
+    0.756 -> 0.585 of CounterFact's real paraphrases and 0.768 -> 0.728 of zsRE's rephrases; on 42 made-up facts,
+    other questions about the subject routed 0.226 -> 0.006 (docs/evaluation.md, "Relation check")."""
 
     unnamed_threshold: float | None = None
     """For key="subject", edits made without a subject: they are reached like key="encoder" edits, by the encoder's
@@ -160,9 +161,10 @@ class EditConfig:
 
     supersede: str = "auto"
     """What an edit of an already edited fact does. "auto": if the new edit's prompt routes to a live edit (the rule
-    inference uses) that asks the same question (both name the same subject and, with the subject masked out, their
-    prompts are within `supersede_relation_threshold`; or, when either has no subject, their distance is under
-    `supersede_threshold`), the new edit supersedes it: the old edit stops answering, the new one takes over its keys,
+    inference uses) that asks the same question (both name the same subject and, with `relation_check="bank"`, each
+    one's prompts reach the other under the relation check and the question bank puts them in no two relations, or
+    with "none" their masked prompts are within `supersede_relation_threshold`; or, when either has no subject, their
+    distance is under `supersede_threshold`), the new edit supersedes it: the old edit stops answering, the new one takes over its keys,
     and rolling the new one back brings the old one back. "never": every edit is a new fact (the papers' protocol).
     `Editor.edit(..., supersedes=ID)` and `edit(..., new_fact=True)` decide for one edit."""
 
@@ -170,8 +172,8 @@ class EditConfig:
     """For supersede="auto" between edits that do not both name a subject. None: `SUPERSEDE_THRESHOLDS[key]`."""
 
     supersede_relation_threshold: float | None = None
-    """For supersede="auto" between edits of one subject: the largest sentence-encoder distance between their prompts
-    with the subject masked out at which they ask the same question. None: `RELATION_THRESHOLDS[key]` (keys read
+    """For supersede="auto" between edits of one subject under relation_check="none": the largest sentence-encoder
+    distance between their prompts with the subject masked out at which they ask the same question. None: `RELATION_THRESHOLDS[key]` (keys read
     inside the model: the prompts must be near-identical, `supersede_threshold`)."""
 
     prefix_contexts: int = 0

@@ -172,7 +172,8 @@ class Planner:
         decision = self.decide(prompts, keys, subject)
         return decision.older if decision is not None else None
 
-    def decide(self, prompts: list[EncodedPrompt], keys: torch.Tensor, subject: str | None) -> "SupersedeDecision | None":
+    def decide(self, prompts: list[EncodedPrompt], keys: torch.Tensor,
+               subject: str | None) -> "SupersedeDecision | None":
         """Whether a new edit with these prompts and keys updates a live edit, and why; None if no live edit is near
         enough to ask (its prompts route to none)."""
         editor = self.editor

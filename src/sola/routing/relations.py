@@ -10,8 +10,8 @@ relation types (`data/question_forms.json`, hundreds of forms, several phrasings
 - An edit's *relation* is the bank relation nearest to its masked prompt, if one lies within `MATCH_RADIUS`; its other
   phrasings in the bank become extra keys of the edit (a query phrased like one of them reaches it).
 - An input reaches an edit only if the edit (or one of its extra keys) is nearer to the input's masked clause than
-  every form of the bank's other relations, give or take `RIVAL_RATIO`. The nearer bank form is the *rival*: it says which
-  other question the input asks ("When was something founded?").
+  every form of the bank's other relations, give or take `RIVAL_RATIO`. The nearer bank form is the *rival*: it says
+  which other question the input asks ("When was something founded?").
 
 For relations the bank does not hold, an edit has no extra keys and every bank form is a rival: the input must still
 be nearer to the edit's question than to any other question the bank knows. The figures behind the constants
@@ -66,7 +66,8 @@ class QuestionBank:
                 raise ValueError(f"question forms of {name!r} must name the subject once as '{{}}': {bad}")
             for form in forms:
                 if seen.setdefault(form, name) != name:  # it would be a rival of its own relation's edits
-                    raise ValueError(f"the form {form!r} is in two relations ({seen[form]!r}, {name!r}); keep it in one")
+                    raise ValueError(f"the form {form!r} is in two relations ({seen[form]!r}, {name!r}); keep it in "
+                                     "one")
         return cls({name: tuple(forms) for name, forms in relations.items()})
 
     @cached_property
