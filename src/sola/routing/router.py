@@ -210,14 +210,10 @@ class Router:
         """The edits `text` names by `form`, each weighed by relation. Edits whose subject was inferred are compared
         by the clauses masked over the words they share (`EditConfig.mask_shared_words`)."""
         query = self.keys.relation([text], [form])[0]
-        found = []
-        for slot in candidates:
-            if self.config.mask_shared_words and slot in self.inferred:
-                distance = self._shared_distance(text, form, slot, query)
-            else:
-                distance = self.table.nearest_among(query, [slot])[0]
-            found.append(self._judged(query, distance, slot))
-        return found
+        shared = [c for c in candidates if c in self.inferred] if self.config.mask_shared_words else []
+        distances = self.table.nearest_of(query, [c for c in candidates if c not in shared])
+        distances.update({slot: self._shared_distance(text, form, slot, query) for slot in shared})
+        return [self._judged(query, distance, slot) for slot, distance in distances.items()]
 
     def _judged(self, query: torch.Tensor, distance: float, slot: int) -> Candidate:
         """The relation check's verdict on one edit (the distance as it is without the check)."""

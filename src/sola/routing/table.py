@@ -182,6 +182,17 @@ class KeyTable:
         found, slot = self._first_nearest(dist, self.slots)
         return float(found[0]), int(slot[0])
 
+    def nearest_of(self, query: torch.Tensor, slots: list[int]) -> dict[int, float]:
+        """(d,) query -> {slot: the distance of its nearest key} for each of `slots` that has keys, in one scan."""
+        wanted = torch.tensor(slots, dtype=torch.long)
+        allowed = torch.isin(self.slots, wanted)
+        owners = self.slots[allowed]
+        if not len(owners):
+            return {}
+        dist = self.distances(query.reshape(1, -1))[0][allowed]
+        best = torch.full((int(wanted.max()) + 1,), float("inf")).scatter_reduce(0, owners, dist, reduce="amin")
+        return {slot: float(best[slot]) for slot in set(owners.tolist())}
+
     def route(self, queries: torch.Tensor, threshold: float) -> torch.Tensor:
         """(B, d) queries -> slots (B,), -1 where the nearest key is not under the threshold."""
         dist, slots = self.nearest(queries)
