@@ -109,3 +109,13 @@ def test_cli_prints_the_decision_and_dry_run_changes_nothing(tiny_dir, tmp_path,
     assert "update: supersedes e1 'Who founded Velmora Foods?': same question" in capsys.readouterr().out
     assert main(["edit", "--dry-run", "Who founded Acme?", "x", "--store", str(tmp_path / "none")]) == 0
     assert "the store does not exist yet" in capsys.readouterr().out and not (tmp_path / "none").exists()
+
+
+def test_a_prompt_that_is_a_bank_form_word_for_word_reaches_its_own_edit(editor):
+    """Two edits of one fact kept apart (new_fact): the newer prompt is the bank's "Who is the director of {}?", which
+    is also an extra key of the older edit, at the same distance 0. The edit's own prompt wins (zsRE record 211 went
+    to record 210 at T = 1,000 before this was pinned)."""
+    older = editor.edit("Who was Fimpen directed or edited by?", "Bo Widerberg")
+    newer = editor.edit("Who is the director of Fimpen?", "Wolfgang Petersen", new_fact=True)
+    assert editor.route("Who is the director of Fimpen?").edit_id == newer.id
+    assert editor.route("Who was Fimpen directed or edited by?").edit_id == older.id

@@ -182,7 +182,7 @@ class Planner:
             return None
         if router.keys.needs_subject:
             weighed = router.weigh_texts([p.text for p in prompts])
-            candidate = min(weighed, key=lambda c: (c.rival is not None, c.distance, c.slot))
+            candidate = min(weighed, key=Candidate.order)
         else:  # the keys are the prompts' routing queries, each computed alone, as at inference
             found = [router.table.nearest(k.unsqueeze(0)) for k in keys]
             candidate = min((Candidate(float(d[0]), int(s[0])) for d, s in found), key=lambda c: (c.distance, c.slot))

@@ -101,6 +101,7 @@ class Verdict:
 
     distance: float
     rival: str | None
+    by_extra_key: bool = False  # the distance is to one of the bank's phrasings, not to a prompt of the edit
 
 
 class RelationCheck:
@@ -161,10 +162,14 @@ class RelationCheck:
 
     def weigh(self, query: torch.Tensor, distance: float, profile: Profile) -> Verdict:
         """The verdict on an edit whose stored keys lie at `distance` from the input's masked clause `query` (d,)."""
+        extra = False
         if len(profile.extra_keys):
-            distance = min(distance, max(0.0, float((1 - profile.extra_keys @ query.float()).min())))
+            nearest = max(0.0, float((1 - profile.extra_keys @ query.float()).min()))
+            # nearer by more than rounding: an edit's prompt that is a bank form word for word stays its own key
+            distance, extra = min(distance, nearest), round(nearest, 6) < round(distance, 6)
         by_form = 1 - self.vectors @ query.float()  # (F,)
         if profile.relation is not None:
             by_form = by_form.masked_fill(self.bank.relation_of_form == profile.relation, float("inf"))
         best = int(by_form.argmin())
-        return Verdict(distance, None if distance < RIVAL_RATIO * float(by_form[best]) else self.bank.forms[best])
+        rival = None if distance < RIVAL_RATIO * float(by_form[best]) else self.bank.forms[best]
+        return Verdict(distance, rival, extra)

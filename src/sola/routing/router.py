@@ -33,6 +33,13 @@ class Candidate(NamedTuple):
     distance: float
     slot: int
     rival: str | None = None
+    by_extra_key: bool = False  # its distance is to one of the bank's phrasings of its relation, not to its prompt
+
+    def order(self) -> tuple:
+        """Which candidate answers: admitted before turned away, then nearest; at equal distances (to rounding) an
+        edit's own prompt before another edit's bank phrasing (an edit's prompt may be a bank form word for word:
+        it must still reach that edit, not an older edit of the same relation), then the oldest slot."""
+        return self.rival is not None, round(self.distance, 6), self.by_extra_key, self.slot
 
 
 class Router:
@@ -201,9 +208,7 @@ class Router:
             if unnamed:
                 distance, slot = self.table.nearest_among(whole[row], unnamed)
                 found.append(Candidate(float(self.on_subject_scale(torch.tensor([distance]))[0]), slot))
-            # admitted before turned away, then nearest, then oldest (as in the key table)
-            best.append(min(found, key=lambda c: (c.rival is not None, c.distance, c.slot), default=Candidate(
-                float("inf"), -1)))
+            best.append(min(found, key=Candidate.order, default=Candidate(float("inf"), -1)))
         return best
 
     def _weigh_by_relation(self, text: str, form: str, candidates: list[int]) -> list[Candidate]:
@@ -220,7 +225,7 @@ class Router:
         if self.relations is None:
             return Candidate(distance, slot)
         verdict: Verdict = self.relations.weigh(query, distance, self.profile(slot))
-        return Candidate(verdict.distance, slot, verdict.rival)
+        return Candidate(verdict.distance, slot, verdict.rival, verdict.by_extra_key)
 
     def profile(self, slot: int) -> Profile:
         """The bank's profile of an edit of a named subject (its relation and extra keys), made on first use."""
