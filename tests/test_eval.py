@@ -599,8 +599,11 @@ def test_alias_probes_and_withheld_subjects_in_a_run(tmp_path, tiny_dir, tiny_da
         assert metrics["alias_records"] == 1 and metrics["routing"]["alias_own_edit"] == 1.0
         assert metrics["teacher_forced"]["alias"] is not None
     assert withheld["spec"]["withhold_subject"] and study_label(withheld).endswith(", subject withheld")
-    assert " + names + shared-word masks " in study_label(given)  # named apart from the runs made before the masks
-    older = {**given, "config": {k: v for k, v in given["config"].items() if k != "mask_shared_words"}}
+    assert " + names + shared-word masks + question bank (" in study_label(given)  # apart from the runs before them
+    before_bank = {**given, "config": {k: v for k, v in given["config"].items() if k != "relation_check"}}
+    assert " + names + shared-word masks (" in study_label(before_bank)
+    older = {**given, "config": {k: v for k, v in given["config"].items()
+                                 if k not in ("mask_shared_words", "relation_check")}}
     assert " + names (" in study_label(older)
     prefixed = {**given, "config": {**given["config"], "prefix_contexts": 2}}
     assert study_label(prefixed).endswith(", 2 prefix contexts)")
