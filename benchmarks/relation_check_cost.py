@@ -35,7 +35,7 @@ def made_up_names(count: int) -> list[str]:
     syllables = ["vel", "kor", "dan", "mis", "tar", "quen", "bol", "ri", "sa", "lun", "gra", "vost", "ne", "pha",
                  "zen", "dru", "ol", "bra", "cim", "to", "hel", "ux", "ra", "mon"]
     while len(names) < count:
-        words = ["".join(rng.choice(syllables) for _ in range(3)).capitalize() for _ in range(2)]
+        words = ["".join(rng.choice(syllables) for _ in range(4)).capitalize() for _ in range(2)]
         if not seen & set(words):
             seen.update(words)
             names.append(" ".join(words))
