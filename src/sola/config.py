@@ -164,8 +164,9 @@ class EditConfig:
     inference uses) that asks the same question (both name the same subject and, with `relation_check="bank"`, each
     one's prompts reach the other under the relation check and the question bank puts them in no two relations, or
     with "none" their masked prompts are within `supersede_relation_threshold`; or, when either has no subject, their
-    distance is under `supersede_threshold`), the new edit supersedes it: the old edit stops answering, the new one takes over its keys,
-    and rolling the new one back brings the old one back. "never": every edit is a new fact (the papers' protocol).
+    distance is under `supersede_threshold`), the new edit supersedes it: the old edit stops answering, the new one
+    takes over its keys, and rolling the new one back brings the old one back. "never": every edit is a new fact (the
+    papers' protocol).
     `Editor.edit(..., supersedes=ID)` and `edit(..., new_fact=True)` decide for one edit."""
 
     supersede_threshold: float | None = None
@@ -173,8 +174,9 @@ class EditConfig:
 
     supersede_relation_threshold: float | None = None
     """For supersede="auto" between edits of one subject under relation_check="none": the largest sentence-encoder
-    distance between their prompts with the subject masked out at which they ask the same question. None: `RELATION_THRESHOLDS[key]` (keys read
-    inside the model: the prompts must be near-identical, `supersede_threshold`)."""
+    distance between their prompts with the subject masked out at which they ask the same question. None:
+    `RELATION_THRESHOLDS[key]` (keys read inside the model: the prompts must be near-identical,
+    `supersede_threshold`)."""
 
     prefix_contexts: int = 0
     """Also train each edit on its prompts behind this many of `PREFIX_CONTEXTS` (0: only the prompts, as the paper).

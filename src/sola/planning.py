@@ -185,7 +185,7 @@ class Planner:
             candidate = min(weighed, key=Candidate.order)
         else:  # the keys are the prompts' routing queries, each computed alone, as at inference
             found = [router.table.nearest(k.unsqueeze(0)) for k in keys]
-            candidate = min((Candidate(float(d[0]), int(s[0])) for d, s in found), key=lambda c: (c.distance, c.slot))
+            candidate = min((Candidate(float(d[0]), int(s[0])) for d, s in found), key=Candidate.order)
         distance, slot = candidate.distance, candidate.slot
         if slot < 0 or not distance < config.resolved_threshold():
             return None
