@@ -218,14 +218,12 @@ class Router:
         shared = [c for c in candidates if c in self.inferred] if self.config.mask_shared_words else []
         distances = self.table.nearest_of(query, [c for c in candidates if c not in shared])
         distances.update({slot: self._shared_distance(text, form, slot, query) for slot in shared})
-        return [self._judged(query, distance, slot) for slot, distance in distances.items()]
-
-    def _judged(self, query: torch.Tensor, distance: float, slot: int) -> Candidate:
-        """The relation check's verdict on one edit (the distance as it is without the check)."""
         if self.relations is None:
-            return Candidate(distance, slot)
-        verdict: Verdict = self.relations.weigh(query, distance, self.profile(slot))
-        return Candidate(verdict.distance, slot, verdict.rival, verdict.by_extra_key)
+            return [Candidate(distance, slot) for slot, distance in distances.items()]
+        forms = self.relations.form_distances(query)
+        verdicts: dict[int, Verdict] = {slot: self.relations.weigh(query, distance, self.profile(slot), forms)
+                                        for slot, distance in distances.items()}
+        return [Candidate(v.distance, slot, v.rival, v.by_extra_key) for slot, v in verdicts.items()]
 
     def profile(self, slot: int) -> Profile:
         """The bank's profile of an edit of a named subject (its relation and extra keys), made on first use."""
