@@ -160,6 +160,25 @@ def test_a_long_running_editor_sees_and_keeps_what_the_cli_commits(tiny_dir, tmp
     assert [fresh.generate(p) for p in prompts] == [chatbot.generate(p) for p in prompts]
 
 
+def test_inside_steady_an_editor_sees_one_state_of_the_store(tiny_dir, tmp_path):
+    """The service explains and answers an ask inside `steady`: a commit landing between the two must not split them."""
+    store = new_store(tiny_dir, tmp_path / "store")
+    model = str(tiny_dir("llama"))
+    asker = Editor.from_pretrained(model, store=store, refresh_every=0.0)  # would refresh before every question
+    writer = Editor.from_pretrained(model, store=store)
+    first = writer.edit("Who founded Acme?", "Jane Roe")
+    base = asker.generate("Which river flows through Cairo?")  # refreshes: sees `first`
+    with asker.steady():
+        assert asker.explain("Who founded Acme?").edit_id == first.id
+        second = writer.edit("Which river flows through Cairo?", "the Danube")
+        assert asker.route("Which river flows through Cairo?") is None
+        assert asker.generate("Which river flows through Cairo?") == base
+        assert not asker.explain("Which river flows through Cairo?").routed
+    assert asker.refresh_every == 0.0
+    assert asker.route("Which river flows through Cairo?").edit_id == second.id  # read on the next question
+    assert asker.generate("Which river flows through Cairo?") == "the Danube"
+
+
 def test_a_second_writer_waits_then_names_the_holder(tiny_dir, tmp_path):
     from sola.errors import StoreBusyError
 

@@ -187,6 +187,17 @@ class Editor(BaseEditor):
             replay.apply(self, self.store.refresh() if self.store.changed() else [])
 
     @contextmanager
+    def steady(self) -> Iterator["Editor"]:
+        """Inside, this editor reads others' commits once, on entry, and then no more: several questions asked inside
+        (`explain`, then `generate`) see one state of the store."""
+        self._before_asking()
+        every, self.refresh_every = self.refresh_every, None
+        try:
+            yield self
+        finally:
+            self.refresh_every = every
+
+    @contextmanager
     def _writing(self) -> Iterator[None]:
         """Hold the store's write lock, having brought in everything committed before (no-op without a store)."""
         if self.store is None:

@@ -2,9 +2,10 @@
 
 Two editors share the store. The writer (one worker thread) makes every edit and rollback, one at a time, in the order
 they were submitted. The reader answers: asks hold `_asking`, so an ask runs alone on the reader (an editor computes
-one routing decision at a time), and the reader takes in the writer's commits (`Editor.refresh`) only while no ask is
-running. So an ask sees the store as it was before an edit or after it, never between, and asks go on while an edit
-trains. Another process editing the same store is picked up the same way (the reader refreshes before answering).
+one routing decision at a time), and the reader takes in commits (`Editor.refresh`) only between asks: after each of
+the writer's jobs, and, for another process's commits, once at the start of an ask (`Editor.steady`), never inside it.
+So an ask (its explanation and its answer) sees the store as it was before an edit or after it, never between, and
+asks go on while an edit trains.
 
 The price is a second copy of the model in memory; `single_model=True` uses one editor for both, and asks then wait
 while an edit trains.
@@ -16,7 +17,7 @@ import itertools
 import queue
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -87,7 +88,7 @@ class EditService:
     @contextmanager
     def reading(self) -> Iterator[Any]:
         """The reader, alone: what is read inside sees one state of the store."""
-        with self._asking:
+        with self._asking, self.reader.steady():
             yield self.reader
 
     def ask(self, prompt: str, max_new_tokens: int = 32, *, with_base: bool = True) -> dict[str, Any]:
@@ -144,7 +145,8 @@ class EditService:
             job, payload = self._queue.get()
             try:
                 job.emit("started")
-                result = self._edit(job, *payload) if job.kind == "edit" else self.writer.rollback(payload)
+                with self._asking if self.reader is self.writer else nullcontext():  # one editor: asks wait
+                    result = self._edit(job, *payload) if job.kind == "edit" else self.writer.rollback(payload)
                 self._publish()
                 job.emit("committed", result=as_json(result))
                 job.finish(result)
