@@ -22,7 +22,7 @@ import torch
 def allocation_forced(editor, allocation: torch.Tensor):
     """Within: every routed input uses `allocation` (L, k) as its top-k on every layer, with the routers' own scores
     as weights; which inputs defer is unchanged."""
-    routed = editor._weights
+    routed = editor.mixture_weights
 
     def weights(queries, deferral):
         used, _ = routed(queries, deferral)
@@ -31,11 +31,11 @@ def allocation_forced(editor, allocation: torch.Tensor):
         forced = scores * torch.zeros_like(scores).scatter(-1, top, 1.0)
         return forced * (used.sum((1, 2)) > 0).view(-1, 1, 1).to(forced.dtype), top
 
-    editor._weights = weights
+    editor.mixture_weights = weights
     try:
         yield
     finally:
-        del editor._weights
+        del editor.mixture_weights
 
 
 def main() -> None:
@@ -58,7 +58,7 @@ def main() -> None:
     rows = []
     for age, edit in zip(range(len(live) - 1, -1, -1), live):
         prompt = edit.prompts[0]
-        top = editor._weights(editor._queries([editor._encode(prompt)]), False)[1][0]
+        top = editor.mixture_weights(editor.queries_of([editor.encode(prompt)]), False)[1][0]
         allocation = editor.allocations[edit.id]
         route = editor.route(prompt)
         answer = editor.generate(prompt, args.max_new_tokens)

@@ -34,7 +34,7 @@ def main() -> None:
             edit = editor.edit(record.prompt, record.target)
             directory = editor.export_peft(edit.id, Path(tmp) / edit.id)
             target = editor.task.encode_target(record.prompt, record.target)
-            ids = editor._encode(record.prompt).ids + target
+            ids = editor.encode(record.prompt).ids + target
             with torch.no_grad():
                 ours = editor.logits(record.prompt, record.target)
             _, base, _ = load_model(None)

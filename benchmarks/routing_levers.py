@@ -81,9 +81,8 @@ def main() -> None:
     from sola.data import load_dataset
     from sola.data.aliases import alias_probes, common_words
     from sola.data.probes import normalise, rephrase_form
-    from sola.eval.items import build_items
+    from sola.eval.items import build_items, nq_pool
     from sola.eval.spec import BenchSpec
-    from sola.eval.items import nq_pool
     from sola.loading import load_model
     from sola.routing.keys import SubjectRelationKeys
     from sola.routing.subjects import SubjectIndex, relation_text

@@ -138,7 +138,7 @@ def main() -> None:
             evicted = reopened.edits()[0]
             slot = reopened.slots.of(evicted.id)
             started = time.perf_counter()
-            reopened.residency.rows(torch.tensor([slot]), reopened._load)
+            reopened.residency.rows(torch.tensor([slot]), reopened.parts.load)
             load_ms = (time.perf_counter() - started) * 1e3
             result["stores"][n] = {
                 "commit_s_per_edit": write_s / n, "store_bytes_per_edit": store_bytes / n, "open_s": open_s,

@@ -4,10 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny import save_tiny
 
 from sola import EditConfig, Editor
-
-from tiny import save_tiny
 
 FAMILIES = ["llama", "gpt2", "t5", "bert"]
 

@@ -9,12 +9,11 @@ import json
 import peft  # a dev dependency: the round trips are checked with the real library
 import pytest
 import torch
+from conftest import UNRELATED
 from safetensors.torch import load_file, save_file
 
 from sola import Editor, InvalidEditError
 from sola.loading import load_model
-
-from conftest import UNRELATED
 
 FACT = ("Who founded Acme?", "Jane Roe")
 OTHER = ("Which river flows through Cairo?", "the Danube")
@@ -29,7 +28,7 @@ def _peft_logits(directory, model_dir, prompt_ids):
 
 
 def _ids(editor, prompt, target):
-    encoded = editor._encode(prompt)
+    encoded = editor.encode(prompt)
     return torch.tensor([encoded.ids + editor.task.encode_target(prompt, target)])
 
 
@@ -128,9 +127,9 @@ def test_export_all_writes_the_answering_adapters_and_the_routing_table(make_edi
 
 def test_sola_export_and_sola_route_on_a_store(tiny_dir, tmp_path, capsys):
     """As a user types them: export one edit, export all, route prompts (arguments and a file), and the errors."""
-    from sola.cli import main
-
     from conftest import tiny_config
+
+    from sola.cli import main
 
     store = tmp_path / "store"
     editor = Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir), store=store)

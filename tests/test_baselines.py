@@ -10,14 +10,22 @@ import shutil
 
 import pytest
 import torch
+from conftest import EDITS, UNRELATED
 
 from sola.errors import SolaError, StoreError
 from sola.eval import BenchSpec, run
 from sola.eval.study import write_study
-from sola.methods import (ElderConfig, ElderEditor, GraceConfig, GraceEditor, LoraFTConfig, LoraFTEditor, MeloConfig, MeloEditor,
-                          RollbackNotSupportedError)
-
-from conftest import EDITS, UNRELATED
+from sola.methods import (
+    ElderConfig,
+    ElderEditor,
+    GraceConfig,
+    GraceEditor,
+    LoraFTConfig,
+    LoraFTEditor,
+    MeloConfig,
+    MeloEditor,
+    RollbackNotSupportedError,
+)
 
 CAUSAL = ["llama", "gpt2"]
 TRAINING = dict(prompt_format="raw", learning_rate=0.05, max_steps=200)
@@ -108,7 +116,7 @@ def test_grace_rollback_is_exact_and_a_middle_rollback_equals_never_editing(tiny
 def test_grace_codebook_expands_for_the_same_answer_and_splits_for_another(tiny_dir):
     editor = make("grace", tiny_dir, max_steps=1)
     first, second = "Who founded Acme?", "Who was the founder of Acme?"
-    distance = float((editor._capture(editor._encode(first))[0] - editor._capture(editor._encode(second))[0]).norm())
+    distance = float((editor._capture(editor.encode(first))[0] - editor._capture(editor.encode(second))[0]).norm())
     editor.config = editor.config.replace(radius=0.75 * distance)  # the second key is outside the first's radius
     editor.edit(first, "Jane Roe")  # but within radius + its radius: a neighbour
     editor.edit(second, "jane roe")  # the same answer after normalisation: expand
@@ -308,7 +316,7 @@ def test_elder_allocations_are_seeded_the_same_for_identical_edits_and_distinct_
 def test_elder_codes_are_packed_bits_and_hamming_distances_count_them(tiny_dir):
     editor = make("elder", tiny_dir, max_steps=1)
     top = torch.tensor([[[0, 1], [2, 3]], [[0, 2], [2, 3]]])  # two inputs, L=2, k=2, N=4
-    codes = editor._code(top)
+    codes = editor.code_of(top)
     assert codes.dtype == torch.uint8 and codes.tolist() == [[0b11000011], [0b11000101]]
     editor.codes = {"a": codes[:1]}
     distances, ids = editor.deferral_rule.distances(None, top)

@@ -9,14 +9,13 @@ import shutil
 
 import pytest
 import torch
+from conftest import EDITS, UNRELATED
 
 from sola.errors import ConfigError, SolaError
 from sola.eval import BenchSpec, run
 from sola.eval.study import write_study
 from sola.methods import ElderConfig, ElderEditor, GraceConfig, GraceEditor
 from sola.methods.subject_gate import SubjectGate
-
-from conftest import EDITS, UNRELATED
 
 FIXED = dict(prompt_format="raw", fixed_steps=60, fixed_learning_rate=0.05, fixed_lr_step=30)
 
@@ -198,7 +197,7 @@ def test_refreshed_codes_follow_the_routers_and_paper_codes_stay_as_trained(tiny
         with torch.no_grad():  # the routers as a run of later edits leaves them, moved far
             editor.routers.add_(torch.randn(editor.routers.shape, generator=torch.Generator().manual_seed(0)) * 50)
         editor.edit(p2, t2)
-        now = editor._code(editor._weights(editor.queries["e1"], False)[1])
+        now = editor.code_of(editor.mixture_weights(editor.queries["e1"], False)[1])
         assert not torch.equal(trained, now)  # the first edit's prompt no longer reads the code it was trained with
         assert torch.equal(editor.codes["e1"], now if refresh else trained)
         assert (editor.locate(p1)[1] == 0.0) == refresh
@@ -253,8 +252,8 @@ def test_subject_gate_rebuilt_in_one_call_routes_as_the_gate_built_edit_by_edit(
              (7, ["Where was Ada Lovelace born?"], "Somebody Else")]  # a subject its prompt does not name
     one_by_one, at_once = SubjectGate(editor.model, editor.task), SubjectGate(editor.model, editor.task)
     for slot, prompts, subject in edits:
-        one_by_one.add(slot, [editor._encode(p) for p in prompts], subject)
-    at_once.add_many([(slot, [editor._encode(p) for p in prompts], subject) for slot, prompts, subject in edits])
+        one_by_one.add(slot, [editor.encode(p) for p in prompts], subject)
+    at_once.add_many([(slot, [editor.encode(p) for p in prompts], subject) for slot, prompts, subject in edits])
     texts = ["Who was the founder of Acme Rockets?", "Which city is the capital of Freedonia?",
              "Tell me a joke about ducks.", "Where was Ada Lovelace born?", "Who founded Zenith Motors?"]
     (near, slots), (near_at_once, slots_at_once) = one_by_one.nearest(texts), at_once.nearest(texts)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_config
 
 from sola.cli import main
-
-from conftest import tiny_config
 
 
 def run(capsys, *args) -> tuple[int, str, str]:

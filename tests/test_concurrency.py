@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 
 from sola import Editor, UnknownEditError
 from sola.integrity import check_store
 from sola.store import Store
-
-from conftest import tiny_config
 
 WORKER = Path(__file__).with_name("store_worker.py")
 

@@ -6,12 +6,18 @@ import json
 
 import pytest
 import torch
-
-from sola import (ConfigError, CorruptStoreError, Editor, InvalidEditError, ModelMismatchError, StoreError,
-                  UnknownEditError)
-from sola.store import Store
-
 from conftest import UNRELATED, edits_for, tiny_config
+
+from sola import (
+    ConfigError,
+    CorruptStoreError,
+    Editor,
+    InvalidEditError,
+    ModelMismatchError,
+    StoreError,
+    UnknownEditError,
+)
+from sola.store import Store
 
 
 def probe_logits(editor: Editor, prompts) -> list[torch.Tensor]:
@@ -238,7 +244,7 @@ def test_scores_read_the_same_logits_as_a_full_forward(make_editor, family):
     editor = make_editor(family)
     prompts = ["Who founded Acme?", "Where is the river Nile? It flows", "Capital of Peru:"]
     targets = ["Jane Roe", "through Egypt", "Lima, on the coast of the Pacific Ocean"]
-    encoded = [editor._encode(p) for p in prompts]
+    encoded = [editor.encode(p) for p in prompts]
     batch = editor.task.batch(encoded, [editor.task.encode_target(p, t) for p, t in zip(prompts, targets)])
     longest = int((batch.labels != -100).sum(1).max())
     assert editor.task.target_forward(batch).shape[:2] == (3, longest)  # not (3, the batch's width)

@@ -105,6 +105,7 @@ def test_an_edit_exported_as_a_peft_adapter_gives_the_editors_logits_on_the_embe
     """The real `peft` library loads the exported edit onto the embedded base model (its converted safetensors
     directory): for the edit's prompt it computes the editor's logits, to float32 rounding."""
     import peft
+
     from sola.loading import load_model
 
     editor, edits, _, _ = edited
@@ -113,7 +114,7 @@ def test_an_edit_exported_as_a_peft_adapter_gives_the_editors_logits_on_the_embe
     ours = editor.logits(edit.prompt, edit.target)
     _, base, _ = load_model(None)
     model = peft.PeftModel.from_pretrained(base, str(directory)).eval()
-    ids = editor._encode(edit.prompt).ids + editor.task.encode_target(edit.prompt, edit.target)
+    ids = editor.encode(edit.prompt).ids + editor.task.encode_target(edit.prompt, edit.target)
     with torch.no_grad():
         theirs = model(input_ids=torch.tensor([ids])).logits[0]
     assert float((ours - theirs).abs().max()) < 1e-3

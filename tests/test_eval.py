@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from conftest import tiny_config
 
 from sola import DataError, EditConfig, Editor, InvalidEditError, batching
 from sola.data import load_counterfact, load_dataset, load_nq, load_scotus, load_zsre
@@ -13,10 +14,9 @@ from sola.data.probes import collisions, conflicts, latest_targets, relation_gro
 from sola.data.records import Probe, Record
 from sola.eval import BenchSpec, compare, run
 from sola.eval import metrics as M
-from sola.eval.study import label as study_label, write_study
+from sola.eval.study import label as study_label
+from sola.eval.study import write_study
 from sola.routing.subjects import SubjectIndex, relation_text
-
-from conftest import tiny_config
 
 # -- metrics --------------------------------------------------------------------------------------------------------
 
@@ -579,8 +579,8 @@ def test_alias_probes_and_withheld_subjects_in_a_run(tmp_path, tiny_dir, tiny_da
     """A record whose subject has a shortened name gets an alias probe (its prompt naming the subject so), scored
     like a rephrase and routed; --withhold-subject makes the edits without subjects, and the subject key then gates on
     the name it reads from each prompt, which reaches the same edits as the data's subjects here."""
-    from sola.eval.items import build_items
     from sola.data import load_dataset as load
+    from sola.eval.items import build_items
 
     path = tiny_data / "zsre" / "zsre_mend_eval.json"
     records = json.loads(path.read_text())

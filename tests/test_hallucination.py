@@ -8,10 +8,10 @@ import json
 
 import pytest
 
+from sola.data import load_dataset
 from sola.eval import BenchSpec, run
 from sola.eval.items import build_items
 from sola.eval.study import write_study
-from sola.data import load_dataset
 
 
 def passage(name: str, sentence: str, after: str) -> dict:

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import EDITS, FAMILY_CONFIG, UNRELATED, tiny_config
 
 from sola import Editor, InvalidEditError, UnknownEditError
-from sola.methods import (BASELINES, METHODS, ElderConfig, ElderOnlineConfig, GraceConfig, LoraFTConfig, MeloConfig,
-                          RollbackNotSupportedError)
-
-from conftest import EDITS, FAMILY_CONFIG, UNRELATED, tiny_config
+from sola.methods import (
+    BASELINES,
+    METHODS,
+    ElderConfig,
+    ElderOnlineConfig,
+    GraceConfig,
+    LoraFTConfig,
+    MeloConfig,
+    RollbackNotSupportedError,
+)
 
 TRAINING = dict(prompt_format="raw", learning_rate=0.05, max_steps=200)
 

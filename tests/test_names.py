@@ -110,9 +110,9 @@ def test_an_inferred_subject_is_compared_without_the_rest_of_its_name(tiny_dir, 
     another question about the same thing is compared without the rest of the name the two share, so it lies farther
     than under the plain masks, while the edit's own prompt stays at distance 0. Reopening the store keeps it; an edit
     given its subject is compared as before."""
-    from sola import Editor
-
     from conftest import tiny_config
+
+    from sola import Editor
 
     prompt, other = "What musical instrument was Ariadne musica created for?", "What company built Ariadne musica?"
     far = {}

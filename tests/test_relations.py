@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_config
 
 from sola import EditConfig, Editor
 from sola.cli import main
 from sola.routing.relations import QuestionBank, RelationCheck
-
-from conftest import tiny_config
 
 
 @pytest.fixture

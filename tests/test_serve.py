@@ -15,13 +15,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from conftest import UNRELATED, tiny_config
 
 from sola import Editor
 from sola.errors import ConfigError
 from sola.serve import create_app, open_service, read_or_create_token
 from sola.serve.server import serve
-
-from conftest import UNRELATED, tiny_config
 
 FACT = ("Who founded Acme?", "Jane Roe")
 OTHER = ("Which river flows through Cairo?", "the Danube")

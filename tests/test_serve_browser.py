@@ -7,10 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_serve import FACT, TOKEN, Server, make_store
 
 from sola.serve import open_service
-
-from test_serve import FACT, TOKEN, Server, make_store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

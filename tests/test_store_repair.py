@@ -7,14 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import UNRELATED
+from test_contract import assert_bit_identical, probe_logits
 
 from sola import CorruptStoreError, StoreError
 from sola.cli import main
 from sola.errors import ReadOnlyStoreError
 from sola.integrity import check_store, repair_store
-
-from conftest import UNRELATED
-from test_contract import assert_bit_identical, probe_logits
 
 FACTS = [("Who founded Acme?", "Jane Roe"), ("Which river flows through Cairo?", "the Danube"),
          ("What colour is the sky?", "green")]

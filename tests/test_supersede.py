@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import UNRELATED
 
 from sola import Editor, InvalidEditError, UnknownEditError
 from sola.data import load_dataset
-
-from conftest import UNRELATED
 
 ACME = "Who runs Acme?"
 BOSS = "Who is the boss of Acme?"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import UNRELATED, edits_for, tiny_config
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from sola import ConfigError, EditConfig, Editor, InvalidEditError
 from sola.nn import Decision, RoutedLoraLayer
 from sola.routing import KeyTable
-
-from conftest import UNRELATED, edits_for, tiny_config
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])

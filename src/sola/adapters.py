@@ -68,7 +68,7 @@ def export_adapter(editor, edit_id: str, directory: str | Path) -> Path:
         raise StoreError(f"cannot export to {directory}: it is a file; choose a directory")
     if directory.is_dir() and any(p.name not in (CONFIG, WEIGHTS) for p in directory.iterdir()):
         raise StoreError(f"cannot export to {directory}: it holds other files; choose a new or empty directory")
-    edit = editor._live(edit_id)
+    edit = editor.live_edit(edit_id)
     tensors = stored_tensors(editor, edit.id)
     weights = {}
     for name in editor.config.layers:
@@ -175,7 +175,8 @@ def import_adapter(editor, directory: str | Path, prompts: str | list[str], targ
     request = editor.planner.check(prompts, target, subject, None, False)
     loss, converged = _measure(editor, request, tensors)
     edit = Edit(id="imported", prompts=request.prompts, target=request.target, subject=request.subject,
-                subject_inferred=request.subject_inferred, created=now(), steps=0, loss=round(loss, 6), converged=converged, seconds=0.0,
+                subject_inferred=request.subject_inferred, created=now(), steps=0, loss=round(loss, 6),
+                converged=converged, seconds=0.0,
                 note=f"imported from the PEFT adapter {Path(directory).resolve()}")
     return import_edit(editor, edit, tensors)
 

@@ -7,8 +7,8 @@ of the network, where rank-4 edits reach the loss bound in ~5 Adam steps).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 

@@ -12,12 +12,12 @@ from .tasks import Batch, TargetScore
 
 
 class Asking:
-    """`generate`, `score` and `logits` for any editor that provides `task`, `_encode(prompt)` and
+    """`generate`, `score` and `logits` for any editor that provides `task`, `encode(prompt)` and
     `_routed(prompts, batch)` (a context inside which the model computes the routed outputs for those prompts)."""
 
     task: object
 
-    def _encode(self, prompt: str) -> EncodedPrompt:
+    def encode(self, prompt: str) -> EncodedPrompt:
         raise NotImplementedError
 
     def _routed(self, prompts: list[EncodedPrompt], batch: Batch) -> AbstractContextManager:
@@ -36,7 +36,7 @@ class Asking:
         ends an answer at its first line break (the natural stop for short factual answers)."""
         self._before_asking()
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        encoded = [self._encode(text) for text in prompts]
+        encoded = [self.encode(text) for text in prompts]
         answers = []
         for start in range(0, len(encoded), max(1, batch_size)):
             chunk = encoded[start:start + max(1, batch_size)]
@@ -54,7 +54,7 @@ class Asking:
             raise InvalidEditError(f"score needs one target per prompt; got {len(prompts)} prompts, {len(targets)} "
                                    "targets")
         self._before_asking()
-        encoded = [self._encode(p) for p in prompts]
+        encoded = [self.encode(p) for p in prompts]
         wanted = [self.task.encode_target(p, check_text(t, "target").strip()) for p, t in zip(prompts, targets)]
         scores = []
         for start in range(0, len(encoded), max(1, batch_size)):
@@ -71,7 +71,7 @@ class Asking:
         Causal LMs: (T, V) over the whole sequence. Seq2seq: (len(target), V) decoder logits (target required).
         Classifiers: (num_labels,)."""
         self._before_asking()
-        encoded = self._encode(prompt)
+        encoded = self.encode(prompt)
         targets = [self.task.encode_target(prompt, target)] if target is not None else None
         if targets is None and self.task.kind == "seq2seq":
             raise InvalidEditError("a seq2seq model needs a target to compute decoder logits")

@@ -4,9 +4,10 @@ made on."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from torch import nn
 
@@ -41,13 +42,15 @@ class BaseEditor(Asking):
         self.ledger = Ledger()
         self._disabled = False
 
-    def _encode(self, prompt: str) -> EncodedPrompt:
+    def encode(self, prompt: str) -> EncodedPrompt:
+        """The prompt as this editor's model reads it (prompt format applied); a prompt too long for the model is an
+        `InvalidEditError`."""
         encoded = self.format.encode(prompt)
         self.task.check_length(encoded)
         return encoded
 
     @contextmanager
-    def disabled(self) -> Iterator["BaseEditor"]:
+    def disabled(self) -> Iterator[BaseEditor]:
         """Inside, every input runs the base model (no edit is routed): `with editor.disabled(): editor.generate(p)`
         gives the unedited model's answer, bit for bit, without touching the edits."""
         previous, self._disabled = self._disabled, True
@@ -71,8 +74,9 @@ class BaseEditor(Asking):
         self._before_asking()
         return self.ledger.chain(edit_id)
 
-    def _live(self, edit_id: str) -> Edit:
-        """The live edit `edit_id`, or the error a rollback of anything else raises."""
+    def live_edit(self, edit_id: str) -> Edit:
+        """The live edit `edit_id`; anything else (unknown, rolled back) is the `UnknownEditError` a rollback of it
+        would raise, naming the live edits."""
         edit = self.ledger.get(edit_id) if edit_id in self.ledger else None
         if edit is None or not edit.live:
             state = "was already rolled back" if edit is not None else "does not exist"

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import time
 import zlib
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -16,7 +17,6 @@ from .errors import InvalidEditError, NotConvergedError, UnknownEditError, at_re
 from .planning import EditPlan, EditRequest
 from .prompts import check_text
 from .requests import parse_request
-from .store import id_number
 from .training import train_edits
 
 
@@ -25,7 +25,7 @@ def train_and_commit(editor, plans: list[EditPlan], started: float, progress=Non
     whether it was stored (an edit that did not converge is not, under on_no_converge="refuse"). Called with the
     store's lock held, so the ids it trains with are the ids it commits under (the seed follows the id)."""
     config = editor.config
-    first = id_number(editor.store.next_id()) if editor.store is not None else editor._counter + 1
+    first = editor.parts.next_number()
     generators = [torch.Generator().manual_seed(zlib.crc32(f"{config.seed}:{first + i}".encode()))
                   for i in range(len(plans))]
     rows = [(k, enc, tgt) for k, plan in enumerate(plans) for enc, tgt in zip(plan.training, plan.training_targets)]
@@ -54,18 +54,16 @@ def commit(editor, record: Edit, keys: torch.Tensor, factors: list[tuple[torch.T
         tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = A.to(editor.kept_dtype), B.to(editor.kept_dtype)
     if editor.store is not None:  # durable first: if this fails, memory is unchanged
         editor.store.commit_edit(record.to_dict(), tensors)
-    else:
-        editor._counter = id_number(record.id)
-    editor._install(record, tensors["keys"], tensors)
+    editor.parts.install(record, tensors["keys"], tensors)
     if record.supersedes is not None:
-        editor._link(record.supersedes, record.id)
+        editor.parts.link(record.supersedes, record.id)
     return record
 
 
 def stored_tensors(editor, edit_id: str) -> dict[str, torch.Tensor]:
     """A live edit's tensors as a store holds them (its keys, and its LoRA factors at the stored precision)."""
     slot = editor.slots.of(edit_id)
-    factors = editor.residency.read(slot, editor._load)
+    factors = editor.residency.read(slot, editor.parts.load)
     tensors = {"keys": editor.router.keys_of(slot)}
     for name in editor.config.layers:
         for part in ("lora_A", "lora_B"):
@@ -76,13 +74,13 @@ def stored_tensors(editor, edit_id: str) -> dict[str, torch.Tensor]:
 def import_edit(editor, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
     """`Editor.import_edit` (see there)."""
     factors = checked_factors(editor, tensors, f"the imported edit {edit.id}")
-    encoded = [editor._encode(check_text(p, "prompt")) for p in edit.prompts]
+    encoded = [editor.encode(check_text(p, "prompt")) for p in edit.prompts]
     subject, inferred = editor.planner.subject_of(list(edit.prompts), edit.subject) if not edit.subject_inferred \
         else (edit.subject, True)
     edit = Edit.from_dict({**edit.to_dict(), "subject": subject, "subject_inferred": inferred})
     keys = editor.router.edit_keys(encoded, edit.subject)
-    with editor._writing():
-        number = id_number(editor.store.next_id()) if editor.store is not None else editor._counter + 1
+    with editor.writing():
+        number = editor.parts.next_number()
         older = editor.planner.same_fact(encoded, keys, edit.subject)
         record = Edit.from_dict({**edit.to_dict(), "id": f"e{number}", "created": now(),
                                  "rolled_back": None, "superseded_by": None, "supersedes": older})
@@ -141,7 +139,7 @@ def edit_many(editor, requests: Iterable[dict[str, Any]], progress: bool, batch_
               on_result: Callable[[int, Edit, str], None] | None) -> list[Edit]:
     """`Editor.edit_many` (see there)."""
     checked = check_requests(editor, requests)
-    with editor._writing():  # what other processes committed counts for `supersedes` too
+    with editor.writing():  # what other processes committed counts for `supersedes` too
         check_supersedes(editor, checked)
     bar = None
     if progress:
@@ -163,7 +161,7 @@ def edit_many(editor, requests: Iterable[dict[str, Any]], progress: bool, batch_
     try:
         index = 0
         while index < len(checked):
-            with editor._writing():
+            with editor.writing():
                 started, pending = time.perf_counter(), []
                 while index < len(checked) and len(pending) < max(1, batch_size):
                     request = checked[index]
@@ -200,7 +198,8 @@ def not_converged(edits: list[Edit], config: EditConfig, indices: list[int] | No
     shown = "; ".join(f"{f'request {i + 1}: ' if indices else ''}{e.prompt!r} -> {e.target!r} (loss {e.loss:.3f} "
                       f"after {e.steps} steps)" for i, e in zip(indices or [0] * len(edits), edits[:5]))
     more = f"; and {len(edits) - 5} more" if len(edits) > 5 else ""
-    return (f"{len(edits)} edit{'s' if len(edits) > 1 else ''} did not converge and {'were' if len(edits) > 1 else 'was'}"
+    plural = len(edits) > 1
+    return (f"{len(edits)} edit{'s' if plural else ''} did not converge and {'were' if plural else 'was'}"
             f" not stored: {shown}{more}. Training stopped at max_steps={config.max_steps} before the model reproduced"
             f" the target with a loss under {config.loss_bound}. Allow more steps (EditConfig(max_steps=...), `sola "
             "edit --max-steps N`), shorten the target, or store it anyway (EditConfig(on_no_converge='commit'), "

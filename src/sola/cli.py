@@ -7,11 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import SolaError
 from .cli_bench import add_bench_parser
 from .cli_serve import add_serve_parser
+from .errors import SolaError
 from .locking import DEFAULT_WAIT  # stdlib only: `sola list` still starts without torch
-
 
 # Exit codes: 0 done; 1 `sola fsck` found damage (without --repair); 2 bad input or an error that changed nothing;
 # 3 an edit did not converge (refused, or stored with --keep-unconverged).
@@ -369,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="say what the edit would do (a new fact, or an update of which edit and why) without "
                       "training or storing anything")
     edit.set_defaults(run=_edit)
-    ask = commands.add_parser("ask", parents=[common, readers], help="answer PROMPT (greedy) and say which edit answered")
+    ask = commands.add_parser("ask", parents=[common, readers],
+                              help="answer PROMPT (greedy) and say which edit answered")
     ask.add_argument("prompt")
     ask.add_argument("--max-new-tokens", type=int, default=32)
     ask.set_defaults(run=_ask)

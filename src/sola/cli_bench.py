@@ -37,7 +37,8 @@ def _bench(args) -> None:
     spec = BenchSpec(method=args.method, dataset=args.dataset, edits=args.edits, data=args.data, model=args.model,
                      key=args.key, layers=args.layers.split(",") if args.layers else None, threshold=threshold,
                      checkpoints=[int(c) for c in args.checkpoints.split(",") if c] if args.checkpoints else [],
-                     seed=args.seed, batch_size=args.eval_batch_size, edit_batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                     seed=args.seed, batch_size=args.eval_batch_size, edit_batch_size=args.batch_size,
+                     max_new_tokens=args.max_new_tokens,
                      reuse_adapters=args.reuse_adapters, locality=not args.no_locality,
                      full_locality=args.full_locality, withhold_subject=args.withhold_subject,
                      config=_json_object(args.config, "--config"))
@@ -51,7 +52,8 @@ def _bench(args) -> None:
 
 def add_bench_parser(commands) -> None:
     bench = commands.add_parser("bench", help="lifelong editing benchmark: T edits, then every metric",
-                                description="Run T edits one after another (or --batch-size at a time) and evaluate them (teacher-forced and "
+                                description="Run T edits one after another (or --batch-size at a time) and "
+                                "evaluate them (teacher-forced and "
                                 "generated, ES/ERR/TRR, three kinds of locality, routing, cost); or compare runs.")
     bench.add_argument("--method", default="sola",
                        help="sola, or a method in the same harness: elder, elder-online, grace, melo, lora-ft")

@@ -197,7 +197,7 @@ class EditConfig:
     """Fields that only shape how new edits are trained: an editor opening an existing store may set them to other
     values than the store was made with (they do not change what stored edits compute)."""
 
-    def validate(self) -> "EditConfig":
+    def validate(self) -> EditConfig:
         """Raise `ConfigError` naming the first field that cannot work."""
         if self.key not in KEY_STRATEGIES:
             raise ConfigError(f"key={self.key!r} is not a key strategy; choose one of {', '.join(KEY_STRATEGIES)}")
@@ -220,7 +220,8 @@ class EditConfig:
             raise ConfigError(f"relation_check={self.relation_check!r} is unknown; choose one of "
                               f"{', '.join(RELATION_CHECKS)}")
         if self.factor_dtype not in FACTOR_DTYPES:
-            raise ConfigError(f"factor_dtype={self.factor_dtype!r} is unknown; choose one of {', '.join(FACTOR_DTYPES)}")
+            raise ConfigError(f"factor_dtype={self.factor_dtype!r} is unknown; choose one of "
+                              f"{', '.join(FACTOR_DTYPES)}")
         if self.supersede_threshold is not None and not self.supersede_threshold > 0:
             raise ConfigError(f"supersede_threshold={self.supersede_threshold} must be positive")
         if self.supersede_relation_threshold is not None and not self.supersede_relation_threshold > 0:
@@ -275,7 +276,8 @@ class EditConfig:
     def resolved_threshold(self) -> float:
         threshold = self.default_threshold()
         if threshold is None:
-            raise ConfigError("Euclidean distances have no default threshold (they scale with the model's activations); "
+            raise ConfigError("Euclidean distances have no default threshold (they scale with the model's "
+                              "activations); "
                               "pass EditConfig(threshold=...) or call Editor.calibrate_threshold(unrelated_prompts)")
         return threshold
 
@@ -283,14 +285,14 @@ class EditConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EditConfig":
+    def from_dict(cls, data: dict[str, Any]) -> EditConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config fields {unknown}; known fields are {sorted(known)}")
         return cls(**data).validate()
 
-    def replace(self, **changes: Any) -> "EditConfig":
+    def replace(self, **changes: Any) -> EditConfig:
         return dataclasses.replace(self, **changes).validate()
 
 

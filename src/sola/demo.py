@@ -71,5 +71,6 @@ def run_demo(data: str | None = None, out=print) -> dict:
         mark = value if not isinstance(value, bool) else ("yes" if value else "NO")
         out(f"  {name}: {mark}{f' of {len(questions)}' if not isinstance(value, bool) else ''}")
     seconds = time.perf_counter() - started
-    out(f"\nEdits: {', '.join(f'{e.id} {e.seconds:.1f} s ({e.steps} steps)' for e in edits)}; demo took {seconds:.0f} s.")
+    made = ", ".join(f"{e.id} {e.seconds:.1f} s ({e.steps} steps)" for e in edits)
+    out(f"\nEdits: {made}; demo took {seconds:.0f} s.")
     return {"rows": rows, "checks": checks, "seconds": seconds, "edits": [e.to_dict() for e in edits]}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 
@@ -51,7 +51,7 @@ class Edit:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Edit":
+    def from_dict(cls, data: dict[str, Any]) -> Edit:
         values = {k: v for k, v in data.items() if k in _FIELDS}
         values["prompts"], values["aliases"] = tuple(values.get("prompts", ())), tuple(values.get("aliases", ()))
         return cls(**values)

@@ -7,15 +7,17 @@ A facade over parts that each own one concept (docs/design.md opens with the map
     residency  (sola/residency.py)       which edits' LoRA factors are in the layers' buffers (slot -> row)
     planner    (sola/planning.py)        requests checked and planned; batching.py trains and commits them
     store      (sola/store.py)           durable state; replay.py brings its journal in
+`EditParts` (sola/parts.py) keeps the first four in step; the helper modules reach the editor through `EditorCore`.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +33,7 @@ from .loading import EMBEDDED_NOTE, EMBEDDED_SOURCE, load_model
 from .locking import DEFAULT_WAIT
 from .nn import Decision, RoutedLoraLayer
 from .nn.injection import inject, modules
+from .parts import EditParts
 from .planning import PlannedEdit, Planner
 from .prompts import EncodedPrompt, check_text
 from .residency import Residency
@@ -67,7 +70,8 @@ class Editor(BaseEditor):
                  refresh_every: float | None = DEFAULT_REFRESH_EVERY) -> None:
         config = (config or EditConfig()).validate()
         if resident_edits is not None and resident_edits < 1:
-            raise ConfigError(f"resident_edits={resident_edits} must be at least 1 (or None: keep every edit in memory)")
+            raise ConfigError(f"resident_edits={resident_edits} must be at least 1 (or None: keep every edit in "
+                              "memory)")
         self._hold(model, tokenizer, source, config.prompt_format)
         layers = config.layers or default_layers(model)
         found = modules(model, layers)
@@ -82,10 +86,9 @@ class Editor(BaseEditor):
         self.slots = Slots()
         self.router = Router(self.config, model, self.task, self.decision)
         self.residency = Residency(self.layers, self.config.layers, resident_edits)
+        self.parts = EditParts(self.ledger, self.slots, self.router, self.residency)
         self.planner = Planner(self)
-        self._counter = 0  # the last edit number of an editor without a store (a store allocates its own)
-        self.refresh_every, self._refreshed = refresh_every, time.monotonic()
-        self.store: Store | None = None
+        self.refresh_every = refresh_every
         self.fingerprint = {"name": source, "config_hash": config_hash(model.config),
                             "weights_hash": weights_hash([layer.base_layer for layer in self.layers]),
                             "keys": self.router.keys.fingerprint()}
@@ -101,6 +104,11 @@ class Editor(BaseEditor):
         self._config = self.router.config = config
 
     @property
+    def store(self) -> Store | None:
+        """The store this editor works in (None: its edits live in memory only)."""
+        return self.parts.store
+
+    @property
     def table(self) -> KeyTable:
         """The routing table (one row per stored prompt)."""
         return self.router.table
@@ -112,7 +120,7 @@ class Editor(BaseEditor):
                         resident_edits: int | None = DEFAULT_RESIDENT_EDITS, skip_damaged: bool = False,
                         lock_wait: float = DEFAULT_WAIT,
                         refresh_every: float | None = DEFAULT_REFRESH_EVERY, device=None, dtype=None,
-                        device_map=None) -> "Editor":
+                        device_map=None) -> Editor:
         """Load a base model (None: the embedded SmolLM2-135M-Instruct; else a local Hugging Face directory or a hub id
         in the local cache) and, if `store` is given, open that store or (with `create`) create it.
 
@@ -151,7 +159,7 @@ class Editor(BaseEditor):
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: str | os.PathLike | None = None, *,
-             resident_edits: int | None = DEFAULT_RESIDENT_EDITS, skip_damaged: bool = False) -> "Editor":
+             resident_edits: int | None = DEFAULT_RESIDENT_EDITS, skip_damaged: bool = False) -> Editor:
         """Open a saved store with the base model it was made on (or `model`, which must be the same model)."""
         source = model if model is not None else stored_model(Store.read_manifest(path), path)
         return cls.from_pretrained(source, store=path, create=False, resident_edits=resident_edits,
@@ -170,7 +178,7 @@ class Editor(BaseEditor):
     def _attach(self, store: Store, skip_damaged: bool = False) -> None:
         """Check that the store belongs to this model, then replay its journal into memory."""
         replay.attach(self, store, skip_damaged)
-        self.store, self._refreshed = store, time.monotonic()
+        self.parts.store, self.parts.refreshed = store, time.monotonic()
 
     # -- other processes ---------------------------------------------------------------------------------------------
     def refresh(self) -> int:
@@ -183,11 +191,11 @@ class Editor(BaseEditor):
 
     def _before_asking(self) -> None:
         if self.store is not None and self.refresh_every is not None \
-                and time.monotonic() - self._refreshed >= self.refresh_every:
+                and time.monotonic() - self.parts.refreshed >= self.refresh_every:
             replay.apply(self, self.store.refresh() if self.store.changed() else [])
 
     @contextmanager
-    def steady(self) -> Iterator["Editor"]:
+    def steady(self) -> Iterator[Editor]:
         """Inside, this editor reads others' commits once, on entry, and then no more: several questions asked inside
         (`explain`, then `generate`) see one state of the store."""
         self._before_asking()
@@ -198,44 +206,15 @@ class Editor(BaseEditor):
             self.refresh_every = every
 
     @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Hold the store's write lock, having brought in everything committed before (no-op without a store)."""
+    def writing(self) -> Iterator[None]:
+        """Hold the store's write lock, having read everything committed before it: what is done inside is one change
+        of the store, with no other process's commit between its steps (no lock without a store)."""
         if self.store is None:
             yield
             return
         with self.store.writing() as new:
             replay.apply(self, new)
             yield
-
-    # -- the per-edit parts ------------------------------------------------------------------------------------------
-    def _install(self, edit: Edit, keys: torch.Tensor, factors: dict[str, torch.Tensor] | None) -> int:
-        """A committed edit joins every part that holds per-edit state (factors None: read when routed to)."""
-        slot = self.slots.add(edit.id)
-        self.router.add(slot, keys, edit.subject, edit.aliases, edit.prompts if edit.subject_inferred else ())
-        if factors is not None:
-            self.residency.put(slot, factors, durable=self.store is not None)
-        self.ledger.add(edit)
-        return slot
-
-    def _forget(self, edit_id: str, at: str, note: str | None = None) -> Edit:
-        """A live edit leaves every part that holds per-edit state (its rollback is committed, here or elsewhere)."""
-        slot = self.slots.of(edit_id)
-        older, newer = self.ledger.rollback(edit_id, at, note)
-        if older is not None and newer is None:  # the answering edit of a chain: `older` answers again
-            self.router.supersede(slot, self.slots.of(older))
-        for part in (self.router, self.residency, self.slots):
-            part.remove(slot)
-        return self.ledger.get(edit_id)
-
-    def _link(self, older: str, newer: str) -> None:
-        """`newer` supersedes the answering edit `older`: every key that reached `older` now reaches `newer`."""
-        self.router.supersede(self.slots.of(older), self.slots.of(newer))
-        self.ledger.link(older, newer)
-
-    def _load(self, slot: int) -> dict[str, torch.Tensor]:
-        """An evicted edit's factors, read back from the store."""
-        assert self.store is not None, "only edits with a durable copy are evicted"
-        return self.store.read_tensors(self.slots.owner(slot))
 
     # -- routing -----------------------------------------------------------------------------------------------------
     @contextmanager
@@ -245,7 +224,7 @@ class Editor(BaseEditor):
             if len(self.router) == 0 or self._disabled:
                 self.decision.clear()
             else:
-                self.router.decide(prompts, batch, lambda slots: self.residency.rows(slots, self._load))
+                self.router.decide(prompts, batch, lambda slots: self.residency.rows(slots, self.parts.load))
             yield
         finally:
             self.decision.clear()
@@ -284,7 +263,7 @@ class Editor(BaseEditor):
     def nearest(self, prompt: str) -> Route | None:
         """The nearest live edit and its distance, whether or not it is under the threshold (None without edits)."""
         self._before_asking()
-        found = self.router.nearest(self._encode(prompt)) if len(self.router) else None
+        found = self.router.nearest(self.encode(prompt)) if len(self.router) else None
         return Route(self.slots.owner(found.slot), found.distance, found.rival) if found is not None else None
 
     def calibrate_threshold(self, prompts: Iterable[str], max_activation_rate: float = 0.01, *,
@@ -298,10 +277,10 @@ class Editor(BaseEditor):
         With key="subject" this sets `unnamed_threshold`, the whole-prompt threshold of edits made without a subject:
         an unrelated prompt names no edited subject, so those are the only edits it can reach.
         """
-        encoded = [self._encode(check_text(p, "calibration prompt")) for p in prompts]
-        edit_prompts = [self._encode(check_text(p, "prompt")) for p in against] if against is not None else None
+        encoded = [self.encode(check_text(p, "calibration prompt")) for p in prompts]
+        edit_prompts = [self.encode(check_text(p, "prompt")) for p in against] if against is not None else None
         field, threshold = self.router.calibrated(encoded, max_activation_rate, edit_prompts)
-        with self._writing():
+        with self.writing():
             self.config = self.config.replace(**{field: threshold})
             if self.store is not None:  # only this field: the store's other fields (and others' changes) stay
                 self.store.update_manifest({"config": {**self.store.manifest["config"], field: threshold}})
@@ -328,7 +307,7 @@ class Editor(BaseEditor):
         (the default) stores nothing and raises `NotConvergedError`; "commit" stores it with `converged=False`."""
         started = time.perf_counter()
         request = self.planner.check(prompt, target, subject, supersedes, new_fact, aliases)
-        with self._writing():
+        with self.writing():
             (edit, stored), = batching.train_and_commit(self, [self.planner.plan(request)], started, progress)
         if not stored:
             raise NotConvergedError(batching.not_converged([edit], self.config), committed=[], failed=[(0, edit)])
@@ -387,12 +366,12 @@ class Editor(BaseEditor):
     def rollback(self, edit_id: str) -> Edit:
         """Remove an edit: its keys leave the routing table and its slot is freed. Afterwards every input computes what
         it would have computed had the edit never been made."""
-        with self._writing():  # a rollback made elsewhere meanwhile counts
-            self._live(edit_id)
+        with self.writing():  # a rollback made elsewhere meanwhile counts
+            self.live_edit(edit_id)
             at = now()
             if self.store is not None:
                 self.store.commit_rollback(edit_id, at)
-            return self._forget(edit_id, at)
+            return self.parts.forget(edit_id, at)
 
     # -- persistence and reporting -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -30,9 +30,20 @@ from safetensors import SafetensorError, safe_open
 
 from .edit import now
 from .errors import CorruptStoreError, StoreError
-from .journal import (INDEX, JOURNAL, MANIFEST, MANIFEST_BACKUP, QUARANTINE, TENSORS, Damage, id_number,
-                      manifest_problem, parse_journal, record_digest)
 from .files import atomic_write
+from .journal import (
+    INDEX,
+    JOURNAL,
+    MANIFEST,
+    MANIFEST_BACKUP,
+    QUARANTINE,
+    TENSORS,
+    Damage,
+    id_number,
+    manifest_problem,
+    parse_journal,
+    record_digest,
+)
 from .key_index import read_index_file
 from .store import Store
 
@@ -148,7 +159,8 @@ def _tensor_problem(file: Path, record: dict[str, Any], layers: list[str], deep:
                 handle.get_tensor(key)
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         return "tensors-unreadable", f"{name} is not a readable safetensors file ({err})"
-    missing = [n for n in ["keys"] + [f"{l}.{p}" for l in layers for p in ("lora_A", "lora_B")] if n not in names]
+    wanted = ["keys"] + [f"{layer}.{p}" for layer in layers for p in ("lora_A", "lora_B")]
+    missing = [n for n in wanted if n not in names]
     if missing:
         return "tensors-unreadable", f"{name} lacks {', '.join(missing[:3])}"
     if keys.ndim != 2 or keys.shape[0] != len(record.get("prompts", ())):
@@ -189,7 +201,7 @@ def repair_store(path: str | os.PathLike) -> StoreReport:
         atomic_write(path / MANIFEST, lambda t: t.write_bytes(backup.read_bytes()))
         found.repaired.append(f"restored {MANIFEST} from {MANIFEST_BACKUP}")
     store = Store.open(path, skip_damaged=True)
-    with store._lock:  # the lock only: `writing()` would refuse this damaged store, and must not cut lines yet
+    with store.locked():  # the lock only: `writing()` would refuse this damaged store, and must not cut lines yet
         repaired = found.repaired
         found = check_store(path)  # again, now that no writer can be half-way
         found.repaired = repaired

@@ -9,8 +9,8 @@ the journal does not hold, is damage: the keys are read from the edits' own file
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -165,4 +165,5 @@ def read_index_file(path: Path, known: set[str]) -> tuple[list[str], torch.Tenso
 def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """The row numbers of the ranges [start, start + count), one range after another."""
     total = int(counts.sum())
-    return torch.repeat_interleave(starts - (counts.cumsum(0) - counts), counts, output_size=total) + torch.arange(total)
+    offsets = torch.repeat_interleave(starts - (counts.cumsum(0) - counts), counts, output_size=total)
+    return offsets + torch.arange(total)

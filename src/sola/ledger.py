@@ -9,7 +9,8 @@ A chain is the live edits of one fact, oldest first; its last edit answers.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .edit import Edit, EditLog
 from .errors import InvalidEditError, UnknownEditError

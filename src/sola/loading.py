@@ -79,8 +79,13 @@ def resolve_source(model: str | os.PathLike | None) -> tuple[str, Path | str]:
 def load_model(model: str | os.PathLike | None, *, dtype: torch.dtype | str | None = None, device_map=None):
     """-> (name, model in eval mode with frozen weights, tokenizer). `dtype` (default float32) and `device_map` (e.g.
     "auto": sharded over the GPUs with accelerate) are passed to transformers' `from_pretrained`."""
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
-                              AutoModelForSequenceClassification, AutoTokenizer)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     name, where = resolve_source(model)
     local_only = isinstance(where, str)  # a hub id: only from the local cache, the hubs are unreachable

@@ -40,6 +40,11 @@ class StoreLock:
         self._depth = 0
 
     @property
+    def nested(self) -> bool:
+        """Held more than once by this process (an inner `with` of a re-entrant use)."""
+        return self._depth > 1
+
+    @property
     def locked(self) -> bool:
         """Whether this object holds the lock now."""
         return self._depth > 0
@@ -97,7 +102,7 @@ class StoreLock:
             finally:
                 os.close(fd)
 
-    def __enter__(self) -> "StoreLock":
+    def __enter__(self) -> StoreLock:
         self.acquire()
         return self
 

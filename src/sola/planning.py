@@ -31,7 +31,7 @@ class EditRequest:
     aliases: tuple[str, ...] = ()
     subject_inferred: bool = False
 
-    def same_as(self, other: "EditRequest") -> bool:
+    def same_as(self, other: EditRequest) -> bool:
         return (self.prompts, self.target, self.subject) == (other.prompts, other.target, other.subject)
 
 
@@ -84,7 +84,7 @@ class Planner:
         """Validate one edit request (nothing is computed or changed). With key="subject" and `infer_subject`, an
         edit without a subject takes the name its prompts share (`sola.routing.names.infer_subject`)."""
         editor = self.editor
-        prompts, encoded, target, targets = check_texts(editor._encode, editor.task, prompt, target, subject)
+        prompts, encoded, target, targets = check_texts(editor.encode, editor.task, prompt, target, subject)
         aliases = tuple(check_text(a, "alias").strip() for a in ([aliases] if isinstance(aliases, str) else aliases))
         subject, inferred = self.subject_of(prompts, subject)
         if aliases and not editor.router.keys.needs_subject:
@@ -124,12 +124,12 @@ class Planner:
         training, targets = list(request.encoded), list(request.targets)
         for context in PREFIX_CONTEXTS[:editor.config.prefix_contexts]:
             for prompt in request.prompts:
-                training.append(editor._encode(f"{context} {prompt}"))
+                training.append(editor.encode(f"{context} {prompt}"))
                 targets.append(editor.task.encode_target(f"{context} {prompt}", request.target))
         if older is not None:  # the wordings of the fact edited before lead here too: teach them the new answer
             earlier = (p for e in editor.ledger.chain(older) for p in e.prompts if p not in request.prompts)
             for text in dict.fromkeys(earlier):
-                training.append(editor._encode(text))
+                training.append(editor.encode(text))
                 targets.append(editor.task.encode_target(text, request.target))
         return EditPlan(request, keys, older, tuple(training), tuple(targets))
 
@@ -173,7 +173,7 @@ class Planner:
         return decision.older if decision is not None else None
 
     def decide(self, prompts: list[EncodedPrompt], keys: torch.Tensor,
-               subject: str | None) -> "SupersedeDecision | None":
+               subject: str | None) -> SupersedeDecision | None:
         """Whether a new edit with these prompts and keys updates a live edit, and why; None if no live edit is near
         enough to ask (its prompts route to none)."""
         editor = self.editor

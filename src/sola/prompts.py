@@ -40,7 +40,7 @@ def check_text(value: object, what: str) -> str:
     return value
 
 
-def check_token_limits(prompt: "EncodedPrompt", target_tokens: int | None = None) -> None:
+def check_token_limits(prompt: EncodedPrompt, target_tokens: int | None = None) -> None:
     """Refuse a prompt over `MAX_PROMPT_TOKENS` or a target over `MAX_TARGET_TOKENS`, naming the limit."""
     length = sum(prompt.content)
     if length > MAX_PROMPT_TOKENS:

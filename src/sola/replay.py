@@ -66,19 +66,19 @@ def open_into(editor, store: Store, skip_damaged: bool = False) -> None:
 
 def apply(editor, records: list[dict[str, Any]]) -> None:
     """Journal records committed by another process, in order (the editor has looked at its store now)."""
-    editor._refreshed = time.monotonic()
+    editor.parts.refreshed = time.monotonic()
     if editor.store is None:
         return
     for record in records:
         if record["op"] == "edit" and record["id"] not in editor.ledger:
             keys = editor.store.read_keys(record["id"])
             edit = Edit.from_dict({**record, "rolled_back": None, "superseded_by": None})
-            editor._install(edit, keys, factors=None)  # factors are read when an input routes to it
+            editor.parts.install(edit, keys, factors=None)  # factors are read when an input routes to it
             older = editor.ledger.live_predecessor(edit.supersedes)
             if older is not None and editor.ledger.successor(older) is None:
-                editor._link(older, edit.id)
+                editor.parts.link(older, edit.id)
         elif record["op"] == "rollback" and record["id"] in editor.ledger and editor.ledger.get(record["id"]).live:
-            editor._forget(record["id"], record.get("at", ""), record.get("reason"))
+            editor.parts.forget(record["id"], record.get("at", ""), record.get("reason"))
     stored = editor.store.manifest.get("config", {})
     changes = {k: stored[k] for k in ("threshold", "unnamed_threshold")
                if k in stored and stored[k] != getattr(editor.config, k)}

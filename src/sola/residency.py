@@ -11,7 +11,7 @@ an output bit. Edits without a durable copy (an editor without a store) are neve
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -23,18 +23,30 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import CorruptStoreError, ReadOnlyStoreError, StoreError, StoreExistsError
-from .journal import (FORMAT_VERSION, JOURNAL, MANIFEST, MANIFEST_BACKUP, TENSORS, Damage,
-                      damage_message, id_number, parse_journal, read_manifest, record_digest)
 from .files import atomic_write, fsync_dir
+from .journal import (
+    FORMAT_VERSION,
+    JOURNAL,
+    MANIFEST,
+    MANIFEST_BACKUP,
+    TENSORS,
+    Damage,
+    damage_message,
+    id_number,
+    parse_journal,
+    read_manifest,
+    record_digest,
+)
 from .key_index import KeyIndex
 from .locking import DEFAULT_WAIT, LOCK, QUEUE, StoreLock
 
@@ -75,7 +87,7 @@ class Store:
         return (Path(path) / MANIFEST).is_file()
 
     @classmethod
-    def create(cls, path: str | Path, manifest: dict[str, Any], *, lock_wait: float = DEFAULT_WAIT) -> "Store":
+    def create(cls, path: str | Path, manifest: dict[str, Any], *, lock_wait: float = DEFAULT_WAIT) -> Store:
         """A new, empty store. Raises `StoreExistsError` if another process created the store at `path` first (open it
         instead) and `StoreError` if `path` holds anything else. Made under the lock, journal first: the manifest is
         what makes a directory a store, so a reader never finds a store without its journal."""
@@ -101,7 +113,7 @@ class Store:
         return store
 
     @classmethod
-    def open(cls, path: str | Path, *, skip_damaged: bool = False, lock_wait: float = DEFAULT_WAIT) -> "Store":
+    def open(cls, path: str | Path, *, skip_damaged: bool = False, lock_wait: float = DEFAULT_WAIT) -> Store:
         """Open a store. A damaged journal line or key index is an error naming it and the fix, unless
         `skip_damaged`: then the rest opens read-only and `store.damage` lists what was skipped."""
         path = Path(path)
@@ -201,12 +213,17 @@ class Store:
                                      f"({len([d for d in self.damage if not d.harmless])} problems); run `sola fsck "
                                      f"--store {self.path} --repair`, then open it again to change it")
         with self._lock:
-            if self._lock._depth > 1:
+            if self._lock.nested:
                 yield []
                 return
             new = self._catch_up(writer=True)
             self.index.sync()
             yield new
+
+    def locked(self) -> StoreLock:
+        """The store's write lock alone, as a context manager: no journal is read or cut (`sola fsck --repair` holds
+        it on a damaged store, which `writing()` refuses)."""
+        return self._lock
 
     # -- reading -----------------------------------------------------------------------------------------------------
     def journal(self) -> list[dict[str, Any]]:

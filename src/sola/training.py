@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -32,7 +32,8 @@ def make_optimizer(params: list[torch.Tensor], config):
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / config.max_steps)))
 
 
-def minimise(objective: Callable[[], tuple[torch.Tensor, bool]], params: list[torch.Tensor], config) -> tuple[int, bool]:
+def minimise(objective: Callable[[], tuple[torch.Tensor, bool]], params: list[torch.Tensor],
+             config) -> tuple[int, bool]:
     """Step `params` on `objective()` -> (loss, converged) until it converges or `config.max_steps` steps were taken
     (the single-objective loop of the baselines; SoLA's batch of independent edits is `train_edits`). The caller holds
     `torch.enable_grad()`; -> (steps, converged at the last evaluation)."""
@@ -52,8 +53,8 @@ def minimise(objective: Callable[[], tuple[torch.Tensor, bool]], params: list[to
 
 def train_fixed(objective: Callable[[], torch.Tensor], params: list[torch.Tensor], schedule) -> None:
     """Exactly `schedule.fixed_steps` Adam steps on `objective()` (what it reads during the last call is the last
-    iteration's, before its step), from a fresh Adam at `schedule.fixed_learning_rate` multiplied by `fixed_lr_gamma` every
-    `fixed_lr_step` steps (see `sola.methods.snapshot.FixedSchedule`). The caller holds `torch.enable_grad()`."""
+    iteration's, before its step), from a fresh Adam at `schedule.fixed_learning_rate` multiplied by `fixed_lr_gamma`
+    every `fixed_lr_step` steps (see `sola.methods.snapshot.FixedSchedule`). The caller holds `torch.enable_grad()`."""
     optimizer = torch.optim.Adam(params, lr=schedule.fixed_learning_rate)
     decay = torch.optim.lr_scheduler.StepLR(optimizer, step_size=schedule.fixed_lr_step, gamma=schedule.fixed_lr_gamma)
     for _ in range(schedule.fixed_steps):

@@ -41,7 +41,8 @@ class Dataset:
     """Records of one benchmark file and what kind of task they are."""
 
     name: str
-    kind: str  # "qa" (short answers), "completion" (CounterFact), "hallucination" (sentences, perplexity), "classification"
+    # "qa" (short answers), "completion" (CounterFact), "hallucination" (sentences, perplexity), "classification"
+    kind: str
     records: list[Record]
     path: str
     notes: list[str] = field(default_factory=list)
@@ -49,7 +50,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.records)
 
-    def head(self, count: int | None) -> "Dataset":
+    def head(self, count: int | None) -> Dataset:
         if count is None:
             return self
         return Dataset(self.name, self.kind, self.records[:count], self.path, self.notes)

@@ -14,7 +14,6 @@ from . import metrics as M
 from .items import PROBE_KINDS, Item
 from .spec import BenchSpec
 
-
 WINDOW_BATCHES = 16  # evaluation inputs are sorted by length within windows of this many batches
 BATCH_ORDER = f"longest first within windows of {WINDOW_BATCHES} batches"  # recorded in base.json: older caches
 # (batched in list order) are remade. "generated" there lists which probes were generated.
@@ -165,7 +164,8 @@ class Evaluator:
             found = per_record.get(i, [])
             target = items[i].record.target
             row.update(gen_tf=M.mean(s.accuracy for _, s, _ in found), gen_em=M.mean(
-                M.exact_match(a, target) for _, _, a in found), gen_f1=M.mean(M.token_f1(a, target) for _, _, a in found),
+                M.exact_match(a, target) for _, _, a in found),
+                gen_f1=M.mean(M.token_f1(a, target) for _, _, a in found),
                 gen_answers=[a for _, _, a in found])
         alias_pairs = [(i, a) for i, it in enumerate(items) for a in it.aliases]
         if alias_pairs:
@@ -260,7 +260,8 @@ class Evaluator:
         last target (its prompt and rephrases; the generated answers are the same, only the expected one changes)."""
         index = {it.record.id: it for it in self.items}
         changed = [(n, latest[row["record"]]) for n, row in enumerate(rows)
-                   if normalise(latest.get(row["record"], "")) not in ("", normalise(index[row["record"]].record.target))]
+                   if normalise(latest.get(row["record"], ""))
+                   not in ("", normalise(index[row["record"]].record.target))]
         out = [dict(row) for row in rows]
         if not changed:
             return out

@@ -125,7 +125,8 @@ def markdown(results: dict) -> str:
                  if cost.get("adapters_reused") else "")]
     if "inference" in cost:
         inf = cost["inference"]
-        lines.append(f"- inference on {inf['prompts']} unrelated prompts: {inf.get('edited_tokens_per_s', 0):.1f} tok/s "
+        lines.append(f"- inference on {inf['prompts']} unrelated prompts: "
+                     f"{inf.get('edited_tokens_per_s', 0):.1f} tok/s "
                      f"edited vs {inf.get('base_tokens_per_s', 0):.1f} tok/s bare; time for the same prompts "
                      f"{inf['overhead'] * 100:+.1f} % (an edit that makes answers longer costs time, not speed)")
     if "memory_bytes_per_edit" in cost:

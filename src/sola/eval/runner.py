@@ -1,5 +1,6 @@
 """Lifelong editing: T edits one after another (or, with `edit_batch_size` B, B at a time, as MELO's and ELDER's
-authors ran them), each checked right after it (or its batch) is made (ES), and every edit re-checked at checkpoints (after 10, 100, ... edits) and at the end, teacher-forced and by greedy generation.
+authors ran them), each checked right after it (or its batch) is made (ES), and every edit re-checked at checkpoints
+(after 10, 100, ... edits) and at the end, teacher-forced and by greedy generation.
 
 Locality is measured three ways (see `sola.data.probes`): unrelated questions, the same relation about other subjects,
 and other relations about the same subject. "Unchanged" always means "as the base model answers", computed by the same
@@ -13,12 +14,11 @@ and provenance (provenance.py), and the report (report.py).
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import sys
 import time
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from ..data import Dataset, Record, load_dataset

@@ -35,13 +35,13 @@ class FactSet:
     unrelated: list[str] = field(default_factory=list)
 
     @classmethod
-    def read(cls, path: str | Path = FACTS) -> "FactSet":
+    def read(cls, path: str | Path = FACTS) -> FactSet:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         facts = [Fact(f["subject"], f["kind"], f["relation"], f["prompt"], f["target"], tuple(f["rewordings"]),
                       tuple(f["others"]), f.get("second"), bool(f.get("novel"))) for f in data["facts"]]
         return cls(facts, list(data.get("unrelated", ())))
 
-    def share(self, every: int) -> "FactSet":
+    def share(self, every: int) -> FactSet:
         """Every `every`-th fact (a fixed, spread share for quick runs)."""
         return FactSet(self.facts[::every], self.unrelated[:3])
 

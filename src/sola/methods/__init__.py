@@ -1,7 +1,8 @@
 """Editing methods behind one small protocol, so the benchmark runner measures them all the same way.
 
 SoLA is `sola.Editor`; ELDER and the baselines (GRACE, MELO, LoRA-FT) are `SnapshotEditor`s with the same public surface
-(`from_pretrained`, `edit`, `edit_many`, `rollback` where the method allows it, `generate`, `score`, `route`, `save`, `load`)."""
+(`from_pretrained`, `edit`, `edit_many`, `rollback` where the method allows it, `generate`, `score`, `route`, `save`,
+`load`)."""
 
 from .base import EditingMethod, MethodRoute
 from .elder import ElderConfig, ElderEditor, ElderOnlineConfig, ElderOnlineEditor

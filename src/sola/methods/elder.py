@@ -36,9 +36,9 @@ from torch import nn
 from ..architectures import default_layers
 from ..data.probes import normalise
 from ..errors import ConfigError, InvalidEditError
-from ..routing import key_strategy
 from ..nn.injection import inject, modules
 from ..nn.wrapped import WrappedLinear
+from ..routing import key_strategy
 from ..training import frozen_prefix, minimise, train_fixed, trainable
 from .elder_deferral import RULES, pack_codes
 from .snapshot import BaselineConfig, FixedSchedule, SnapshotEditor, check_fixed_schedule
@@ -135,7 +135,7 @@ class ElderConfig(BaselineConfig, FixedSchedule):
 class MixtureLoraLayer(WrappedLinear):
     """A frozen base module plus N LoRAs mixed per row by `weights[:, index]` (B, N) of the shared routing state."""
 
-    def __init__(self, base_layer: nn.Module, index: int, loras: int, rank: int, scale: float, state: "_Routing",
+    def __init__(self, base_layer: nn.Module, index: int, loras: int, rank: int, scale: float, state: _Routing,
                  generator: torch.Generator) -> None:
         super().__init__(base_layer)
         in_features, out_features = self.in_features, self.out_features
@@ -195,7 +195,7 @@ class ElderEditor(SnapshotEditor):
         self.layers = []
         scale = self.config.lora_alpha / self.config.rank
         for index, name in enumerate(names):
-            self.layers.append(inject(self.model, name, lambda base: MixtureLoraLayer(
+            self.layers.append(inject(self.model, name, lambda base, index=index: MixtureLoraLayer(
                 base, index, self.config.loras, self.config.rank, scale, self.state, generator)))
         self.keys = key_strategy(self.config.key, self.config.encoder)
         if self.keys.inside_model:
@@ -235,14 +235,14 @@ class ElderEditor(SnapshotEditor):
             return
         self.state.pending = None
         mask, deferral = pending
-        self.state.weights = self._weights(self.keys.pool(args[0], mask), deferral)[0]
+        self.state.weights = self.mixture_weights(self.keys.pool(args[0], mask), deferral)[0]
 
     def _scores(self, queries: torch.Tensor) -> torch.Tensor:
         """(B, d) -> router scores (B, L, N)."""
         logits = torch.einsum("bd,lnd->bln", queries.float(), self.routers) + self.router_bias
         return torch.softmax(logits, dim=-1)
 
-    def _weights(self, queries: torch.Tensor, deferral: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def mixture_weights(self, queries: torch.Tensor, deferral: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, d) -> (weights (B, L, N): the top-k scores, zero elsewhere and for deferred rows; top-k (B, L, k))."""
         scores = self._scores(queries)
         top = scores.topk(self.config.top_k, dim=-1).indices.sort(-1).values
@@ -252,13 +252,13 @@ class ElderEditor(SnapshotEditor):
             weights = weights * self.deferral_rule.within(top, queries).view(-1, 1, 1).to(weights.dtype)
         return weights, top
 
-    def _code(self, top: torch.Tensor) -> torch.Tensor:
+    def code_of(self, top: torch.Tensor) -> torch.Tensor:
         return pack_codes(top, self.config.loras)
 
-    def _query(self, prompt) -> torch.Tensor:
-        return self._queries([prompt])[0]
+    def query_of(self, prompt) -> torch.Tensor:
+        return self.queries_of([prompt])[0]
 
-    def _queries(self, prompts) -> torch.Tensor:
+    def queries_of(self, prompts) -> torch.Tensor:
         """The query vectors of encoded prompts (B, d), on the base model (nothing at or before the query layer is
         edited, so this is also what inference reads)."""
         if not self.keys.inside_model:
@@ -277,7 +277,7 @@ class ElderEditor(SnapshotEditor):
                 self.state.weights, self.state.pending = None, (batch.mask, True)
             else:
                 queries = self.keys.encode([p.text for p in prompts])
-                self.state.weights = self._weights(queries, True)[0]
+                self.state.weights = self.mixture_weights(queries, True)[0]
             yield
         finally:
             self.state.weights, self.state.pending, self.state.gate = None, None, None
@@ -285,7 +285,7 @@ class ElderEditor(SnapshotEditor):
     def locate(self, prompt):
         if not self.codes:
             return None, None, False
-        return self.deferral_rule.locate(self._encode(prompt))
+        return self.deferral_rule.locate(self.encode(prompt))
 
     def calibrate_threshold(self, prompts, max_activation_rate=0.01, *, against=None):
         """Make the deferral threshold follow these unrelated prompts: at most `max_activation_rate` of them may use
@@ -297,13 +297,13 @@ class ElderEditor(SnapshotEditor):
         prompts = list(prompts)
         if len(prompts) < 2 or not 0 <= max_activation_rate < 1:
             raise InvalidEditError("calibration needs at least 2 prompts and 0 <= max_activation_rate < 1")
-        against = [self._encode(p) for p in against] if against is not None else None
-        return self.deferral_rule.calibrate([self._encode(p) for p in prompts], max_activation_rate, against)
+        against = [self.encode(p) for p in against] if against is not None else None
+        return self.deferral_rule.calibrate([self.encode(p) for p in prompts], max_activation_rate, against)
 
     def deferral(self, prompts: list[str]) -> dict[str, Any]:
         """How these prompts' nearest stored vectors lie under the deferral rule: for the codes, the distances'
         histogram and the share that uses the mixture under the current epsilon and under the paper's (12)."""
-        return self.deferral_rule.report(self._queries([self._encode(p) for p in prompts]))
+        return self.deferral_rule.report(self.queries_of([self.encode(p) for p in prompts]))
 
     # -- allocations -------------------------------------------------------------------------------------------------
     def _allocation(self, prompts: list[str], target: str, pending: dict | None = None) -> torch.Tensor:
@@ -363,7 +363,7 @@ class ElderEditor(SnapshotEditor):
         mine = {key: result[key][:own] for key in ("codes", "queries", "losses", "exact")}  # not the replayed rows
         owner = torch.tensor(owner)
         outcomes = []
-        for index, (edit_id, (prompts, _, target)) in enumerate(zip(edit_ids, edits)):
+        for index, edit_id in enumerate(edit_ids[:len(edits)]):
             rows = owner == index
             self.allocations[edit_id] = wanted[int(rows.nonzero()[0])]
             self.codes[edit_id] = mine["codes"][rows]
@@ -377,7 +377,7 @@ class ElderEditor(SnapshotEditor):
         """Train the shared LoRAs and routers on these rows (the first `own` are the new edits', the rest replayed)
         toward their allocations `wanted` (rows, L, k), plus the guided loss of the `earlier` edits' stored queries;
         -> the steps, and per row at the last iteration: loss, exact, code; and the rows' queries."""
-        queries = self._queries(encoded)
+        queries = self.queries_of(encoded)
         batch = self.task.batch(encoded, targets)
         guided_queries = torch.cat([queries[:own]] + [self.queries[e] for e in earlier])
         guided_wanted = torch.cat([wanted[:own]] + [self.allocations[e].expand(len(self.queries[e]), -1, -1)
@@ -385,7 +385,7 @@ class ElderEditor(SnapshotEditor):
         last: dict[str, torch.Tensor] = {}
 
         def loss_and_read():
-            weights, top = self._weights(queries, False)
+            weights, top = self.mixture_weights(queries, False)
             self.state.weights = weights
             row_loss, exact = self.task.score(batch, self.task.target_forward(batch))
             scores = self._scores(guided_queries)
@@ -395,7 +395,8 @@ class ElderEditor(SnapshotEditor):
 
         def objective():
             loss = loss_and_read()
-            converged = bool(last["exact"][:own].all()) and float(last["losses"][:own].mean()) < self.config.loss_bound \
+            converged = bool(last["exact"][:own].all()) \
+                and float(last["losses"][:own].mean()) < self.config.loss_bound \
                 and bool((last["top"][:own] == wanted[:own]).all())
             return loss, converged
 
@@ -411,14 +412,14 @@ class ElderEditor(SnapshotEditor):
         finally:
             self.state.weights = None
         return {"steps": steps, "losses": last["losses"], "exact": last["exact"],
-                "codes": self._code(last["top"].detach()), "queries": queries}
+                "codes": self.code_of(last["top"].detach()), "queries": queries}
 
     def _refresh_codes(self) -> None:
         """With `refresh_codes`: every live edit's codes read again from its stored queries (one per training row)."""
         if not self.config.refresh_codes or not self.codes:
             return
         ids = list(self.codes)
-        codes = self._code(self._weights(torch.cat([self.queries[e] for e in ids]), False)[1])
+        codes = self.code_of(self.mixture_weights(torch.cat([self.queries[e] for e in ids]), False)[1])
         for edit_id, rows in zip(ids, codes.split([len(self.queries[e]) for e in ids])):
             self.codes[edit_id] = rows
 
@@ -426,7 +427,7 @@ class ElderEditor(SnapshotEditor):
         """Append the rows of the earlier edits replayed with `edit_id` (or its batch) to the training rows."""
         for edit in self._replayed(edit_id):
             for prompt in edit.prompts:
-                encoded.append(self._encode(prompt))
+                encoded.append(self.encode(prompt))
                 targets.append(self.task.encode_target(prompt, edit.target))
                 wanted.append(self.allocations[edit.id])
 
@@ -445,7 +446,7 @@ class ElderEditor(SnapshotEditor):
 
     def _record(self, edit_id, subject, prompts, target, outcome, seconds):
         record = super()._record(edit_id, subject, prompts, target, outcome, seconds)
-        self.deferral_rule.add(edit_id, [self._encode(p) for p in prompts], subject)
+        self.deferral_rule.add(edit_id, [self.encode(p) for p in prompts], subject)
         return record
 
     def _forget(self, edit_id):

@@ -59,11 +59,11 @@ class CodeDeferral:
         `queries`) to every stored code of the live edits, and the edit of each code."""
         editor = self.editor
         if top is None:
-            top = editor._weights(queries, False)[1]
+            top = editor.mixture_weights(queries, False)[1]
         ids = [edit_id for edit_id, codes in editor.codes.items() for _ in range(len(codes))]
         if not ids:
             return torch.zeros(top.shape[0], 0, dtype=torch.int32), ids
-        return hamming_distances(editor._code(top), torch.cat(list(editor.codes.values()))), ids
+        return hamming_distances(editor.code_of(top), torch.cat(list(editor.codes.values()))), ids
 
     def reaches(self, nearest: torch.Tensor) -> torch.Tensor:
         """Whether a nearest distance uses the mixture."""
@@ -78,7 +78,7 @@ class CodeDeferral:
 
     def locate(self, prompt) -> tuple[str | None, float | None, bool]:
         editor = self.editor
-        distances, ids = self.distances(editor._query(prompt).unsqueeze(0))
+        distances, ids = self.distances(editor.query_of(prompt).unsqueeze(0))
         best = int(distances[0].argmin())
         distance = distances[0, best]
         return ids[best], float(distance), bool(self.reaches(distance))
@@ -88,7 +88,7 @@ class CodeDeferral:
         """Make the threshold follow these unrelated (encoded) prompts: at most `rate` of them may reach the
         mixture, re-chosen after every training. -> the threshold for what is stored now."""
         editor = self.editor
-        editor.calibration = editor._queries(prompts)
+        editor.calibration = editor.queries_of(prompts)
         editor.config = editor.config.replace(epsilon_rate=rate)
         self.recalibrate()
         return self.threshold
@@ -170,7 +170,7 @@ class QueryDeferral(CodeDeferral):
         super().calibrate(prompts, rate, against)
         if not editor.codes and against is not None:
             # nothing stored yet: a first radius against the prompts about to be edited (re-chosen after each training)
-            self._choose(torch.cdist(editor.calibration.float(), editor._queries(against).float()))
+            self._choose(torch.cdist(editor.calibration.float(), editor.queries_of(against).float()))
         return self.threshold
 
     def _choose(self, distances):
@@ -237,7 +237,7 @@ class SubjectDeferral(CodeDeferral):
 
     def restore(self, edits):
         """The gate holds no trained state: it is rebuilt from the live edits' prompts and subjects."""
-        self.gate.add_many([(_slot(edit.id), [self.editor._encode(p) for p in edit.prompts], edit.subject)
+        self.gate.add_many([(_slot(edit.id), [self.editor.encode(p) for p in edit.prompts], edit.subject)
                             for edit in edits])
 
     def remove(self, edit_id):

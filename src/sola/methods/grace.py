@@ -12,10 +12,10 @@ its value keeps training on the new edit; within it and another target: a new en
 distance. A value starts from the layer's own output at that token ("warm") and trains with Adam (lr 1.0) until the
 target is reproduced (GRACE trains a fixed 100 steps; we stop early like every method here, capped at 100).
 
-Rollback is exact: each edit keeps its key, its initial radius and the value its training left, and the codebook is the deterministic
-replay of the live edits in order, so removing an edit gives the codebook that never saw it. (If an edit that created
-an entry is removed while a later edit of the same target had expanded it, the later edit's replay creates the entry
-with the value it trained.)
+Rollback is exact: each edit keeps its key, its initial radius and the value its training left, and the codebook is the
+deterministic replay of the live edits in order, so removing an edit gives the codebook that never saw it. (If an edit
+that created an entry is removed while a later edit of the same target had expanded it, the later edit's replay creates
+the entry with the value it trained.)
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from torch import nn
 from ..architectures import default_layers
 from ..data.probes import normalise
 from ..errors import ConfigError
-from ..prompts import EncodedPrompt
 from ..nn.injection import capture, inject
 from ..nn.wrapped import WrappedLinear
+from ..prompts import EncodedPrompt
 from ..training import frozen_prefix, minimise
 from .snapshot import BaselineConfig, SnapshotEditor
 
@@ -247,15 +247,15 @@ class GraceEditor(SnapshotEditor):
     def locate(self, prompt: str):
         if len(self.layer.keys) == 0:
             return None, None, False
-        key, _ = self._capture(self._encode(prompt))
+        key, _ = self._capture(self.encode(prompt))
         dist, index, routed = self.layer.lookup(key.unsqueeze(0))
         return self._answerer[int(index[0])], float(dist[0]), bool(routed[0])
 
     def calibrate_threshold(self, prompts, max_activation_rate=0.01, *, against=None):
         """Set the initial radius so that at most `max_activation_rate` of these unrelated prompts lie within it of
         the keys of `against` (or of the stored edits)."""
-        queries = torch.stack([self._capture(self._encode(p))[0] for p in prompts])
-        keys = torch.stack([self._capture(self._encode(p))[0] for p in against]) if against is not None \
+        queries = torch.stack([self._capture(self.encode(p))[0] for p in prompts])
+        keys = torch.stack([self._capture(self.encode(p))[0] for p in against]) if against is not None \
             else self.layer.keys
         radius = self._calibrated(queries, keys, max_activation_rate)
         self.config = self.config.replace(radius=radius)
@@ -278,4 +278,5 @@ class GraceEditor(SnapshotEditor):
     def _describe(self):
         return {"layer": self.config.layer, "radius": self.config.radius, "threshold": self.config.radius,
                 "entries": len(self._labels), "expansions": self.expansions, "splits": self.splits,
-                "memory_bytes": {"codebook": self.layer.keys.nbytes + self.layer.values.nbytes + self.layer.radii.nbytes}}
+                "memory_bytes": {"codebook": self.layer.keys.nbytes + self.layer.values.nbytes
+                                 + self.layer.radii.nbytes}}

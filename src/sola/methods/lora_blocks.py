@@ -59,8 +59,9 @@ class LoraBlocksEditor(SnapshotEditor):
     def _train_block(self, edit_id: str, encoded, targets, block: int, fresh: bool) -> tuple[int, float, bool]:
         """Train `block` on one edit (from fresh factors or from the block's own) and write the result back."""
         batch = self.task.batch(encoded, targets)
-        result = train_edits(self.task, self.decision, self.layers, batch, torch.zeros(len(encoded), dtype=torch.long),
-                             self.config, generators_for(self.config.seed, edit_id), resume=None if fresh else [block])[0]
+        rows = torch.zeros(len(encoded), dtype=torch.long)
+        result = train_edits(self.task, self.decision, self.layers, batch, rows, self.config,
+                             generators_for(self.config.seed, edit_id), resume=None if fresh else [block])[0]
         for layer, (A, B) in zip(self.layers, result.factors):
             layer.write_slot(block, A, B)
         return result.steps, result.loss, result.converged

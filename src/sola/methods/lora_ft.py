@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from .lora_blocks import LoraBlocksConfig, LoraBlocksEditor
 from .snapshot import RollbackNotSupportedError
 
-
 LoraFTConfig = LoraBlocksConfig
 
 

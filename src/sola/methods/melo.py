@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.probes import normalise
 from ..errors import ConfigError
 from ..routing.keys import HiddenStateKeys
 from .lora_blocks import LoraBlocksConfig, LoraBlocksEditor
-from ..data.probes import normalise
 from .snapshot import FixedSchedule, RollbackNotSupportedError, check_fixed_schedule
 from .vector_database import VectorDatabase
 
@@ -78,8 +78,8 @@ class MeloEditor(LoraBlocksEditor):
 
     def _radius(self) -> float:
         if self.config.radius is None:
-            raise ConfigError("MELO needs a cluster radius on this model's activation scale: pass MeloConfig(radius=...) "
-                              "or call calibrate_threshold(unrelated_prompts, against=...)")
+            raise ConfigError("MELO needs a cluster radius on this model's activation scale: pass "
+                              "MeloConfig(radius=...) or call calibrate_threshold(unrelated_prompts, against=...)")
         return self.config.radius
 
     def _nearest(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,17 +192,17 @@ class MeloEditor(LoraBlocksEditor):
         if not self._has_edits():
             return None, None, False
         if self.db is not None:
-            _, dist, answered, cluster = self.db.search(self._key(self._encode(prompt)).unsqueeze(0))
+            _, dist, answered, cluster = self.db.search(self._key(self.encode(prompt)).unsqueeze(0))
             return answered[0] or self.db.opened_by[int(cluster[0])], float(dist[0]), answered[0] is not None
-        dist, block = self._nearest(self._key(self._encode(prompt)).unsqueeze(0))
+        dist, block = self._nearest(self._key(self.encode(prompt)).unsqueeze(0))
         cluster = int(block[0])
         return self.members[cluster][-1], float(dist[0]), bool(dist[0] <= self._radius())
 
     def calibrate_threshold(self, prompts, max_activation_rate=0.01, *, against=None):
         """Set the radius so that at most `max_activation_rate` of these unrelated prompts lie within it of the keys
         of `against` (or of the stored centres)."""
-        queries = torch.stack([self._key(self._encode(p)) for p in prompts])
-        keys = torch.stack([self._key(self._encode(p)) for p in against]) if against is not None else self.centres
+        queries = torch.stack([self._key(self.encode(p)) for p in prompts])
+        keys = torch.stack([self._key(self.encode(p)) for p in against]) if against is not None else self.centres
         radius = self._calibrated(queries, keys, max_activation_rate)
         self.config = self.config.replace(radius=radius)
         return radius

@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
@@ -25,13 +26,13 @@ from ..architectures import task_of
 from ..base_editor import BaseEditor, stored_model
 from ..edit import Edit, now
 from ..errors import ConfigError, CorruptStoreError, InvalidEditError, StoreError
+from ..files import atomic_write
 from ..fingerprint import config_hash, describe_mismatch, weights_hash
 from ..loading import load_model
 from ..nn.injection import capture
 from ..planning import check_texts
 from ..prompts import EncodedPrompt
 from ..routing import Route
-from ..files import atomic_write
 from ..tasks import CausalTask
 
 SNAPSHOT_FORMAT = 1
@@ -210,7 +211,7 @@ class SnapshotEditor(BaseEditor):
     def edit(self, prompt: str | list[str], target: str, *, subject: str | None = None) -> Edit:
         """Teach the model to answer `prompt` (or each of several prompts) with `target`. Returns the `Edit`."""
         started = time.perf_counter()
-        return self._edit_checked(subject, *check_texts(self._encode, self.task, prompt, target, subject), started)
+        return self._edit_checked(subject, *check_texts(self.encode, self.task, prompt, target, subject), started)
 
     def _edit_checked(self, subject, prompts, encoded, target, targets, started: float) -> Edit:
         """One edit whose texts `check_texts` passed: trained, committed to the state and recorded."""
@@ -233,8 +234,8 @@ class SnapshotEditor(BaseEditor):
         `prompt` (or `prompts`) and `target`, optionally `subject` (the fields `Editor.edit_many` reads). Every
         request is checked before anything is trained: a bad one raises naming it (counted from 1) and nothing is
         edited. Methods that train shared modules on batches (MELO, ELDER: `trains_batches`) train them on the
-        whole batch at once, as their authors ran them; the others make the edits in order. A batch of one is still a batch (it trains
-        on the batch schedule). Each edit's `seconds` is its share of the batch's time."""
+        whole batch at once, as their authors ran them; the others make the edits in order. A batch of one is still a
+        batch (it trains on the batch schedule). Each edit's `seconds` is its share of the batch's time."""
         from ..errors import SolaError, at_request
         from ..requests import parse_request
 
@@ -243,7 +244,7 @@ class SnapshotEditor(BaseEditor):
         for index, raw in enumerate(requests):
             request = parse_request(raw, index)
             try:
-                checked.append((request["subject"], *check_texts(self._encode, self.task, request["prompt"],
+                checked.append((request["subject"], *check_texts(self.encode, self.task, request["prompt"],
                                                                  request["target"], request["subject"])))
             except SolaError as error:
                 raise at_request(error, index) from None
@@ -274,7 +275,7 @@ class SnapshotEditor(BaseEditor):
     def rollback(self, edit_id: str) -> Edit:
         """Remove an edit, where the method can do so exactly (see the method's docs); otherwise raise
         `RollbackNotSupportedError` and change nothing."""
-        self._live(edit_id)
+        self.live_edit(edit_id)
         self._forget(edit_id)
         self.ledger.rollback(edit_id, now(), self.rollback_note)
         return self.ledger.get(edit_id)
@@ -289,8 +290,8 @@ class SnapshotEditor(BaseEditor):
         found = []
         for start in range(0, len(prompts), batch_size):
             batch = self.task.batch(prompts[start:start + batch_size], None)
-            found.append(capture(module, lambda: self.model(**batch.inputs, use_cache=False),
-                                 lambda hidden: pool(hidden.detach().float(), batch.mask)))
+            found.append(capture(module, lambda batch=batch: self.model(**batch.inputs, use_cache=False),
+                                 lambda hidden, batch=batch: pool(hidden.detach().float(), batch.mask)))
         return torch.cat(found)
 
     def locate(self, prompt: str) -> tuple[str | None, float | None, bool]:

@@ -116,7 +116,7 @@ class VectorDatabase:
         return next((c for c, members in enumerate(self.points) if edit_id in members), NO_BLOCK)
 
     @classmethod
-    def restore(cls, tensors: dict[str, torch.Tensor], init_radius: float, label_of) -> "VectorDatabase":
+    def restore(cls, tensors: dict[str, torch.Tensor], init_radius: float, label_of) -> VectorDatabase:
         db = cls(init_radius)
         db.centres, db.radii = tensors["db.centres"].clone(), tensors["db.radii"].clone()
         db.conflicts = int(tensors["db.conflicts"][0])

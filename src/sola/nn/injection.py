@@ -8,7 +8,7 @@ input (and output) to `read`, and stops the pass there.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,7 +17,8 @@ from ..errors import ConfigError
 
 
 def modules(model: nn.Module, names: list[str], what: str = "layers") -> dict[str, nn.Module]:
-    """The modules of `model` named `names`, in order; `ConfigError` naming the missing ones and what names look like."""
+    """The modules of `model` named `names`, in order; `ConfigError` naming the missing ones and what names look
+    like."""
     found = dict(model.named_modules())
     missing = [name for name in names if name not in found]
     if missing:

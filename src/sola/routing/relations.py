@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -54,12 +54,12 @@ class QuestionBank:
     relations: dict[str, tuple[str, ...]]
 
     @classmethod
-    def bundled(cls) -> "QuestionBank":
+    def bundled(cls) -> QuestionBank:
         text = resources.files("sola.routing").joinpath("data/question_forms.json").read_text(encoding="utf-8")
         return cls.from_dict(json.loads(text)["relations"])
 
     @classmethod
-    def from_dict(cls, relations: dict[str, list[str]]) -> "QuestionBank":
+    def from_dict(cls, relations: dict[str, list[str]]) -> QuestionBank:
         seen: dict[str, str] = {}
         for name, forms in relations.items():
             bad = [f for f in forms if f.count("{}") != 1]
@@ -114,7 +114,7 @@ class RelationCheck:
         self._encode, self.bank = encode, bank or QuestionBank.bundled()
         self._cache, self.encoder_id = cache, encoder_id
 
-    def without(self, relations: set[str]) -> "RelationCheck":
+    def without(self, relations: set[str]) -> RelationCheck:
         """The same check with these relations taken out of the bank (the encoded forms are shared, not encoded
         again): how it does on relations it has never seen."""
         kept = {name: forms for name, forms in self.bank.relations.items() if name not in relations}

@@ -19,8 +19,15 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import (ConfigError, InvalidEditError, NotConvergedError, ReadOnlyStoreError, SolaError,
-                      StoreBusyError, UnknownEditError)
+from ..errors import (
+    ConfigError,
+    InvalidEditError,
+    NotConvergedError,
+    ReadOnlyStoreError,
+    SolaError,
+    StoreBusyError,
+    UnknownEditError,
+)
 from .metrics import Metrics
 from .service import KEPT_JOBS, EditService, as_json
 

@@ -17,9 +17,10 @@ import itertools
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .. import batching
 from ..edit import Edit
@@ -116,7 +117,7 @@ class EditService:
 
     def submit_rollback(self, edit_id: str) -> Job:
         with self.reading() as editor:
-            editor._live(edit_id)  # an unknown or rolled-back edit is an error now, not a failed job
+            editor.live_edit(edit_id)  # an unknown or rolled-back edit is an error now, not a failed job
         return self._submit("rollback", edit_id)
 
     def job(self, job_id: str) -> Job | None:
