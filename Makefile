@@ -1,10 +1,10 @@
-# Two commands: `make demo` and `make test`. Both create .venv (idempotent) and provision the embedded model.
+# `make demo`, `make test` (the linter, then the tests) and `make lint` (the linter alone). Both create .venv (idempotent) and provision the embedded model.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test lint setup clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/sola demo
 
-test: $(STAMP)
+# ruff (settings in pyproject.toml): lint rules incl. no private names read across modules in src/
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

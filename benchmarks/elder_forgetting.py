@@ -81,7 +81,8 @@ def main() -> None:
                         "routed_to_own_edit": share(group, "routed_to_own_edit"),
                         "top_k_is_allocation": round(sum(r["layers_on_allocation"] == r["layers"] for r in group)
                                                      / len(group), 3),
-                        "layers_on_allocation_mean": round(sum(r["layers_on_allocation"] for r in group) / len(group), 2),
+                        "layers_on_allocation_mean": round(sum(r["layers_on_allocation"] for r in group)
+                                                           / len(group), 2),
                         "exact": share(group, "exact"),
                         "exact_with_allocation_forced": share(group, "exact_with_allocation_forced")})
     result = {"store": str(args.store), "method": method, "edits": len(rows),

@@ -30,7 +30,7 @@ def main() -> None:
     records = load_zsre().records[:args.edits]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n, record in enumerate(records):
+        for record in records:
             edit = editor.edit(record.prompt, record.target)
             directory = editor.export_peft(edit.id, Path(tmp) / edit.id)
             target = editor.task.encode_target(record.prompt, record.target)

@@ -34,13 +34,14 @@ def main() -> None:
     from sola.routing import KeyTable
 
     records = load_zsre(args.data).records[: args.records]
-    nq = sorted({r.locality[0].prompt.removeprefix("nq question: ") for r in load_zsre(args.data).records})[: args.records]
+    nq = sorted({r.locality[0].prompt.removeprefix("nq question: ")
+                 for r in load_zsre(args.data).records})[: args.records]
     results = {"records": len(records), "nq_questions": len(nq), "model": "embedded SmolLM2-135M-Instruct (Q4_1 "
                "GGUF dequantised)", "prompt_format": "raw", "strategies": {}}
     for spec in args.strategies.split(","):
         key, distance = spec.split(":")
         editor = Editor.from_pretrained(config=EditConfig(key=key, distance=distance, prompt_format="raw"))
-        encode = lambda texts: editor.router.queries([editor.format.encode(t) for t in texts])  # noqa: E731
+        encode = lambda texts, editor=editor: editor.router.queries([editor.format.encode(t) for t in texts])  # noqa: E731
         keys, rephrases, questions = encode([r.prompt for r in records]), encode([r.rephrases[0] for r in records]), \
             encode(nq)
         table = KeyTable(keys.shape[1], distance)

@@ -60,7 +60,7 @@ def best_per_rule(rules: list[dict], reach: str, limits=(0.03, 0.05, 0.09)) -> l
         families.setdefault((rule["rule"], rule.get("low"), rule.get("high")), []).append(rule)
     best = []
     for limit in limits:
-        for (name, low, high), members in families.items():
+        for members in families.values():
             allowed = [r for r in members if r["subject_activated"] <= limit]
             if allowed:
                 top = max(allowed, key=lambda r: (r[reach], -r["subject_activated"]))

@@ -61,7 +61,8 @@ def main() -> None:
     probe = Editor.from_pretrained(args.model, config=config)
     dim = probe.router.keys.encode(["probe"]).shape[1]
     result = {"synthetic": True, "note": __doc__.splitlines()[2].strip(),
-              "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+              "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
+                          "torch": torch.__version__},
               "model": probe.source, "key_dim": dim, "lookup": {}, "stores": {}}
 
     # route lookup: one query against N keys, exact (one matrix product), median of 200

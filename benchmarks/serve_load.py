@@ -94,7 +94,7 @@ def main() -> None:
             issued = iter(range(args.requests))
             lock = threading.Lock()
 
-            def client() -> None:
+            def client(deadline=deadline, lock=lock, issued=issued, latencies=latencies, errors=errors) -> None:
                 with httpx.Client(timeout=600) as http:
                     while time.perf_counter() < deadline:
                         with lock:
@@ -102,7 +102,7 @@ def main() -> None:
                         if n is None:
                             return
                         t = time.perf_counter()
-                        response = http.post(url, json={"prompt": prompts[n % len(prompts)],
+                        response = http.post(url, json={  # noqa: B023 - url is the same for every run"prompt": prompts[n % len(prompts)],
                                                         "max_new_tokens": args.tokens})
                         latencies.append(time.perf_counter() - t)
                         if response.status_code != 200:

@@ -1,7 +1,7 @@
 """Serve a store's edits with a multi-LoRA engine: SoLA routes each prompt once, the engine applies that adapter.
 
     python examples/multi_lora_routing.py --store STORE --out ADAPTERS "Who founded Acme?" "What is 2+2?"
-    python examples/multi_lora_routing.py --store STORE --out ADAPTERS --dry-run PROMPT ...   (no engine: print the plan)
+    python examples/multi_lora_routing.py --store STORE --out ADAPTERS --dry-run PROMPT ...  (no engine: the plan)
 
 1. `sola.adapters.export_all` writes every answering edit as a PEFT LoRA adapter (ADAPTERS/adapters/<edit id>/).
 2. `Editor.route_many` names, per prompt, the edit to apply, or none (the base model answers).

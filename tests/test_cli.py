@@ -104,8 +104,9 @@ def test_bad_input_is_one_error_before_the_model_loads(tmp_path, capsys, monkeyp
     import sola.editor
 
     monkeypatch.setattr(sola.editor, "load_model", no_model)
-    files = {"MISSING": None, "EMPTY": b"\n  \n", "LATIN1": b'{"prompt": "a?", "target": "b"}\n{"prompt": "Who is Ren\xe9?", '
-             b'"target": "b"}\n', "BADJSON": b'{"prompt": "a?", "target": "b"}\n\n{"prompt": \n',
+    files = {"MISSING": None, "EMPTY": b"\n  \n",
+             "LATIN1": b'{"prompt": "a?", "target": "b"}\n{"prompt": "Who is Ren\xe9?", "target": "b"}\n',
+             "BADJSON": b'{"prompt": "a?", "target": "b"}\n\n{"prompt": \n',
              "NOTARGET": b'{"prompt": "a?", "target": "b"}\n{"prompt": "c?"}\n',
              "BLANKTARGET": b'{"prompt": "a?", "target": " "}\n'}
     argv = [str(tmp_path / a) if a in files else a for a in argv]

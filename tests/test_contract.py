@@ -222,8 +222,8 @@ def test_training_reuses_frozen_blocks_without_changing_a_bit(make_editor, famil
     import sola.training as training
 
     layers = {"t5": ["encoder.block.1.layer.1.DenseReluDense.wo"], "bert": ["bert.encoder.layer.2.output.dense"]}
-    layers = dict(layers=layers[family], max_steps=20, on_no_converge="commit") if family in layers else {}  # 20 steps: a
-    # comparison of bits, not a converged edit; their defaults start at block 0
+    # 20 steps: a comparison of bits, not a converged edit; their defaults start at block 0
+    layers = dict(layers=layers[family], max_steps=20, on_no_converge="commit") if family in layers else {}
     fast = make_editor(family, **layers)
     prompt, target = edits_for(fast)[0]
     stack = {training._block_of(fast.model, name) for name in fast.config.layers}
@@ -361,8 +361,8 @@ def test_key_index_files_hold_the_keys_of_committed_edits(make_editor, tmp_path,
 
 def test_a_bfloat16_model_edits_with_float32_factors_and_its_store_reopens(tiny_dir, tmp_path):
     """A large model is loaded in bfloat16 (`dtype=`, passed to transformers): the edit trains and routes there, its
-    LoRA factors stay float32 buffers (stored as factor_dtype), unrelated inputs run the bfloat16 base model bit for bit,
-    rollback is exact, and the store reopens with the same dtype (a float32 model is another model to it)."""
+    LoRA factors stay float32 buffers (stored as factor_dtype), unrelated inputs run the bfloat16 base model bit for
+    bit, rollback is exact, and the store reopens with the same dtype (a float32 model is another model to it)."""
     config = tiny_config(tiny_dir, learning_rate=0.05, max_steps=300)
     store = tmp_path / "store"
     editor = Editor.from_pretrained(tiny_dir("llama"), config=config, store=store, dtype="bfloat16")

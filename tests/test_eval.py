@@ -188,7 +188,7 @@ def test_subject_probes_use_templates_of_other_relations():
     assert probes == {"Ann was born in", "Ann works as a"}
 
 
-# -- subject-aware routing -----------------------------------------------------------------------------------------------
+# -- subject-aware routing ---------------------------------------------------------------------------------------------
 
 
 def test_relation_text_masks_the_subject_in_its_clause():

@@ -2,7 +2,8 @@
 inputs that reach no edit compute the base model bit for bit where the method claims it (`unrouted_is_base`); save ->
 load reproduces outputs; rollback restores the state before the edit exactly where the method claims it
 (`exact_rollback`), and otherwise refuses (`RollbackNotSupportedError`, nothing changed), is exact in the cases the
-method documents, or says what it could not undo (`Edit.note`); bad input raises the library's errors and changes nothing.
+method documents, or says what it could not undo (`Edit.note`); bad input raises the library's errors and changes
+nothing.
 
 A method added to `sola.methods.METHODS` fails `test_every_registered_method_has_tiny_settings` until it has an entry
 in SETTINGS below, and then gets the whole suite."""

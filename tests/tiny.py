@@ -55,7 +55,8 @@ def make_model(family: str, vocab: int, seed: int = 0):
                                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                                             max_position_embeddings=64, **ids, **init))
     if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=64, **ids, **init))
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=64, **ids,
+                                          **init))
     if family == "t5":
         return T5ForConditionalGeneration(T5Config(vocab_size=vocab, d_model=64, d_ff=128, d_kv=16, num_layers=2,
                                                    num_decoder_layers=2, num_heads=4, decoder_start_token_id=0,
@@ -63,8 +64,8 @@ def make_model(family: str, vocab: int, seed: int = 0):
     if family == "bert":
         return BertForSequenceClassification(BertConfig(
             vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=64, num_labels=3, **init, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
-            pad_token_id=0))
+            max_position_embeddings=64, num_labels=3, **init, id2label=LABELS,
+            label2id={v: k for k, v in LABELS.items()}, pad_token_id=0))
     if family == "encoder":  # a tiny sentence encoder for key="encoder"
         return BertModel(BertConfig(vocab_size=vocab, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
                                     intermediate_size=48, max_position_embeddings=64, pad_token_id=0))
