@@ -152,3 +152,55 @@ def test_bad_input_raises_and_changes_nothing(case):
         editor.rollback("e99")
     assert [e.id for e in editor.edits()] == ["e1"]
     assert same(logits(editor, probes), expected)
+
+
+def raw_logits(model, tokenizer, prompts):
+    """The model's own forward pass, without any editor (seq2seq: one decoder step from the start token)."""
+    out = []
+    for prompt in prompts:
+        inputs = tokenizer(prompt, return_tensors="pt")
+        if model.config.is_encoder_decoder:
+            inputs["decoder_input_ids"] = torch.full((1, 1), model.config.decoder_start_token_id)
+        with torch.no_grad():
+            out.append(model(**inputs).logits)
+    return out
+
+
+def anatomy(model):
+    """What `close()` must give back: every module's name, type, mode and hooks, every parameter's flag and bits."""
+    modules = [(name, type(m).__name__, m.training, len(m._forward_pre_hooks), len(m._forward_hooks))
+               for name, m in model.named_modules()]
+    return modules, [(name, p.requires_grad) for name, p in model.named_parameters()], model.state_dict()
+
+
+def test_close_takes_the_editor_off_its_model(case, tiny_dir):
+    from sola import EditorClosedError
+    from sola.loading import load_model
+
+    method, family, editor = case
+    _, untouched, tokenizer = load_model(str(tiny_dir(family)))  # the same model, never handed to an editor
+    prompt, target = facts(editor)[0]
+    editor.edit(prompt, target)
+    model = editor.model
+    assert anatomy(model)[0] != anatomy(untouched)[0]  # wrapped while the editor is on it
+    editor.close()
+    (modules, flags, state), (modules_0, flags_0, state_0) = anatomy(model), anatomy(untouched)
+    assert modules == modules_0 and flags == flags_0
+    assert state.keys() == state_0.keys() and all(torch.equal(state[k], state_0[k]) for k in state)
+    probes = [prompt] + UNRELATED
+    assert same(raw_logits(model, tokenizer, probes), raw_logits(untouched, tokenizer, probes))
+    with pytest.raises(EditorClosedError, match="closed"):
+        editor.generate(prompt)
+    with pytest.raises(EditorClosedError, match="closed"):
+        editor.edit(prompt, target)
+    editor.close()  # a second close changes nothing
+
+
+def test_an_editor_used_as_a_context_manager_closes_on_leaving(tiny_dir):
+    with make(tiny_dir, "sola", "llama") as editor:
+        model = editor.model
+        assert editor.config.key == "mean_pool"  # keys read inside the model: a hook on its first edited layer
+        assert any(len(m._forward_pre_hooks) for m in model.modules())
+        assert any(type(m).__name__ == "RoutedLoraLayer" for m in model.modules())
+    assert not any(type(m).__name__ == "RoutedLoraLayer" for m in model.modules())
+    assert not any(len(m._forward_pre_hooks) or len(m._forward_hooks) for m in model.modules())

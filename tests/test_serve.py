@@ -270,3 +270,26 @@ def test_a_long_running_server_forgets_its_oldest_finished_jobs(tiny_dir, tmp_pa
     third = service.submit_edits([{"prompt": FACT[0], "target": "John Doe"}])
     service.wait(third)
     assert service.job(jobs[0].id) is None and service.job(jobs[1].id) is jobs[1] and service.job(third.id) is third
+
+
+def test_a_bug_is_a_500_internal_error_not_the_callers_fault(server, monkeypatch):
+    url, auth = server.url, server.auth
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server.service.writer, "edit", broken)
+    made = httpx.post(f"{url}/v1/edits", json={"prompt": FACT[0], "target": FACT[1]}, headers=auth, timeout=60)
+    assert made.status_code == 500 and made.json() == {"error": "InternalError", "message": "RuntimeError: boom"}
+    job = httpx.post(f"{url}/v1/edits", json={"prompt": FACT[0], "target": FACT[1], "async": True}, headers=auth)
+    with httpx.stream("GET", f"{url}{job.json()['events']}", timeout=60) as stream:
+        lines = list(stream.iter_lines())
+    assert "event: failed" in lines
+    failed = lines[lines.index("event: failed") + 1]
+    assert '"error": "InternalError"' in failed and "RuntimeError: boom" in failed
+    monkeypatch.setattr(server.service.reader, "generate", broken)
+    asked = httpx.post(f"{url}/v1/ask", json={"prompt": FACT[0]})
+    assert asked.status_code == 500 and asked.json()["error"] == "InternalError"
+    refused = httpx.post(f"{url}/v1/edits", json={"prompt": " ", "target": FACT[1]}, headers=auth)
+    assert refused.status_code == 400  # the caller's mistake stays a 400
+    assert httpx.get(f"{url}/v1/edits").json()["edits"] == []

@@ -8,7 +8,8 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _WHERE = {"EditConfig": "config", "Edit": "edit", "Editor": "editor", "Route": "routing",
-          **{name: "errors" for name in ("ConfigError", "CorruptStoreError", "DataError", "InvalidEditError",
+          **{name: "errors" for name in ("ConfigError", "CorruptStoreError", "DataError", "EditorClosedError",
+                                         "InternalError", "InvalidEditError",
                                          "ModelMismatchError", "ModelNotFoundError", "NotConvergedError",
                                          "ReadOnlyStoreError", "SolaError", "StoreBusyError", "StoreError",
                                          "UnknownEditError")}}

@@ -13,9 +13,10 @@ from torch import nn
 
 from .asking import Asking
 from .edit import Edit
-from .errors import StoreError, UnknownEditError
+from .errors import EditorClosedError, StoreError, UnknownEditError
 from .ledger import Ledger
 from .loading import EMBEDDED_SOURCE
+from .nn.injection import Attachments
 from .prompts import EncodedPrompt, PromptFormat
 
 
@@ -37,10 +38,11 @@ class BaseEditor(Asking):
     def _hold(self, model: nn.Module, tokenizer, source: str, prompt_format: str) -> None:
         """Take the base model (frozen, in eval mode) and start an empty ledger."""
         self.model, self.tokenizer, self.source = model, tokenizer, source
+        self.attachments = Attachments(model)  # before anything changes the model: `close()` goes back to here
         model.eval().requires_grad_(False)
         self.format = PromptFormat(tokenizer, prompt_format)
         self.ledger = Ledger()
-        self._disabled = False
+        self._disabled = self._closed = False
 
     def encode(self, prompt: str) -> EncodedPrompt:
         """The prompt as this editor's model reads it (prompt format applied); a prompt too long for the model is an
@@ -48,6 +50,29 @@ class BaseEditor(Asking):
         encoded = self.format.encode(prompt)
         self.task.check_length(encoded)
         return encoded
+
+    def close(self) -> None:
+        """Take this editor off its model: every layer it wrapped goes back and every hook it registered is removed,
+        and the model's train/eval modes and `requires_grad` flags are as they were when it was handed over. The
+        model then computes exactly what it computed before; the store (if any) is untouched. A closed editor
+        neither answers nor edits (`EditorClosedError`). `with Editor.from_pretrained(...) as editor:` closes it
+        on leaving the block."""
+        self.attachments.remove()
+        self._closed = True
+
+    def __enter__(self) -> BaseEditor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EditorClosedError(f"this {self.method} editor was closed: `close()` took it off its model; make "
+                                    "a new one (Editor.from_pretrained(...) or Editor.load(path))")
+
+    def _before_asking(self) -> None:
+        self._check_open()
 
     @contextmanager
     def disabled(self) -> Iterator[BaseEditor]:

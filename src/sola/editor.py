@@ -32,7 +32,7 @@ from .fingerprint import config_hash, weights_hash
 from .loading import EMBEDDED_NOTE, EMBEDDED_SOURCE, load_model
 from .locking import DEFAULT_WAIT
 from .nn import Decision, RoutedLoraLayer
-from .nn.injection import inject, modules
+from .nn.injection import modules
 from .parts import EditParts
 from .planning import PlannedEdit, Planner
 from .prompts import EncodedPrompt, check_text
@@ -84,7 +84,7 @@ class Editor(BaseEditor):
         for layer in self.layers:
             layer.kept_dtype = self.kept_dtype
         self.slots = Slots()
-        self.router = Router(self.config, model, self.task, self.decision)
+        self.router = Router(self.config, model, self.task, self.decision, self.attachments)
         self.residency = Residency(self.layers, self.config.layers, resident_edits)
         self.parts = EditParts(self.ledger, self.slots, self.router, self.residency)
         self.planner = Planner(self)
@@ -168,7 +168,7 @@ class Editor(BaseEditor):
     def _wrap(self, module: nn.Module, name: str) -> RoutedLoraLayer:
         if isinstance(module, RoutedLoraLayer):
             raise ConfigError(f"{name} is already edited by another Editor; load a fresh copy of the model")
-        return inject(self.model, name, lambda base: RoutedLoraLayer(base, self.config.rank, self.config.scaling,
+        return self.attachments.inject(name, lambda base: RoutedLoraLayer(base, self.config.rank, self.config.scaling,
                                                                     self.decision))
 
     def _manifest(self) -> dict[str, Any]:
@@ -190,6 +190,7 @@ class Editor(BaseEditor):
         return len(new)
 
     def _before_asking(self) -> None:
+        super()._before_asking()
         if self.store is not None and self.refresh_every is not None \
                 and time.monotonic() - self.parts.refreshed >= self.refresh_every:
             replay.apply(self, self.store.refresh() if self.store.changed() else [])
@@ -209,6 +210,7 @@ class Editor(BaseEditor):
     def writing(self) -> Iterator[None]:
         """Hold the store's write lock, having read everything committed before it: what is done inside is one change
         of the store, with no other process's commit between its steps (no lock without a store)."""
+        self._check_open()
         if self.store is None:
             yield
             return

@@ -79,3 +79,12 @@ class NotConvergedError(SolaError):
     def __init__(self, message: str, committed: list, failed: list) -> None:
         super().__init__(message)
         self.committed, self.failed = committed, failed
+
+
+class EditorClosedError(SolaError, RuntimeError):
+    """An editor asked or edited after `close()` took it off its model."""
+
+
+class InternalError(RuntimeError):
+    """A failure nobody meant to raise (a bug, not the caller's input): the server answers it with status 500 and
+    reports it in a job's events as "InternalError", with the original exception's type and message."""

@@ -36,7 +36,7 @@ from torch import nn
 from ..architectures import default_layers
 from ..data.probes import normalise
 from ..errors import ConfigError, InvalidEditError
-from ..nn.injection import inject, modules
+from ..nn.injection import modules
 from ..nn.wrapped import WrappedLinear
 from ..routing import key_strategy
 from ..training import frozen_prefix, minimise, train_fixed, trainable
@@ -195,7 +195,7 @@ class ElderEditor(SnapshotEditor):
         self.layers = []
         scale = self.config.lora_alpha / self.config.rank
         for index, name in enumerate(names):
-            self.layers.append(inject(self.model, name, lambda base, index=index: MixtureLoraLayer(
+            self.layers.append(self.attachments.inject(name, lambda base, index=index: MixtureLoraLayer(
                 base, index, self.config.loras, self.config.rank, scale, self.state, generator)))
         self.keys = key_strategy(self.config.key, self.config.encoder)
         if self.keys.inside_model:
@@ -210,7 +210,7 @@ class ElderEditor(SnapshotEditor):
                 raise ConfigError(f"query_layer {query!r} runs after the first mixture layer {names[0]!r}; choose "
                                   "one at or before it")
             dim = WrappedLinear(self.query_module).in_features
-            self.query_module.register_forward_pre_hook(self._route_at_query_layer)
+            self.attachments.pre_hook(self.query_module, self._route_at_query_layer)
         else:
             dim = self.keys.dim
         bound = 1.0 / math.sqrt(dim)  # nn.Linear's own initialisation of the authors' gate (weight and bias)

@@ -30,7 +30,7 @@ from torch import nn
 from ..architectures import default_layers
 from ..data.probes import normalise
 from ..errors import ConfigError
-from ..nn.injection import capture, inject
+from ..nn.injection import capture
 from ..nn.wrapped import WrappedLinear
 from ..prompts import EncodedPrompt
 from ..training import frozen_prefix, minimise
@@ -118,7 +118,7 @@ class GraceEditor(SnapshotEditor):
 
     def _build(self) -> list[nn.Module]:
         name = self.config.layer or default_layers(self.model)[-1]
-        self.layer = inject(self.model, name, GraceLayer)
+        self.layer = self.attachments.inject(name, GraceLayer)
         self.config = self.config.replace(layer=name)
         # per live edit: its keys (P, in), the value its training left (out,), its normalised target
         self._records: dict[str, dict[str, Any]] = {}

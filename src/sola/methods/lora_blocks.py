@@ -13,7 +13,7 @@ from torch import nn
 from ..architectures import default_layers, default_rank
 from ..errors import ConfigError
 from ..nn import Decision, RoutedLoraLayer
-from ..nn.injection import inject, modules
+from ..nn.injection import modules
 from ..training import frozen_prefix, train_edits, train_fixed
 from .snapshot import BaselineConfig, SnapshotEditor, generators_for
 
@@ -45,7 +45,7 @@ class LoraBlocksEditor(SnapshotEditor):
         self.decision = Decision()
         self.layers = []
         for name in layers:
-            self.layers.append(inject(self.model, name, lambda base: RoutedLoraLayer(base, self.config.rank, 1.0,
+            self.layers.append(self.attachments.inject(name, lambda base: RoutedLoraLayer(base, self.config.rank, 1.0,
                                                                                      self.decision)))
         return [layer.base_layer for layer in self.layers]
 

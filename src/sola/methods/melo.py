@@ -66,7 +66,7 @@ class MeloEditor(LoraBlocksEditor):
         self.db: VectorDatabase | None = None  # MELO's vector database, once edits arrive in batches
         self.batches = 0
         first = self.layers[0].base_layer
-        first.register_forward_pre_hook(lambda _m, args: self.decision.decide_from(args[0]))
+        self.attachments.pre_hook(first, lambda _m, args: self.decision.decide_from(args[0]))
         return base
 
     # -- keys --------------------------------------------------------------------------------------------------------

@@ -210,6 +210,7 @@ class SnapshotEditor(BaseEditor):
     # -- editing -----------------------------------------------------------------------------------------------------
     def edit(self, prompt: str | list[str], target: str, *, subject: str | None = None) -> Edit:
         """Teach the model to answer `prompt` (or each of several prompts) with `target`. Returns the `Edit`."""
+        self._check_open()
         started = time.perf_counter()
         return self._edit_checked(subject, *check_texts(self.encode, self.task, prompt, target, subject), started)
 
@@ -236,6 +237,7 @@ class SnapshotEditor(BaseEditor):
         edited. Methods that train shared modules on batches (MELO, ELDER: `trains_batches`) train them on the
         whole batch at once, as their authors ran them; the others make the edits in order. A batch of one is still a
         batch (it trains on the batch schedule). Each edit's `seconds` is its share of the batch's time."""
+        self._check_open()
         from ..errors import SolaError, at_request
         from ..requests import parse_request
 
@@ -275,6 +277,7 @@ class SnapshotEditor(BaseEditor):
     def rollback(self, edit_id: str) -> Edit:
         """Remove an edit, where the method can do so exactly (see the method's docs); otherwise raise
         `RollbackNotSupportedError` and change nothing."""
+        self._check_open()
         self.live_edit(edit_id)
         self._forget(edit_id)
         self.ledger.rollback(edit_id, now(), self.rollback_note)

@@ -2,8 +2,9 @@
 
 `modules(model, names)` finds the modules to edit (one error, with names that do exist, when one is missing);
 `inject(model, name, wrap)` replaces a module by its wrapper (PEFT's "wrap, don't patch": the wrapper keeps the
-original as `base_layer`); `capture(model, module, run, read)` runs a forward pass only as far as `module`, hands its
-input (and output) to `read`, and stops the pass there.
+original as `base_layer`); `Attachments` does that and registers forward hooks, keeping a way back for each, so that
+an editor can be taken off its model (`close()`); `capture(model, module, run, read)` runs a forward pass only as far
+as `module`, hands its input (and output) to `read`, and stops the pass there.
 """
 
 from __future__ import annotations
@@ -34,6 +35,48 @@ def inject(model: nn.Module, name: str, wrap: Callable[[nn.Module], nn.Module]) 
     wrapper = wrap(module)
     setattr(model.get_submodule(parent) if parent else model, child, wrapper)
     return wrapper
+
+
+class Attachments:
+    """Everything an editor puts on a model: wrappers in place of its modules and forward hooks on them, each with
+    its way back, and the model's own train/eval modes and `requires_grad` flags, taken when it was handed over.
+    `remove()` undoes it all, last first: the model is then the one that was handed over, module for module."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._undo: list[Callable[[], None]] = []
+        modes = [(module, module.training) for module in model.modules()]
+        flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+
+        def restore_modes() -> None:
+            for module, training in modes:
+                module.training = training
+            for parameter, flag in flags:
+                parameter.requires_grad_(flag)
+
+        self._undo.append(restore_modes)
+
+    def inject(self, name: str, wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
+        """`inject` that `remove()` undoes (the original module goes back in its place)."""
+        module = modules(self.model, [name])[name]
+        wrapper = inject(self.model, name, wrap)
+        parent, _, child = name.rpartition(".")
+        owner = self.model.get_submodule(parent) if parent else self.model
+        self._undo.append(lambda: setattr(owner, child, module))
+        return wrapper
+
+    def pre_hook(self, module: nn.Module, hook: Callable, *, with_kwargs: bool = False) -> None:
+        """`module.register_forward_pre_hook(hook)`, removed by `remove()`."""
+        self._undo.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs).remove)
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._undo)
+
+    def remove(self) -> None:
+        """Take everything off the model, last first (a second call does nothing)."""
+        while self._undo:
+            self._undo.pop()()
 
 
 class _Captured(Exception):

@@ -17,7 +17,7 @@ from ..config import EditConfig
 from ..errors import InvalidEditError
 from ..loading import sola_home
 from ..nn import Decision, RoutedLoraLayer
-from ..nn.injection import capture, modules
+from ..nn.injection import Attachments, capture, modules
 from ..prompts import EncodedPrompt
 from ..tasks import Batch, Task
 from .keys import key_strategy
@@ -43,8 +43,10 @@ class Candidate(NamedTuple):
 
 
 class Router:
-    def __init__(self, config: EditConfig, model: nn.Module, task: Task, decision: Decision) -> None:
+    def __init__(self, config: EditConfig, model: nn.Module, task: Task, decision: Decision,
+                 attachments: Attachments | None = None) -> None:
         self.config, self.model, self.task, self.decision = config, model, task, decision
+        self.attachments = attachments  # where the key hook goes (the editor's, so that its `close()` removes it)
         self.keys = key_strategy(config.key, config.encoder)
         if self.keys.inside_model:
             self._hook_key_module()
@@ -70,7 +72,9 @@ class Router:
         def read_query(_module, args, kwargs):
             self.decision.decide_from(args[0] if args else kwargs.get("hidden_states"))
 
-        self._key_module.register_forward_pre_hook(read_query, with_kwargs=True)
+        if self.attachments is None:
+            self.attachments = Attachments(self.model)
+        self.attachments.pre_hook(self._key_module, read_query, with_kwargs=True)
 
     def __len__(self) -> int:
         """How many keys the table holds."""

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import (
     ConfigError,
+    InternalError,
     InvalidEditError,
     NotConvergedError,
     ReadOnlyStoreError,
@@ -93,6 +94,15 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
     @app.exception_handler(SolaError)
     async def _sola_error(request: Request, error: SolaError):
         return JSONResponse({"error": type(error).__name__, "message": str(error)}, status_code=_status(error))
+
+    @app.exception_handler(InternalError)
+    async def _internal_error(request: Request, error: InternalError):
+        return JSONResponse({"error": "InternalError", "message": str(error)}, status_code=500)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception):  # a bug: the server's fault, said as such
+        return JSONResponse({"error": "InternalError", "message": f"{type(error).__name__}: {error}"},
+                            status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError):

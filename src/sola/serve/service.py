@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import batching
 from ..edit import Edit
-from ..errors import SolaError
+from ..errors import InternalError, SolaError
 
 MAX_BATCH = 64  # edit requests in one call
 KEPT_JOBS = 1000  # finished jobs remembered (their events), oldest forgotten first
@@ -159,7 +159,7 @@ class EditService:
                 job.finish(error=error)
             except Exception as error:  # noqa: BLE001 - the worker must survive; the job reports it
                 job.emit("failed", error="InternalError", message=f"{type(error).__name__}: {error}")
-                job.finish(error=SolaError(f"internal error: {type(error).__name__}: {error}"))
+                job.finish(error=InternalError(f"{type(error).__name__}: {error}"))
 
     def _edit(self, job: Job, requests: list[dict[str, Any]], checked: list) -> list[Edit]:
         """One request trains with progress events (`Editor.edit`); a batch reports each request as it settles."""
