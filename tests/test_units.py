@@ -128,7 +128,13 @@ def test_calibrated_threshold_admits_at_most_the_chosen_fraction(make_editor):
 
 def test_config_errors_name_the_fix(tiny_dir):
     with pytest.raises(ConfigError, match="key='nope' is not a key strategy"):
-        EditConfig(key="nope").validate()
+        EditConfig(key="nope")  # on construction, not first when an editor uses it
+    with pytest.raises(ConfigError, match="rank=0 must be a positive integer"):
+        EditConfig().replace(rank=0)
+    from sola.methods import GraceConfig
+
+    with pytest.raises(ConfigError, match="radius=-1 must be positive"):
+        GraceConfig(radius=-1)
     with pytest.raises(ConfigError, match="Euclidean distances have no default threshold"):
         EditConfig(distance="euclidean").resolved_threshold()
     with pytest.raises(ConfigError, match="not modules of this model; names look like"):

@@ -49,7 +49,6 @@ def _bench(args) -> None:
         print((Path(args.out) / "results.md").read_text())
 
 
-
 def add_bench_parser(commands) -> None:
     bench = commands.add_parser("bench", help="lifelong editing benchmark: T edits, then every metric",
                                 description="Run T edits one after another (or --batch-size at a time) and "

@@ -197,8 +197,11 @@ class EditConfig:
     """Fields that only shape how new edits are trained: an editor opening an existing store may set them to other
     values than the store was made with (they do not change what stored edits compute)."""
 
+    def __post_init__(self) -> None:
+        self.validate()  # a config that cannot work is an error where it is written, not where it is used
+
     def validate(self) -> EditConfig:
-        """Raise `ConfigError` naming the first field that cannot work."""
+        """Raise `ConfigError` naming the first field that cannot work (done on construction and `replace`)."""
         if self.key not in KEY_STRATEGIES:
             raise ConfigError(f"key={self.key!r} is not a key strategy; choose one of {', '.join(KEY_STRATEGIES)}")
         if self.distance is not None and self.distance not in DISTANCES:
@@ -294,7 +297,6 @@ class EditConfig:
 
     def replace(self, **changes: Any) -> EditConfig:
         return dataclasses.replace(self, **changes).validate()
-
 
 
 def config_for_store(stored: dict[str, Any], given: EditConfig | None, path) -> EditConfig:

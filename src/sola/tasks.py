@@ -107,7 +107,6 @@ class Task:
             scores.append(TargetScore(target.tolist(), predicting.argmax(-1).tolist(), logprobs.tolist()))
         return scores
 
-
     def generation_batch(self, prompts: list[EncodedPrompt]) -> Batch:
         """Prompts padded for generating several answers at once (decoders pad on the left)."""
         return self.batch(prompts, None)
@@ -216,7 +215,6 @@ class CausalTask(Task):
         return self._sequence_score(self.target_logits(batch, logits), wanted)
 
 
-
 class Seq2SeqTask(Task):
     """Encoder-decoder (T5): the prompt goes to the encoder, the target (then EOS) is the decoder's output."""
 
@@ -245,7 +243,6 @@ class Seq2SeqTask(Task):
     def score(self, batch, logits):
         wanted = [row[row != -100] for row in batch.labels]
         return self._sequence_score(self.target_logits(batch, logits), wanted)
-
 
     def _prompt_width(self, batch):
         return 0  # the decoder's output holds only the answer (after its start token)
@@ -285,7 +282,6 @@ class ClassificationTask(Task):
 
     def score(self, batch, logits):
         return self._sequence_score(self.target_logits(batch, logits), [label.view(1) for label in batch.labels])
-
 
     @torch.no_grad()
     def answer_batch(self, batch, max_new_tokens, stop_at_newline):

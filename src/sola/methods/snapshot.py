@@ -59,6 +59,9 @@ class BaselineConfig:
     loss_bound: float = 0.05
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()  # a config that cannot work is an error where it is written
+
     def validate(self):
         if self.prompt_format not in ("auto", "raw", "chat"):
             raise ConfigError(f"prompt_format={self.prompt_format!r} is unknown; choose auto, raw or chat")
