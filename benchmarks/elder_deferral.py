@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sola.methods.elder_deferral import hamming_distances, pack_codes
+from sola.methods.elder.deferral import hamming_distances, pack_codes
 
 
 def random_codes(count: int, layers: int, loras: int, top_k: int, generator: torch.Generator) -> torch.Tensor:

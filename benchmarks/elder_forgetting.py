@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from sola.data.probes import normalise
-    from sola.methods.registry import BASELINES
+    from sola.methods import BASELINES
     from sola.methods.snapshot import MANIFEST
 
     method = json.loads((Path(args.store) / MANIFEST).read_text()).get("method")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import EDITS, UNRELATED
 
-from sola.errors import SolaError, StoreError
+from sola.errors import ConfigError, SolaError, StoreError
 from sola.eval import BenchSpec, run
 from sola.eval.study import write_study
 from sola.methods import (
@@ -292,7 +292,8 @@ def test_bench_refuses_sola_options_for_baselines(tmp_path, tiny_dir, tiny_data)
 
 
 def test_unknown_method_names_the_available_ones(tmp_path, tiny_data):
-    with pytest.raises(Exception, match="grace, melo, lora-ft"):
+    with pytest.raises(ConfigError, match="unknown method 'rome'; available: elder, elder-online, grace, lora-ft, "
+                       "melo, sola"):
         run(BenchSpec(method="rome", dataset="zsre", edits=2, data=str(tiny_data)), tmp_path / "x", progress=False)
 
 

@@ -5,59 +5,37 @@ load reproduces outputs; rollback restores the state before the edit exactly whe
 method documents, or says what it could not undo (`Edit.note`); bad input raises the library's errors and changes
 nothing.
 
-A method added to `sola.methods.METHODS` fails `test_every_registered_method_has_tiny_settings` until it has an entry
-in SETTINGS below, and then gets the whole suite."""
+Every method registered with `sola.methods.register_method` gets the whole suite on the families its registration's
+`TinySettings` name, with its settings there."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import EDITS, FAMILY_CONFIG, UNRELATED, tiny_config
+from conftest import EDITS, UNRELATED
 
-from sola import Editor, InvalidEditError, UnknownEditError
-from sola.methods import (
-    BASELINES,
-    METHODS,
-    ElderConfig,
-    ElderOnlineConfig,
-    GraceConfig,
-    LoraFTConfig,
-    MeloConfig,
-    RollbackNotSupportedError,
-)
+from sola import ConfigError, Editor, InvalidEditError, UnknownEditError
+from sola.methods import Method, RollbackNotSupportedError, TinySettings, register_method, registered
 
-TRAINING = dict(prompt_format="raw", learning_rate=0.05, max_steps=200)
-
-# How each method runs on a tiny random model: its config (radii and epsilon on that model's scale), the families it
-# supports, and how many answer tokens its edit is expected to produce there (GRACE replaces one vector at the last
-# prompt token, which on a tiny random model moves the first answer token only; tests/test_embedded.py pins its
-# whole answers on the embedded model).
-SETTINGS = {
-    "sola": dict(families=["llama", "gpt2", "t5", "bert"], answer_tokens=None, config=None),
-    "grace": dict(families=["llama", "gpt2"], answer_tokens=1, config=lambda: GraceConfig(
-        prompt_format="raw", radius=1e-3, max_steps=60)),
-    "melo": dict(families=["llama", "gpt2"], answer_tokens=None, config=lambda: MeloConfig(radius=1e-3, **TRAINING)),
-    "elder": dict(families=["llama", "gpt2"], answer_tokens=None, config=lambda: ElderConfig(epsilon=1, **TRAINING)),
-    "elder-online": dict(families=["llama", "gpt2"], answer_tokens=None, config=lambda: ElderOnlineConfig(
-        epsilon=1, prompt_format="raw", fixed_steps=60, fixed_learning_rate=0.05, fixed_lr_step=30)),
-    "lora-ft": dict(families=["llama", "gpt2"], answer_tokens=None, config=lambda: LoraFTConfig(**TRAINING)),
-}
-CASES = [(method, family) for method in METHODS for family in SETTINGS.get(method, {}).get("families", [])]
+CASES = [(name, family) for name, m in registered().items() for family in m.tiny.families]
 
 
-def test_every_registered_method_has_tiny_settings():
-    assert sorted(SETTINGS) == sorted(METHODS)
+def test_a_method_is_registered_once_under_its_name():
+    sola = registered()["sola"]
+    assert sola.editor is Editor and register_method(sola) is sola  # the same registration again: nothing changes
+    with pytest.raises(ConfigError, match="a method named 'sola' is registered already"):
+        register_method(Method(name="sola", editor=Editor, config=sola.config, summary="another",
+                               tiny=TinySettings(families=())))
+    assert registered()["sola"] is sola
 
 
 def make(tiny_dir, method: str, family: str):
-    if method == "sola":
-        return Editor.from_pretrained(tiny_dir(family), config=tiny_config(tiny_dir, **FAMILY_CONFIG.get(family, {})))
-    return BASELINES[method].from_pretrained(str(tiny_dir(family)), config=SETTINGS[method]["config"]())
+    registration = registered()[method]
+    return registration.editor.from_pretrained(str(tiny_dir(family)), config=registration.tiny_config(family))
 
 
 def load(method: str, path, tiny_dir, family):
-    editor_class = Editor if method == "sola" else BASELINES[method]
-    return editor_class.load(path, model=tiny_dir(family))
+    return registered()[method].editor.load(path, model=tiny_dir(family))
 
 
 def logits(editor, prompts):
@@ -84,7 +62,7 @@ def test_an_edit_is_generated(case):
     method, _, editor = case
     prompt, target = facts(editor)[0]
     edit = editor.edit(prompt, target)
-    tokens = SETTINGS[method]["answer_tokens"]
+    tokens = registered()[method].tiny.answer_tokens
     if tokens is None:
         assert edit.converged and editor.generate(prompt, max_new_tokens=12) == target
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -49,13 +50,25 @@ def _bench(args) -> None:
         print((Path(args.out) / "results.md").read_text())
 
 
+class _MethodsHelp(argparse.HelpFormatter):
+    """Lists the registered methods under `--method`, read only when the help is shown (the registry imports torch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest != "method":
+            return super()._get_help_string(action)
+        from .methods import registered
+
+        listed = "; ".join(f"{m.name}: {m.summary}" for m in registered().values()).replace("%", "%%")
+        return f"{action.help} (default sola). Registered: {listed}"
+
+
 def add_bench_parser(commands) -> None:
     bench = commands.add_parser("bench", help="lifelong editing benchmark: T edits, then every metric",
+                                formatter_class=_MethodsHelp,
                                 description="Run T edits one after another (or --batch-size at a time) and "
                                 "evaluate them (teacher-forced and "
                                 "generated, ES/ERR/TRR, three kinds of locality, routing, cost); or compare runs.")
-    bench.add_argument("--method", default="sola",
-                       help="sola, or a method in the same harness: elder, elder-online, grace, melo, lora-ft")
+    bench.add_argument("--method", default="sola", help="the editing method")
     bench.add_argument("--dataset", default="zsre", help="zsre, counterfact, hallucination, wikibio, scotus")
     bench.add_argument("--edits", type=int, default=1000, help="T, the number of sequential edits (default 1000)")
     bench.add_argument("--out", help="directory for results.json, results.md and plots (re-run to resume)")

@@ -22,9 +22,9 @@ PLOTS = ("metrics_vs_edits.png", "distances.png")
 
 def label(results: dict) -> str:
     """How a run is named in the tables: the method, its key strategy or radius, and its threshold."""
-    from ..methods.registry import bench_naming
+    from ..methods.registry import method
 
-    name = bench_naming(results["method"]).bench_label(results["config"], results["threshold"]["value"])
+    name = method(results["method"]).bench_label(results["config"], results["threshold"]["value"])
     batches = protocol_of(results)["batch_size"]
     data = _other_data(results)
     return (name + (", subject withheld" if results.get("spec", {}).get("withhold_subject") else "")
@@ -41,11 +41,11 @@ def _other_data(results: dict) -> str | None:
 def archive(results: dict, directory: Path) -> Path:
     """Write the run's summary (no per-edit rows) as DIR/<dataset>-<method>[-<key>][-supersede][-thr<X>]-<T>.json."""
     config = results["config"]
-    from ..methods.registry import bench_naming
+    from ..methods.registry import method
 
     data = _other_data(results)
     parts = [results["dataset"], *([data] if data else []), results["method"],
-             *bench_naming(results["method"]).bench_name_parts(config)]
+             *method(results["method"]).bench_name_parts(config)]
     given = results.get("spec", {}).get("threshold")
     if isinstance(given, (int, float)):  # a threshold chosen by hand: its own file
         parts.append(f"thr{given:g}")

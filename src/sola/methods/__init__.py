@@ -9,11 +9,14 @@ from .elder import ElderConfig, ElderEditor, ElderOnlineConfig, ElderOnlineEdito
 from .grace import GraceConfig, GraceEditor
 from .lora_ft import LoraFTConfig, LoraFTEditor
 from .melo import MeloConfig, MeloEditor
-from .registry import BASELINES, METHODS, SnapshotMethod
+from .registry import Method, SnapshotMethod, TinySettings, method, register_method, registered
 from .snapshot import RollbackNotSupportedError, SnapshotEditor
 from .sola import SolaMethod
 
+METHODS = tuple(registered())  # every registered method's name
+BASELINES = {name: m.editor for name, m in registered().items() if issubclass(m.editor, SnapshotEditor)}
+
 __all__ = ["BASELINES", "METHODS", "EditingMethod", "ElderConfig", "ElderEditor", "ElderOnlineConfig",
            "ElderOnlineEditor", "GraceConfig", "GraceEditor", "LoraFTConfig", "LoraFTEditor",
-           "MeloConfig", "MeloEditor", "MethodRoute", "RollbackNotSupportedError", "SnapshotEditor",
-           "SnapshotMethod", "SolaMethod"]
+           "MeloConfig", "MeloEditor", "Method", "MethodRoute", "RollbackNotSupportedError", "SnapshotEditor",
+           "SnapshotMethod", "SolaMethod", "TinySettings", "method", "register_method", "registered"]

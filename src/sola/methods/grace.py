@@ -34,6 +34,7 @@ from ..nn.injection import capture
 from ..nn.wrapped import WrappedLinear
 from ..prompts import EncodedPrompt
 from ..training import frozen_prefix, minimise
+from .registry import Method, TinySettings, register_method
 from .snapshot import BaselineConfig, SnapshotEditor
 
 
@@ -280,3 +281,10 @@ class GraceEditor(SnapshotEditor):
                 "entries": len(self._labels), "expansions": self.expansions, "splits": self.splits,
                 "memory_bytes": {"codebook": self.layer.keys.nbytes + self.layer.values.nbytes
                                  + self.layer.radii.nbytes}}
+
+
+register_method(Method(
+    name="grace", editor=GraceEditor, config=GraceConfig,
+    summary="GRACE (Hartvigsen et al., 2023): a codebook of values at one layer, keys within a deferral radius",
+    tiny=TinySettings(families=("llama", "gpt2"), config=dict(prompt_format="raw", radius=1e-3, max_steps=60),
+                      answer_tokens=1)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from .lora_blocks import LoraBlocksConfig, LoraBlocksEditor
+from .registry import Method, TinySettings, register_method
 from .snapshot import RollbackNotSupportedError
 
 LoraFTConfig = LoraBlocksConfig
@@ -45,3 +46,10 @@ class LoraFTEditor(LoraBlocksEditor):
 
     def _describe(self):
         return {"layers": self.config.layers, "rank": self.config.rank, "memory_bytes": self._memory()}
+
+
+register_method(Method(
+    name="lora-ft", editor=LoraFTEditor, config=LoraFTConfig,
+    summary="LoRA fine-tuning: one shared LoRA trained on every edit in turn (no routing)",
+    tiny=TinySettings(families=("llama", "gpt2"), config=dict(prompt_format="raw", learning_rate=0.05,
+                                                               max_steps=200))))

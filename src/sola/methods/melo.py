@@ -30,6 +30,7 @@ from ..data.probes import normalise
 from ..errors import ConfigError
 from ..routing.keys import HiddenStateKeys
 from .lora_blocks import LoraBlocksConfig, LoraBlocksEditor
+from .registry import Method, TinySettings, register_method
 from .snapshot import FixedSchedule, RollbackNotSupportedError, check_fixed_schedule
 from .vector_database import VectorDatabase
 
@@ -257,3 +258,10 @@ class MeloEditor(LoraBlocksEditor):
                 "centre_updates": self.centre_updates,
                 "mismatches": self.mismatches() if self.config.radius is not None else None,
                 "memory_bytes": {**self._memory(), "centres": self.centres.nbytes}}
+
+
+register_method(Method(
+    name="melo", editor=MeloEditor, config=MeloConfig,
+    summary="MELO (Yu et al., 2024): LoRA blocks chosen by clustered keys in a vector database",
+    tiny=TinySettings(families=("llama", "gpt2"), config=dict(radius=1e-3, prompt_format="raw", learning_rate=0.05,
+                                                               max_steps=200))))

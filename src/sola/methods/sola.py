@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..config import STORED_DEFAULTS, EditConfig
 from ..data import Record
 from ..editor import Editor
+from ..errors import ConfigError
 from ..store import Store
 from .base import EditorMethod, MethodRoute
+from .registry import Method, TinySettings, register_method
+
+if TYPE_CHECKING:
+    from ..eval.spec import BenchSpec
 
 
 class SolaMethod(EditorMethod):
@@ -37,6 +43,28 @@ class SolaMethod(EditorMethod):
                 *(["bank"] if _bank(config) else []),
                 *(["supersede"] if config.get("supersede") == "auto" else []),
                 *([f"prefix{config['prefix_contexts']}"] if config.get("prefix_contexts") else [])]
+
+    @classmethod
+    def from_spec(cls, spec: BenchSpec, store_path: Path, method: Method | None = None) -> SolaMethod:
+        """The editor a bench spec asks for, in the run's store (reopened when resuming)."""
+        # every record a new fact, as the papers evaluate; {"supersede": "auto"} in spec.config reads updates as
+        # updates. Every edit of the stream is stored, converged or not: a failed edit counts against the method.
+        config = EditConfig(prompt_format=spec.prompt_format, seed=spec.seed, supersede="never",
+                            on_no_converge="commit")
+        if spec.key:
+            config = config.replace(key=spec.key)
+        if spec.layers:
+            config = config.replace(layers=list(spec.layers))
+        if isinstance(spec.threshold, (int, float)):
+            config = config.replace(threshold=float(spec.threshold))
+        if spec.config:
+            config = EditConfig.from_dict({**config.to_dict(), **spec.config})
+        resuming = Store.exists(store_path)
+        editor = Editor.from_pretrained(spec.model, config=None if resuming else config, store=store_path)
+        reuse = Store.open(Path(spec.reuse_adapters) / "store") if spec.reuse_adapters else None
+        if reuse is not None:
+            _check_reusable(reuse.manifest, editor)
+        return cls(editor, reuse=reuse)
 
     def __init__(self, editor: Editor, reuse: Store | None = None) -> None:
         self.editor = editor
@@ -112,3 +140,29 @@ def _edits_of(store: Store):
 
     records = store.journal()
     return [Edit.from_dict(r) for r in records if r["op"] == "edit"]
+
+
+_TRAINING_FIELDS = ("layers", "rank", "lora_alpha", "prompt_format", "optimizer", "learning_rate", "max_steps",
+                    "loss_bound", "factor_dtype", "seed")
+
+
+def _check_reusable(manifest: dict, editor: Editor) -> None:
+    theirs, ours = {**STORED_DEFAULTS, **manifest["config"]}, editor.config.to_dict()
+    differing = [f for f in _TRAINING_FIELDS if theirs.get(f) != ours.get(f)]
+    if ours.get("supersede") == "auto":
+        differing.append("supersede=auto here: an update also trains on the wordings of the edit it replaces")
+    for part in ("config_hash", "weights_hash"):
+        if manifest["model"].get(part) != editor.fingerprint.get(part):
+            differing.append(f"model {part}")
+    if differing:
+        raise ConfigError(f"--reuse-adapters: that run trained its LoRAs differently ({', '.join(differing)}); only "
+                          "the key strategy and threshold may differ")
+
+
+register_method(Method(
+    name="sola", editor=Editor, config=EditConfig, bench=SolaMethod.from_spec, naming=SolaMethod,
+    summary="SoLA: one frozen LoRA per edit, routed once from the prompt; exact rollback (this library's method)",
+    tiny=TinySettings(families=("llama", "gpt2", "t5", "bert"),
+                      config=dict(key="mean_pool", prompt_format="raw", learning_rate=0.05, max_steps=200,
+                                  threshold=1e-3),
+                      family_config={"t5": dict(rank=8, learning_rate=0.02, max_steps=300)})))

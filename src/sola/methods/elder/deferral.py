@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .subject_gate import GATE_THRESHOLD, SubjectGate
+from ..subject_gate import GATE_THRESHOLD, SubjectGate
 
 if TYPE_CHECKING:
-    from .elder import ElderEditor
+    from .editor import ElderEditor
 
 PAPER_EPSILON = 12
 

@@ -1,173 +1,32 @@
-"""ELDER (Li et al., 2025): a mixture of shared LoRAs on L layers, a router per layer, a guided loss and a
-Hamming-distance deferral. See ../docs/methods.md for how this implementation reads the paper.
-
-- Query: one vector per input, read once before the first mixture layer (the paper's last-token hidden state, or any
-  SoLA key strategy computed outside the model, e.g. key="encoder"), so both methods can route on the same vector.
-- Mixture: at layer l, scores s_l = softmax(W_l q) over N LoRAs; the top-k are kept, and the layer outputs
-  base(x) + sum over the top-k of s_lj * B_j A_j x, on every token of the input. The allocation is decided once from
-  the prompt and held for every generated token.
-- Guided loss: each edit gets a preset random allocation (k of N LoRAs per layer), the same for identical edits
-  (same prompt and target) and different from every other live edit's; training minimises the target's
-  cross-entropy + lambda * sum over the allocation of -log s_lj.
-- Deferral: the allocation code (L x N bits, L x k set) of every training row of an edit is stored at its last
-  training iteration; an input uses the mixture only if its nearest stored code is at Hamming distance < `epsilon`
-  (Algorithm 1: at exactly epsilon it defers), else it runs the base model, bit for bit. Codes are packed into bytes
-  and compared with XOR and a popcount table. `calibrate_threshold` makes epsilon follow held-out unrelated
-  questions instead (re-chosen after every training, as the codes move).
-  This rule and ours (a query radius, SoLA's subject gate) are `sola.methods.elder_deferral`.
-- Lifelong: the LoRAs and routers are shared and keep training as edits arrive: one edit at a time (a fresh Adam per
-  edit, until it converges), or a batch at a time (`edit_many`: the authors' runner, MELO's: a fresh Adam at lr
-  1e-2, `fixed_steps` = 50 iterations, the lr halved every 20, on the whole batch).
-- Rollback is NOT exact: it removes the edit's code from the deferral table, so inputs that only matched it fall back
-  to the base model; what its training changed in the shared LoRAs and routers stays. `Edit.note` says so.
-"""
+"""`ElderEditor`: ELDER's editor (the method is described in `sola.methods.elder`): the mixture layers and their
+routers built on a model, training an edit (alone or in a batch) with the guided loss, and the deferral rule asking
+which inputs use the mixture."""
 
 from __future__ import annotations
 
 import math
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..architectures import default_layers
-from ..data.probes import normalise
-from ..errors import ConfigError, InvalidEditError
-from ..nn.injection import modules
-from ..nn.wrapped import WrappedLinear
-from ..routing import key_strategy
-from ..training import frozen_prefix, minimise, train_fixed, trainable
-from .elder_deferral import RULES, pack_codes
-from .snapshot import BaselineConfig, FixedSchedule, SnapshotEditor, check_fixed_schedule
+from ...architectures import default_layers
+from ...data.probes import normalise
+from ...errors import ConfigError, InvalidEditError
+from ...nn.injection import modules
+from ...nn.wrapped import WrappedLinear
+from ...routing import key_strategy
+from ...training import frozen_prefix, minimise, train_fixed, trainable
+from ..registry import Method, TinySettings, register_method
+from ..snapshot import SnapshotEditor
+from .config import ElderConfig
+from .deferral import RULES, pack_codes
+from .mixture import MixtureLoraLayer, RoutingState
 
 ROLLBACK_NOTE = ("rolled back by removing its allocation code from the deferral table; the shared LoRAs and routers "
                  "keep what its training changed (ELDER cannot undo that)")
-
-
-@dataclass
-class ElderConfig(BaselineConfig, FixedSchedule):
-    layers: list[str] | None = None
-    """The mixture layers. None: six MLP down projections at the paper's depth (LLaMA2-7B: layers 20-25 of 32),
-    i.e. layers 19-24 of SmolLM2-135M's 30; for other architectures the SoLA layers."""
-
-    rank: int = 8
-    lora_alpha: float = 8.0  # the LoRAs' scale is lora_alpha / rank (the authors' code)
-    loras: int = 4  # N per layer
-    top_k: int = 2
-    epsilon: int = 12  # an input whose nearest code is this far (Hamming) or farther defers to the base model
-    threshold_field, threshold_type, threshold_symbol = "epsilon", int, "ε"
-    query_layer: str | None = None
-    """Where the last-token query is read (its input): None, the module one block before the first mixture layer
-    (the authors' code reads it at the layer before the mixture), or the first mixture layer itself if it is in the
-    first block."""
-    epsilon_rate: float | None = None
-    """Set by `calibrate_threshold`: epsilon is re-chosen after every training so that at most this share of the
-    calibration questions (held-out, unrelated) reach a stored code; None keeps `epsilon` as given."""
-    guide_weight: float = 1e-2  # lambda
-    key: str = "last_token"
-    """The query vector: "last_token" (the paper: the last prompt token's hidden state at the input of the first
-    mixture layer) or a SoLA key computed outside the model ("encoder")."""
-    encoder: str | None = None
-    guide_replay: bool = False
-    """Our addition, off by default (the paper trains on the new edit only): also apply the guided loss to the stored
-    queries of the earlier live edits (routers only, no forward pass)."""
-    replay_edits: int = 0
-    """Our addition, 0 by default: also train on this many earlier live edits (drawn at random, seeded) at every
-    step of an edit, or of a batch (`edit_many`), so the shared LoRAs are reminded of them. Without it, one edit at a
-    time overwrites the shared LoRAs (measured: after 6 zsRE edits on SmolLM2-135M, the earlier prompts answered the
-    6th target)."""
-    refresh_codes: bool = False
-    """Our addition, off by default (the paper keeps the codes read at the last training iteration): after every
-    training, recompute every live edit's codes from its stored queries with the routers as they are now, so the
-    codes follow the routers as later edits move them (no forward pass: the queries are read below the mixture).
-    Measured for elder-online on zsRE (docs/methods.md): the codes stay current, but after 10 edits more than 1 % of
-    held-out NQ questions get an edit's exact code, so the calibrated epsilon is 0 and nothing is edited."""
-    deferral: str = "codes"
-    """How an input is sent to the base model instead. "codes" (the paper, Algorithm 1): its allocation code must be
-    at Hamming distance < `epsilon` from a stored code. "queries" (ours, not the paper's): its query vector must lie
-    within `query_radius` (Euclidean) of a stored query of a live edit, the way GRACE's and SoLA's keys are matched;
-    the routers still mix the LoRAs as they are, the codes are only kept for the record. Stored queries are read
-    below the mixture, so later training does not move them (codes move as the routers train). "subject" (ours):
-    SoLA's default routing decides (`SubjectGate`: the input names a live edit's subject and asks the same relation),
-    so the mixture is used exactly for the inputs SoLA would edit, and ELDER's routers only choose the LoRAs."""
-    query_radius: float | None = None
-    """For deferral="queries": None until `calibrate_threshold` sets it (every input defers until then)."""
-    gate_threshold: float | None = None
-    """For deferral="subject": the subject gate's threshold (None: SoLA's subject-key default, 0.6)."""
-    gate_unnamed_threshold: float | None = None
-    """For deferral="subject": the gate's threshold for edits without a subject (whole prompts; None: SoLA's
-    encoder default until `calibrate_threshold` sets it)."""
-    schedule: str = "until_converged"
-    """How one edit trains: "until_converged" (Adam at `learning_rate` until the target is reproduced and the top-k
-    equals the allocation, at most `max_steps`), or "fixed" (the fixed schedule, as a batch trains). Batches of
-    edits (`edit_many`) always train on the fixed schedule."""
-    learning_rate: float = 0.02
-    max_steps: int = 80
-
-    def validate(self):
-        super().validate()
-        check_fixed_schedule(self)
-        if self.schedule not in ("until_converged", "fixed"):
-            raise ConfigError(f"schedule={self.schedule!r} is unknown; choose until_converged or fixed")
-        if not 1 <= self.top_k <= self.loras:
-            raise ConfigError(f"top_k={self.top_k} must be between 1 and loras={self.loras}")
-        if self.rank < 1 or self.epsilon < 0 or self.guide_weight < 0 or not self.lora_alpha > 0:
-            raise ConfigError("rank and lora_alpha must be positive, and epsilon and guide_weight non-negative")
-        if self.epsilon_rate is not None and not 0 <= self.epsilon_rate < 1:
-            raise ConfigError(f"epsilon_rate={self.epsilon_rate} must be in [0, 1)")
-        if self.deferral not in RULES:
-            raise ConfigError(f"deferral={self.deferral!r} is unknown; choose one of {', '.join(map(repr, RULES))} "
-                              "('codes' is the paper's)")
-        for name in ("gate_threshold", "gate_unnamed_threshold"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name}={value} must be positive (or None for SoLA's default)")
-        if self.query_radius is not None and not self.query_radius > 0:
-            raise ConfigError(f"query_radius={self.query_radius} must be positive (or None until calibrated)")
-        if self.key not in ("last_token", "encoder"):
-            raise ConfigError(f"key={self.key!r}: ELDER routes on 'last_token' (the paper) or 'encoder'")
-        return self
-
-
-class MixtureLoraLayer(WrappedLinear):
-    """A frozen base module plus N LoRAs mixed per row by `weights[:, index]` (B, N) of the shared routing state."""
-
-    def __init__(self, base_layer: nn.Module, index: int, loras: int, rank: int, scale: float, state: _Routing,
-                 generator: torch.Generator) -> None:
-        super().__init__(base_layer)
-        in_features, out_features = self.in_features, self.out_features
-        self.index, self.state, self.scale = index, state, scale
-        bound = 1.0 / math.sqrt(rank)  # kaiming_uniform(a=sqrt(5)) of the authors' (in, r) matrix: fan-in r
-        self.lora_A = nn.Parameter((torch.rand(loras, rank, in_features, generator=generator) * 2 - 1) * bound,
-                                   requires_grad=False)
-        self.lora_B = nn.Parameter(torch.zeros(loras, out_features, rank), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
-        weights = self.state.weights
-        if weights is None:
-            return out
-        rows = weights[:, self.index].abs().sum(1).nonzero().squeeze(1)  # rows with a mixture
-        if rows.numel() == 0:
-            return out
-        w = weights[rows, self.index].to(x.dtype) * self.scale  # (n, N)
-        hidden = torch.einsum("btd,nrd->btnr", x[rows], self.lora_A)  # (n, T, N, r)
-        hidden = hidden * w[:, None, :, None]
-        delta = torch.einsum("btnr,nor->bto", hidden, self.lora_B)
-        return out.index_add(0, rows, delta.to(out.dtype))
-
-
-class _Routing:
-    """The allocation of the current input, shared by every mixture layer: weights (B, L, N), zero off the top-k and
-    for deferred rows; None: the base model for everyone. `pending` routes at the first mixture layer's input."""
-
-    def __init__(self) -> None:
-        self.weights: torch.Tensor | None = None
-        self.pending = None
-        self.gate: torch.Tensor | None = None  # (B,) whether each input may use the mixture, if decided from text
 
 
 class ElderEditor(SnapshotEditor):
@@ -191,7 +50,7 @@ class ElderEditor(SnapshotEditor):
         modules(self.model, names)
         self.config = self.config.replace(layers=list(names))
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.config.seed}:elder".encode()))
-        self.state = _Routing()
+        self.state = RoutingState()
         self.layers = []
         scale = self.config.lora_alpha / self.config.rank
         for index, name in enumerate(names):
@@ -533,27 +392,8 @@ def _paper_layers(model: nn.Module) -> list[str]:
     return [template.format(i=i) for i in range(start, start + 6)]
 
 
-@dataclass
-class ElderOnlineConfig(ElderConfig):
-    """`elder-online`, ours (not the paper's): ELDER for one-edit-at-a-time streams. Each edit trains on the fixed
-    schedule (a few steps, the lr decaying) together with `replay_edits` earlier edits drawn at random, and the guided
-    loss also pulls every earlier live edit's stored queries toward its own allocation. The mixture is used for the
-    inputs SoLA's subject routing sends to an edit (`deferral="subject"`); ELDER's routers choose the LoRAs.
-    Why (measured on zsRE with SmolLM2-135M, docs/methods.md): with the paper's code deferral it collapses (after 10
-    edits more than 1 % of held-out NQ questions share an edit's exact code, the calibrated epsilon falls to 0 and
-    every input defers: Rel 0.139 TF after 100); with `deferral="queries"` Rel after 100 is 0.715 TF, but every
-    question shaped like the edits reaches the mixture (same-relation locality 0.04); with the subject gate Rel is
-    0.726 TF and same-relation / same-subject locality 0.969 / 0.892, and what is left is the shared LoRAs
-    forgetting (Rel EM 0.38 after 100 edits, 1.00 right after each)."""
-
-    schedule: str = "fixed"
-    deferral: str = "subject"
-    replay_edits: int = 8
-    guide_replay: bool = True
-    fixed_steps: int = 20
-    fixed_lr_step: int = 8
-
-
-class ElderOnlineEditor(ElderEditor):
-    method = "elder-online"
-    config_class = ElderOnlineConfig
+register_method(Method(
+    name="elder", editor=ElderEditor, config=ElderConfig,
+    summary="ELDER (Li et al., 2025): a mixture of shared LoRAs per layer, a guided loss, deferral by allocation codes",
+    tiny=TinySettings(families=("llama", "gpt2"), config=dict(epsilon=1, prompt_format="raw", learning_rate=0.05,
+                                                               max_steps=200))))
