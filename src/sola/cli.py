@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .cli_bench import add_bench_parser
+from .cli_common import Exit, emit, existing_store, open_editor, open_ledger, store_path
 from .cli_serve import add_serve_parser
 from .errors import SolaError
 from .locking import DEFAULT_WAIT  # stdlib only: `sola list` still starts without torch
@@ -15,66 +16,6 @@ from .locking import DEFAULT_WAIT  # stdlib only: `sola list` still starts witho
 # Exit codes: 0 done; 1 `sola fsck` found damage (without --repair); 2 bad input or an error that changed nothing;
 # 3 an edit did not converge (refused, or stored with --keep-unconverged).
 EXIT_DAMAGE, EXIT_ERROR, EXIT_NOT_CONVERGED = 1, 2, 3
-
-
-class _Exit(Exception):
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-
-def _default_store() -> Path:
-    from .loading import sola_home
-
-    return sola_home() / "stores" / "default"
-
-
-def _store_path(args) -> Path:
-    return Path(args.store) if args.store else _default_store()
-
-
-def _existing_store(args) -> Path:
-    """The store a read-only command reads: it must exist (a typo must not create one)."""
-    from .journal import MANIFEST
-
-    path = _store_path(args)
-    if not (path / MANIFEST).is_file():
-        raise SolaError(f"there is no store at {path}; check --store, or make one by editing into it "
-                        f"(`sola edit --store {path} PROMPT TARGET`)")
-    return path
-
-
-def _editor(args, *, create: bool):
-    from .config import EditConfig
-    from .editor import Editor
-    from .store import Store
-
-    store = _store_path(args) if create else _existing_store(args)
-    config = EditConfig(key=args.key) if create and args.key and not Store.exists(store) else None
-    editor = Editor.from_pretrained(args.model, store=store, config=config, create=create, lock_wait=args.wait,
-                                    skip_damaged=getattr(args, "skip_damaged", False))
-    training = {}
-    if getattr(args, "max_steps", None) is not None:
-        training["max_steps"] = args.max_steps
-    if getattr(args, "keep_unconverged", False):
-        training["on_no_converge"] = "commit"
-    if training:  # training fields apply to this command's edits only; the store's config is unchanged
-        editor.config = editor.config.replace(**training)
-    return editor
-
-
-def _ledger(args):
-    """(manifest, ledger, damage) of the store, without torch or the model: its journal replayed."""
-    from .journal import read_journal
-    from .ledger import Ledger
-
-    manifest, records, damage = read_journal(_existing_store(args), skip_damaged=args.skip_damaged)
-    ledger = Ledger()
-    ledger.replay(records)
-    return manifest, ledger, damage
-
-
-def _emit(args, data, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else text)
 
 
 def _describe(edit) -> str:
@@ -123,31 +64,31 @@ def _edit(args) -> None:
     if args.dry_run and not args.file:
         from .store import Store
 
-        if not Store.exists(_store_path(args)):
-            _emit(args, {"prompt": args.prompt, "target": args.target, "action": "new fact", "supersedes": None,
+        if not Store.exists(store_path(args)):
+            emit(args, {"prompt": args.prompt, "target": args.target, "action": "new fact", "supersedes": None,
                          "nearest": None, "distance": None, "reason": "the store does not exist yet"},
                   "would be a new fact: the store does not exist yet (dry run: nothing trained or stored)")
             return
-    editor = _editor(args, create=not args.dry_run)
+    editor = open_editor(args, create=not args.dry_run)
     if not args.file:
         # the decision is made first and then followed exactly, so what is printed is what was done
         plan = editor.plan(args.prompt, args.target, subject=args.subject, aliases=args.alias or (),
                            supersedes=args.supersedes, new_fact=args.new_fact)
         if args.dry_run:
-            _emit(args, plan.to_dict(), f"would be a {_planned(editor, plan)} (dry run: nothing trained or stored)")
+            emit(args, plan.to_dict(), f"would be a {_planned(editor, plan)} (dry run: nothing trained or stored)")
             return
         try:
             edit = editor.edit(args.prompt, args.target, subject=args.subject, aliases=args.alias or (),
                                supersedes=plan.supersedes, new_fact=plan.supersedes is None)
         except NotConvergedError as err:
             print(f"error: {err}", file=sys.stderr)
-            raise _Exit(EXIT_NOT_CONVERGED) from None
-        _emit(args, [{**edit.to_dict(), "decision": plan.to_dict()}],
+            raise Exit(EXIT_NOT_CONVERGED) from None
+        emit(args, [{**edit.to_dict(), "decision": plan.to_dict()}],
               f"{edit.id}: {_describe(edit)}\n  {_planned(editor, plan)}")
         if not edit.converged:
             print(f"warning: {edit.id} did not converge but was stored (--keep-unconverged): the model may not answer "
                   f"{edit.prompt!r} with {edit.target!r}; `sola rollback {edit.id}` undoes it", file=sys.stderr)
-            raise _Exit(EXIT_NOT_CONVERGED)
+            raise Exit(EXIT_NOT_CONVERGED)
         return
 
     unconverged = []
@@ -180,20 +121,20 @@ def _edit(args) -> None:
               f"not converge within max_steps={editor.config.max_steps} and were {stored}; allow more steps with "
               "--max-steps N or shorten their targets, then run the same file again (committed lines are skipped)",
               file=sys.stderr)
-        raise _Exit(EXIT_NOT_CONVERGED)
+        raise Exit(EXIT_NOT_CONVERGED)
 
 
 def _ask(args) -> None:
     from .prompts import check_text
 
     check_text(args.prompt, "prompt")
-    editor = _editor(args, create=False)
+    editor = open_editor(args, create=False)
     answer = editor.generate(args.prompt, max_new_tokens=args.max_new_tokens)
     why = editor.explain(args.prompt)
     data = {"prompt": args.prompt, "answer": answer,
             "route": {"edit": why.edit_id, "distance": why.distance} if why.routed else None,
             "explanation": why.to_dict()}
-    _emit(args, data, f"{answer}  [{why}]")
+    emit(args, data, f"{answer}  [{why}]")
 
 
 def _status(edit) -> str:
@@ -203,11 +144,11 @@ def _status(edit) -> str:
 
 
 def _list(args) -> None:
-    _, ledger, _ = _ledger(args)
+    _, ledger, _ = open_ledger(args)
     edits = ledger.edits(include_rolled_back=args.all or args.history)
     if not args.history:
         rows = [f"{e.id:>6}  {_status(e):<11}  {e.prompt!r} -> {e.target!r}" for e in edits]
-        _emit(args, [e.to_dict() for e in edits], "\n".join(rows) or "no edits")
+        emit(args, [e.to_dict() for e in edits], "\n".join(rows) or "no edits")
         return
     chains = [ledger.chain(e.id) for e in edits if e.answering]  # one per fact, answering edit last
     rolled = [e for e in edits if not e.live]
@@ -217,21 +158,21 @@ def _list(args) -> None:
     lines += [f"{e.id} {e.target!r}   {e.prompt!r}  (rolled back {e.rolled_back}"
               f"{f', had superseded {e.supersedes}' if e.supersedes else ''}{f'; {e.note}' if e.note else ''})"
               for e in rolled]
-    _emit(args, {"facts": [[e.to_dict() for e in chain] for chain in chains],
+    emit(args, {"facts": [[e.to_dict() for e in chain] for chain in chains],
                  "rolled_back": [e.to_dict() for e in rolled]},
           "answering edit <- the edits it superseded\n" + "\n".join(lines) if lines else "no edits")
 
 
 def _rollback(args) -> None:
-    edit = _editor(args, create=False).rollback(args.id)
-    _emit(args, edit.to_dict(), f"rolled back {edit.id}: {edit.prompt!r} -> {edit.target!r}")
+    edit = open_editor(args, create=False).rollback(args.id)
+    emit(args, edit.to_dict(), f"rolled back {edit.id}: {edit.prompt!r} -> {edit.target!r}")
 
 
 def _info(args) -> None:
     from .config import config_for_store
 
-    manifest, ledger, damage = _ledger(args)
-    path = _existing_store(args)
+    manifest, ledger, damage = open_ledger(args)
+    path = existing_store(args)
     config = config_for_store(manifest["config"], None, path)
     edits = ledger.edits()
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -256,19 +197,19 @@ def _info(args) -> None:
         "store_bytes": size,
         "damage": [d.message for d in damage] or None,
     }
-    _emit(args, info, "\n".join(f"{k}: {v}" for k, v in info.items()))
+    emit(args, info, "\n".join(f"{k}: {v}" for k, v in info.items()))
 
 
 def _fsck(args) -> None:
     from .integrity import check_store, repair_store
 
-    path = _store_path(args)  # a store whose manifest is damaged is still checked: no _existing_store
+    path = store_path(args)  # a store whose manifest is damaged is still checked: no existing_store
     if not path.is_dir():
         raise SolaError(f"there is no store at {path}; check --store")
     report = repair_store(path) if args.repair else check_store(path)
-    _emit(args, report.to_dict(), report.describe())
+    emit(args, report.to_dict(), report.describe())
     if not report.ok:
-        raise _Exit(EXIT_DAMAGE)
+        raise Exit(EXIT_DAMAGE)
 
 
 def _export(args) -> None:
@@ -276,14 +217,14 @@ def _export(args) -> None:
 
     if bool(args.id) == args.all:
         raise SolaError("give an edit ID to export, or --all for every answering edit (see `sola list`)")
-    editor = _editor(args, create=False)
+    editor = open_editor(args, create=False)
     if args.all:
         router = export_all(editor, args.out)
-        _emit(args, router, f"{len(router['adapters'])} adapters and the routing table ({len(router['edits'])} "
+        emit(args, router, f"{len(router['adapters'])} adapters and the routing table ({len(router['edits'])} "
                             f"edits) in {args.out}")
     else:
         path = editor.export_peft(args.id, args.out)
-        _emit(args, {"edit": args.id, "adapter": str(path)}, f"edit {args.id} as a PEFT adapter in {path}")
+        emit(args, {"edit": args.id, "adapter": str(path)}, f"edit {args.id} as a PEFT adapter in {path}")
 
 
 def _route(args) -> None:
@@ -297,7 +238,7 @@ def _route(args) -> None:
         raise SolaError("give PROMPT arguments or --file FILE (one prompt a line)")
     for prompt in prompts:
         check_text(prompt, "prompt")
-    editor = _editor(args, create=False)
+    editor = open_editor(args, create=False)
     routes = editor.route_many(prompts)
     rows = [{"prompt": p, "adapter": r.edit_id if r else None, "distance": r.distance if r else None}
             for p, r in zip(prompts, routes)]
@@ -417,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter on a terminal
     try:
         args.run(args)
-    except _Exit as done:
+    except Exit as done:
         return done.code
     except SolaError as err:
         print(f"error: {err}", file=sys.stderr)

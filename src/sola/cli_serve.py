@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from .cli_common import store_path
+
 
 def _serve(args) -> None:
-    from .cli import _store_path
     from .serve import serve
 
-    serve(_store_path(args), args.model, host=args.host, port=args.port, token_file=args.token_file,
+    serve(store_path(args), args.model, host=args.host, port=args.port, token_file=args.token_file,
           read_token=args.read_token, single_model=args.single_model)
 
 

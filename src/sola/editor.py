@@ -37,7 +37,8 @@ from .parts import EditParts
 from .planning import PlannedEdit, Planner
 from .prompts import EncodedPrompt, check_text
 from .residency import Residency
-from .routing import Explanation, KeyTable, Route
+from .routing import KeyTable
+from .routing.queries import RoutingQueries
 from .routing.router import Router
 from .slots import Slots
 from .store import Store
@@ -52,7 +53,7 @@ DEFAULT_RESIDENT_EDITS = 1024
 DEFAULT_REFRESH_EVERY = 1.0
 
 
-class Editor(BaseEditor):
+class Editor(RoutingQueries, BaseEditor):
     """A base model with SoLA edits: one frozen LoRA per edit on a few layers, chosen per input by a routing table.
 
     Create it with `Editor.from_pretrained` (optionally backed by a durable store) or `Editor.load`. The base model's
@@ -230,43 +231,6 @@ class Editor(BaseEditor):
             yield
         finally:
             self.decision.clear()
-
-    def route(self, prompt: str) -> Route | None:
-        """The edit this prompt is routed to and its key distance, or None if it runs on the base model (`explain`
-        says why, and which edit was nearest)."""
-        found = self.nearest(prompt)
-        return found if found is not None and self._routes(found) else None
-
-    def _routes(self, found: Route) -> bool:
-        return found.rival is None and found.distance < self.config.resolved_threshold()
-
-    def explain(self, prompt: str) -> Explanation:
-        """Why this prompt runs as it does: the edit that answers it (`routed`), or the nearest live edit that does not,
-        with its distance and the threshold it was compared with, on one scale; or why no edit was compared
-        ("names no edited subject" with key="subject", "no edits", "editing disabled")."""
-        threshold = self.config.resolved_threshold()
-        if self._disabled:
-            return Explanation(False, None, None, threshold, "editing disabled")
-        if len(self.router) == 0:
-            return Explanation(False, None, None, threshold, "no edits")
-        found = self.nearest(prompt)
-        if found is None:
-            return Explanation(False, None, None, threshold, "names no edited subject")
-        if self._routes(found):
-            return Explanation(True, found.edit_id, found.distance, threshold, "routed")
-        if found.rival is not None and found.distance < threshold:
-            return Explanation(False, found.edit_id, found.distance, threshold, "another question", found.rival)
-        return Explanation(False, found.edit_id, found.distance, threshold, "too far")
-
-    def route_many(self, prompts: Iterable[str]) -> list[Route | None]:
-        """`route` for each prompt: in front of a multi-LoRA engine, the adapter (edit id) to request, or None."""
-        return [self.route(prompt) for prompt in prompts]
-
-    def nearest(self, prompt: str) -> Route | None:
-        """The nearest live edit and its distance, whether or not it is under the threshold (None without edits)."""
-        self._before_asking()
-        found = self.router.nearest(self.encode(prompt)) if len(self.router) else None
-        return Route(self.slots.owner(found.slot), found.distance, found.rival) if found is not None else None
 
     def calibrate_threshold(self, prompts: Iterable[str], max_activation_rate: float = 0.01, *,
                             against: Iterable[str] | None = None) -> float:

@@ -82,10 +82,8 @@ def register_method(method: Method) -> Method:
 
 
 def registered() -> dict[str, Method]:
-    """Every registered method by name, in alphabetical order (the bundled ones register themselves when
-    `sola.methods` is imported, which this does)."""
-    from . import elder, grace, lora_ft, melo, sola  # noqa: F401 - each registers itself on import
-
+    """Every registered method by name, in alphabetical order (the bundled ones register themselves when the
+    `sola.methods` package is imported, which importing this module does first)."""
     return dict(sorted(_REGISTRY.items()))
 
 
