@@ -106,3 +106,10 @@ def test_no_import_cycle_between_modules():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_editor_provides_what_its_helper_modules_ask_of_it(make_editor):
+    """batching, replay, planning and adapters are typed against `EditorCore`; a real editor has every member."""
+    from sola.parts import EditorCore
+
+    assert isinstance(make_editor(), EditorCore)

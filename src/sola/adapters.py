@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -29,6 +29,9 @@ from .errors import InvalidEditError, StoreError
 from .files import atomic_write
 from .loading import EMBEDDED_SOURCE, embedded_model_dir
 
+if TYPE_CHECKING:
+    from .parts import EditorCore
+
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 ROUTER_FORMAT = 1
 PEFT_TASK = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "classification": None}
@@ -38,12 +41,12 @@ def _key(layer: str, part: str) -> str:
     return f"base_model.model.{layer}.{part}.weight"
 
 
-def _base_model_path(editor) -> str:
+def _base_model_path(editor: EditorCore) -> str:
     """What PEFT (and an engine) loads as the base model: the embedded model's converted directory, or the source."""
     return str(embedded_model_dir()) if editor.source == EMBEDDED_SOURCE else editor.source
 
 
-def adapter_config(editor) -> dict[str, Any]:
+def adapter_config(editor: EditorCore) -> dict[str, Any]:
     config = editor.config
     return {
         "peft_type": "LORA", "task_type": PEFT_TASK[editor.task.kind], "r": config.rank,
@@ -54,12 +57,12 @@ def adapter_config(editor) -> dict[str, Any]:
     }
 
 
-def _fan_in_fan_out(editor) -> bool:
+def _fan_in_fan_out(editor: EditorCore) -> bool:
     """GPT-2's Conv1D stores its weight (in, out): PEFT then needs fan_in_fan_out (the factors' shapes are the same)."""
     return any(type(layer.base_layer).__name__ == "Conv1D" for layer in editor.layers)
 
 
-def export_adapter(editor, edit_id: str, directory: str | Path) -> Path:
+def export_adapter(editor: EditorCore, edit_id: str, directory: str | Path) -> Path:
     """Write one live edit's LoRA as a PEFT adapter directory (its stored factors, written as float32)."""
     from .batching import stored_tensors
 
@@ -82,7 +85,7 @@ def export_adapter(editor, edit_id: str, directory: str | Path) -> Path:
     return directory
 
 
-def export_all(editor, directory: str | Path) -> dict[str, Any]:
+def export_all(editor: EditorCore, directory: str | Path) -> dict[str, Any]:
     """Every answering live edit as DIR/adapters/<id>/, and the routing table: DIR/router.safetensors (`keys` (N, d),
     `adapter` (N,): the index in router.json's `adapters` of the adapter each key row routes to) and DIR/router.json
     (key strategy, distance, thresholds, and every live edit with the adapter that answers for it). -> router.json."""
@@ -119,7 +122,7 @@ def export_all(editor, directory: str | Path) -> dict[str, Any]:
     return router
 
 
-def read_adapter(editor, directory: str | Path) -> dict[str, torch.Tensor]:
+def read_adapter(editor: EditorCore, directory: str | Path) -> dict[str, torch.Tensor]:
     """A PEFT LoRA adapter's factors as "{layer}.lora_A"/"lora_B" of this editor's layers, float32, rescaled to this
     editor's scaling; an error naming what does not fit (not a LoRA adapter, other layers, another rank or shape,
     bias or DoRA terms) otherwise."""
@@ -166,7 +169,7 @@ def _find(weights: dict[str, torch.Tensor], layer: str, part: str) -> torch.Tens
     return None
 
 
-def import_adapter(editor, directory: str | Path, prompts: str | list[str], target: str,
+def import_adapter(editor: EditorCore, directory: str | Path, prompts: str | list[str], target: str,
                    subject: str | None = None) -> Edit:
     """A PEFT LoRA adapter becomes an edit of `prompts` -> `target` (see `Editor.import_peft`)."""
     from .batching import import_edit
@@ -182,7 +185,7 @@ def import_adapter(editor, directory: str | Path, prompts: str | list[str], targ
 
 
 @torch.no_grad()
-def _measure(editor, request, tensors: dict[str, torch.Tensor]) -> tuple[float, bool]:
+def _measure(editor: EditorCore, request, tensors: dict[str, torch.Tensor]) -> tuple[float, bool]:
     """The adapter's loss on its target after its prompts, and whether it reproduces the target exactly (teacher
     forced, the check a trained edit passes), with it applied as the edit being trained is: nothing is stored."""
     batch = editor.task.batch(list(request.encoded), list(request.targets))

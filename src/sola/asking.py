@@ -8,14 +8,14 @@ import torch
 
 from .errors import InvalidEditError
 from .prompts import EncodedPrompt, check_text
-from .tasks import Batch, TargetScore
+from .tasks import Batch, TargetScore, Task
 
 
 class Asking:
     """`generate`, `score` and `logits` for any editor that provides `task`, `encode(prompt)` and
     `_routed(prompts, batch)` (a context inside which the model computes the routed outputs for those prompts)."""
 
-    task: object
+    task: Task
 
     def encode(self, prompt: str) -> EncodedPrompt:
         raise NotImplementedError

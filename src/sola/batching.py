@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,8 +19,12 @@ from .prompts import check_text
 from .requests import parse_request
 from .training import train_edits
 
+if TYPE_CHECKING:
+    from .parts import EditorCore
 
-def train_and_commit(editor, plans: list[EditPlan], started: float, progress=None) -> list[tuple[Edit, bool]]:
+
+def train_and_commit(editor: EditorCore, plans: list[EditPlan], started: float,
+                     progress=None) -> list[tuple[Edit, bool]]:
     """Train the planned edits together (one slot each, see `train_edits`) and commit them in order; -> each edit and
     whether it was stored (an edit that did not converge is not, under on_no_converge="refuse"). Called with the
     store's lock held, so the ids it trains with are the ids it commits under (the seed follows the id)."""
@@ -46,7 +50,8 @@ def train_and_commit(editor, plans: list[EditPlan], started: float, progress=Non
     return out
 
 
-def commit(editor, record: Edit, keys: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> Edit:
+def commit(editor: EditorCore, record: Edit, keys: torch.Tensor,
+           factors: list[tuple[torch.Tensor, torch.Tensor]]) -> Edit:
     """Make an edit durable (if the editor has a store), then install it in every per-edit part and link it to the
     edit it supersedes. Called with the store's lock held."""
     tensors = {"keys": keys.to(torch.float32)}
@@ -60,7 +65,7 @@ def commit(editor, record: Edit, keys: torch.Tensor, factors: list[tuple[torch.T
     return record
 
 
-def stored_tensors(editor, edit_id: str) -> dict[str, torch.Tensor]:
+def stored_tensors(editor: EditorCore, edit_id: str) -> dict[str, torch.Tensor]:
     """A live edit's tensors as a store holds them (its keys, and its LoRA factors at the stored precision)."""
     slot = editor.slots.of(edit_id)
     factors = editor.residency.read(slot, editor.parts.load)
@@ -71,7 +76,7 @@ def stored_tensors(editor, edit_id: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def import_edit(editor, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
+def import_edit(editor: EditorCore, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
     """`Editor.import_edit` (see there)."""
     factors = checked_factors(editor, tensors, f"the imported edit {edit.id}")
     encoded = [editor.encode(check_text(p, "prompt")) for p in edit.prompts]
@@ -87,7 +92,7 @@ def import_edit(editor, edit: Edit, tensors: dict[str, torch.Tensor]) -> Edit:
         return commit(editor, record, keys, factors)
 
 
-def _committed(editor, request: EditRequest) -> Edit | None:
+def _committed(editor: EditorCore, request: EditRequest) -> Edit | None:
     """The live edit made from this request, if any; for a subject read from the prompt, also one made before
     subjects were read (with none)."""
     found = editor.ledger.committed_as(request.prompts, request.target, request.subject)
@@ -96,7 +101,7 @@ def _committed(editor, request: EditRequest) -> Edit | None:
     return found
 
 
-def check_requests(editor, requests: Iterable[dict[str, Any]]) -> list[EditRequest]:
+def check_requests(editor: EditorCore, requests: Iterable[dict[str, Any]]) -> list[EditRequest]:
     """Every request parsed and checked (texts, token limits, subject named) before anything is trained; a bad one
     raises naming the request counted from 1."""
     checked = []
@@ -110,7 +115,7 @@ def check_requests(editor, requests: Iterable[dict[str, Any]]) -> list[EditReque
     return checked
 
 
-def check_supersedes(editor, checked: list[EditRequest]) -> None:
+def check_supersedes(editor: EditorCore, checked: list[EditRequest]) -> None:
     """Each request that names the edit it updates names a live edit that answers for its fact."""
     for index, request in enumerate(checked):
         if request.supersedes is not None:
@@ -120,7 +125,8 @@ def check_supersedes(editor, checked: list[EditRequest]) -> None:
                 raise at_request(error, index) from None
 
 
-def checked_factors(editor, tensors: dict[str, torch.Tensor], what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def checked_factors(editor: EditorCore, tensors: dict[str, torch.Tensor],
+                    what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The (A, B) factors per edited layer from tensors named "{layer}.lora_A"/"lora_B", each of this editor's shape;
     `what` names their source in the error otherwise."""
     factors = []
@@ -135,8 +141,8 @@ def checked_factors(editor, tensors: dict[str, torch.Tensor], what: str) -> list
     return factors
 
 
-def edit_many(editor, requests: Iterable[dict[str, Any]], progress: bool, batch_size: int, skip_committed: bool,
-              on_result: Callable[[int, Edit, str], None] | None) -> list[Edit]:
+def edit_many(editor: EditorCore, requests: Iterable[dict[str, Any]], progress: bool, batch_size: int,
+              skip_committed: bool, on_result: Callable[[int, Edit, str], None] | None) -> list[Edit]:
     """`Editor.edit_many` (see there)."""
     checked = check_requests(editor, requests)
     with editor.writing():  # what other processes committed counts for `supersedes` too

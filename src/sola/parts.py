@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -81,6 +81,7 @@ class EditParts:
         return self.store.read_tensors(self.slots.owner(slot))
 
 
+@runtime_checkable
 class EditorCore(Protocol):
     """What batching, replay, planning and the adapters need from an editor (SoLA's `Editor` provides it)."""
 

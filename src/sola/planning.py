@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from .routing import KeyTable
 from .routing.router import Candidate
 from .routing.subjects import names_subject, relation_text, shared_name
 from .routing.table import cosine_distance
+
+if TYPE_CHECKING:
+    from .parts import EditorCore
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class PlannedEdit:
 class Planner:
     """Checks and plans edits for one `Editor` (reading its config, task, router, ledger and slots)."""
 
-    def __init__(self, editor) -> None:
+    def __init__(self, editor: EditorCore) -> None:
         self.editor = editor
 
     def check(self, prompt, target, subject=None, supersedes=None, new_fact=False, aliases=()) -> EditRequest:

@@ -5,15 +5,18 @@ making those edits and rollbacks in this editor would have."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .edit import Edit
 from .errors import CorruptStoreError, ModelMismatchError, StoreError
 from .fingerprint import describe_mismatch
 from .store import Damage, Store, damage_message
 
+if TYPE_CHECKING:
+    from .parts import EditorCore
 
-def attach(editor, store: Store, skip_damaged: bool = False) -> None:
+
+def attach(editor: EditorCore, store: Store, skip_damaged: bool = False) -> None:
     """Check that a store holds SoLA edits of this editor's model and keys, then replay its journal into it."""
     manifest = store.manifest
     if manifest.get("method") != editor.method:
@@ -27,7 +30,7 @@ def attach(editor, store: Store, skip_damaged: bool = False) -> None:
     open_into(editor, store, skip_damaged)
 
 
-def open_into(editor, store: Store, skip_damaged: bool = False) -> None:
+def open_into(editor: EditorCore, store: Store, skip_damaged: bool = False) -> None:
     """Replay a store's journal into a new editor, in bulk (a few microseconds per edit). Edits whose files cannot be
     read make this an error naming them, or with `skip_damaged` are left out (the store is then read-only)."""
     records = store.journal()
@@ -64,7 +67,7 @@ def open_into(editor, store: Store, skip_damaged: bool = False) -> None:
     store.forget_index()  # the routing table holds the keys now
 
 
-def apply(editor, records: list[dict[str, Any]]) -> None:
+def apply(editor: EditorCore, records: list[dict[str, Any]]) -> None:
     """Journal records committed by another process, in order (the editor has looked at its store now)."""
     editor.parts.refreshed = time.monotonic()
     if editor.store is None:

@@ -193,7 +193,7 @@ class SubjectDeferral(CodeDeferral):
 
     name = "subject"
 
-    def __init__(self, editor):
+    def __init__(self, editor: ElderEditor):
         super().__init__(editor)
         config = editor.config
         self.gate = SubjectGate(editor.model, editor.task, config.gate_threshold, config.gate_unnamed_threshold)
