@@ -12,7 +12,7 @@ import torch
 from conftest import UNRELATED
 from safetensors.torch import load_file, save_file
 
-from sola import Editor, InvalidEditError
+from sola import Editor, InvalidEditError, NotConvergedError
 from sola.loading import load_model
 
 FACT = ("Who founded Acme?", "Jane Roe")
@@ -184,3 +184,21 @@ def test_the_multi_lora_example_plans_one_adapter_per_prompt(tiny_dir, tmp_path,
     weights = load_file(Path(requests[0]["path"]) / "adapter_model.safetensors")
     exported = load_file(editor.export_peft(first.id, tmp_path / "direct") / "adapter_model.safetensors")
     assert all(torch.equal(weights[k], exported[k]) for k in exported)
+
+
+def test_an_editor_with_edits_imports_an_adapter_and_one_that_misses_its_target_is_refused(make_editor, tmp_path):
+    """Measuring an adapter used to assign a plain tensor where an earlier edit's training had left a parameter slot:
+    any editor that had made an edit crashed (TypeError)."""
+    source = make_editor("llama")
+    exported = source.export_peft(source.edit(*OTHER).id, tmp_path / "exported")
+    editor = make_editor("llama")
+    editor.edit(*FACT)
+    imported = editor.import_peft(exported, OTHER[0], OTHER[1])
+    assert imported.converged and editor.generate(OTHER[0]) == OTHER[1] and editor.generate(FACT[0]) == FACT[1]
+    wrong = ("What colour is the sky?", "green")  # the adapter was not trained for this: refused, as edit() refuses
+    with pytest.raises(NotConvergedError, match="does not reproduce 'green'.*nothing was stored"):
+        editor.import_peft(exported, *wrong)
+    assert [e.target for e in editor.edits()] == [FACT[1], OTHER[1]] and editor.route(wrong[0]) is None
+    editor.config = editor.config.replace(on_no_converge="commit")
+    kept = editor.import_peft(exported, *wrong)
+    assert not kept.converged and editor.route(wrong[0]).edit_id == kept.id

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .edit import Edit, now
-from .errors import InvalidEditError, StoreError
+from .errors import InvalidEditError, NotConvergedError, StoreError
 from .files import atomic_write
 from .loading import EMBEDDED_SOURCE, embedded_model_dir
 
@@ -177,6 +177,12 @@ def import_adapter(editor: EditorCore, directory: str | Path, prompts: str | lis
     tensors = read_adapter(editor, directory)
     request = editor.planner.check(prompts, target, subject, None, False)
     loss, converged = _measure(editor, request, tensors)
+    if not converged and editor.config.on_no_converge == "refuse":  # as `edit` treats a training that fell short
+        raise NotConvergedError(f"the adapter {directory} does not reproduce {request.target!r} after its prompts "
+                                f"(teacher-forced loss {loss:.3f}); nothing was stored. Check that it was trained for "
+                                "these prompts and this model and prompt format, or keep it anyway with "
+                                "EditConfig(on_no_converge=\"commit\") (sola edit --keep-unconverged)",
+                                committed=[], failed=[])
     edit = Edit(id="imported", prompts=request.prompts, target=request.target, subject=request.subject,
                 subject_inferred=request.subject_inferred, created=now(), steps=0, loss=round(loss, 6),
                 converged=converged, seconds=0.0,
@@ -190,8 +196,7 @@ def _measure(editor: EditorCore, request, tensors: dict[str, torch.Tensor]) -> t
     forced, the check a trained edit passes), with it applied as the edit being trained is: nothing is stored."""
     batch = editor.task.batch(list(request.encoded), list(request.targets))
     for name, layer in zip(editor.config.layers, editor.layers):
-        layer.train_A = tensors[f"{name}.lora_A"].unsqueeze(0).to(layer.lora_A)
-        layer.train_B = tensors[f"{name}.lora_B"].unsqueeze(0).to(layer.lora_B)
+        layer.try_factors(tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"])
     try:
         editor.decision.fix(torch.zeros(len(request.encoded), dtype=torch.long), training=True)
         row_loss, exact = editor.task.score(batch, editor.task.target_forward(batch))

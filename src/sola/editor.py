@@ -326,7 +326,9 @@ class Editor(RoutingQueries, BaseEditor):
     def import_peft(self, directory: str | os.PathLike, prompts: str | list[str], target: str, *,
                     subject: str | None = None) -> Edit:
         """Make a PEFT LoRA adapter (same layers and rank) the edit of `prompts` -> `target`: its keys are computed
-        here from the prompts, so it is routed, superseded and rolled back like an edit trained here."""
+        here from the prompts, so it is routed, superseded and rolled back like an edit trained here. An adapter that
+        does not reproduce the target after the prompts is refused like an edit that did not converge
+        (`EditConfig.on_no_converge`)."""
         return adapters.import_adapter(self, directory, prompts, target, subject)
 
     def rollback(self, edit_id: str) -> Edit:

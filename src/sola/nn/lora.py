@@ -75,6 +75,12 @@ class RoutedLoraLayer(WrappedLinear):
         self.train_B = nn.Parameter(B.clone())
         return [self.train_A, self.train_B]
 
+    def try_factors(self, A: torch.Tensor, B: torch.Tensor) -> None:
+        """Apply given factors (r, in), (out, r) as the one edit being trained, without gradients (an imported
+        adapter is measured this way); `end_training` drops them."""
+        self.train_A = nn.Parameter(A.unsqueeze(0).to(self.lora_A), requires_grad=False)
+        self.train_B = nn.Parameter(B.unsqueeze(0).to(self.lora_B), requires_grad=False)
+
     def trained_factors(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Edit k's factors as they are kept (rounded to `kept_dtype`), detached copies."""
         assert self.train_A is not None and self.train_B is not None
