@@ -120,11 +120,44 @@ def test_bad_input_is_one_error_before_the_model_loads(tmp_path, capsys, monkeyp
     assert "Traceback" not in err and not store.exists()
 
 
-@pytest.mark.parametrize("command", [["list"], ["info"], ["ask", "Who founded Acme?"], ["rollback", "e1"]])
+@pytest.mark.parametrize("command", [["list"], ["info"], ["rollback", "e1"], ["export", "e1", "--out", "x"]])
 def test_read_only_commands_never_create_a_store(tmp_path, capsys, command):
     typo = tmp_path / "typo" / "x"
     code, _, err = run(capsys, *command, "--store", str(typo))
     assert code == 2 and "there is no store at" in err and not (tmp_path / "typo").exists()
+
+
+def test_ask_before_the_first_edit_answers_from_the_base_model_and_creates_nothing(tiny_dir, tmp_path, capsys,
+                                                                                  monkeypatch):
+    from sola import Editor
+
+    prompts = ["Who founded Acme?", "What is 2+2?", "Which river flows through Cairo?"]
+    base = Editor.from_pretrained(tiny_dir("llama"))
+    expected = [base.generate(p, max_new_tokens=32) for p in prompts]
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(prompts[2] + "\n\n"))
+    typo = tmp_path / "none" / "store"
+    code, out, err = run(capsys, "ask", *prompts[:2], "--file", "-", "--store", str(typo), "--model",
+                         str(tiny_dir("llama")), "--json")
+    rows = [json.loads(line) for line in out.splitlines()]  # several prompts: one JSON line each, one model load
+    assert code == 0 and [r["prompt"] for r in rows] == prompts and [r["answer"] for r in rows] == expected
+    assert all(r["route"] is None and r["explanation"]["reason"] == "no edits" for r in rows)
+    assert "no store at" in err and "base model's answers" in err and not (tmp_path / "none").exists()
+
+
+def test_an_unknown_edit_id_is_an_error_before_the_model_loads(tiny_dir, tmp_path, capsys, monkeypatch):
+    from sola import Editor
+
+    store = tmp_path / "store"
+    Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir), store=store).edit("Who founded Acme?",
+                                                                                               "Jane Roe")
+    import sola.editor
+
+    monkeypatch.setattr(sola.editor, "load_model", no_model)
+    for command in (["rollback", "e9"], ["export", "e9", "--out", str(tmp_path / "out")]):
+        code, _, err = run(capsys, *command, "--store", str(store))
+        assert code == 2 and "error: edit 'e9' does not exist; live edits: e1" in err, err
+    code, _, err = run(capsys, "ask", "--store", str(store))
+    assert code == 2 and "give PROMPT arguments or --file FILE" in err
 
 
 def test_list_and_info_read_the_store_without_the_model(tiny_dir, tmp_path, capsys, monkeypatch):

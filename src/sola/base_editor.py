@@ -13,7 +13,7 @@ from torch import nn
 
 from .asking import Asking
 from .edit import Edit
-from .errors import EditorClosedError, StoreError, UnknownEditError
+from .errors import EditorClosedError, StoreError
 from .ledger import Ledger
 from .loading import EMBEDDED_SOURCE
 from .nn.injection import Attachments
@@ -102,12 +102,7 @@ class BaseEditor(Asking):
     def live_edit(self, edit_id: str) -> Edit:
         """The live edit `edit_id`; anything else (unknown, rolled back) is the `UnknownEditError` a rollback of it
         would raise, naming the live edits."""
-        edit = self.ledger.get(edit_id) if edit_id in self.ledger else None
-        if edit is None or not edit.live:
-            state = "was already rolled back" if edit is not None else "does not exist"
-            live = ", ".join(e.id for e in self.ledger.edits()[:10]) or "none"
-            raise UnknownEditError(f"edit {edit_id!r} {state}; live edits: {live} (see `sola list`)")
-        return edit
+        return self.ledger.live_edit(edit_id)
 
 
 def stored_model(manifest: dict[str, Any], path) -> str:

@@ -125,16 +125,47 @@ def _edit(args) -> None:
 
 
 def _ask(args) -> None:
+    """Answer each prompt with one model load. Before the first edit (no store yet) the base model answers, and
+    nothing is created."""
+    from .journal import MANIFEST
+
+    prompts = _prompts(args)
+    if (store_path(args) / MANIFEST).is_file():
+        editor = open_editor(args, create=False)
+        note = None
+    else:
+        from .editor import Editor
+
+        editor = Editor.from_pretrained(args.model)
+        note = (f"no store at {store_path(args)} yet: these are the base model's answers (nothing was created; "
+                "`sola edit` makes the store)")
+        print(note, file=sys.stderr)
+    for prompt in prompts:
+        answer = editor.generate(prompt, max_new_tokens=args.max_new_tokens)
+        why = editor.explain(prompt)
+        data = {"prompt": prompt, "answer": answer,
+                "route": {"edit": why.edit_id, "distance": why.distance} if why.routed else None,
+                "explanation": why.to_dict(), **({"note": note} if note else {})}
+        text = f"{answer}  [{why}]" if len(prompts) == 1 else f"Q: {prompt}\nA: {answer}  [{why}]"
+        if args.json and len(prompts) > 1:
+            print(json.dumps(data, default=str))  # one JSON line per prompt, as `sola edit --file --json`
+        else:
+            emit(args, data, text)
+
+
+def _prompts(args) -> list[str]:
+    """The PROMPT arguments, then --file's lines (- : standard input), each checked (no model is loaded yet)."""
     from .prompts import check_text
 
-    check_text(args.prompt, "prompt")
-    editor = open_editor(args, create=False)
-    answer = editor.generate(args.prompt, max_new_tokens=args.max_new_tokens)
-    why = editor.explain(args.prompt)
-    data = {"prompt": args.prompt, "answer": answer,
-            "route": {"edit": why.edit_id, "distance": why.distance} if why.routed else None,
-            "explanation": why.to_dict()}
-    emit(args, data, f"{answer}  [{why}]")
+    prompts = list(args.prompts)
+    if args.file:
+        text = sys.stdin.read() if args.file == "-" else _read_text(args.file)
+        prompts += [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise SolaError("give PROMPT arguments or --file FILE (one prompt a line, - for standard input)")
+    for prompt in prompts:
+        check_text(prompt, "prompt")
+    return prompts
 
 
 def _status(edit) -> str:
@@ -164,6 +195,7 @@ def _list(args) -> None:
 
 
 def _rollback(args) -> None:
+    open_ledger(args)[1].live_edit(args.id)  # an unknown or rolled-back id fails here, before the model loads
     edit = open_editor(args, create=False).rollback(args.id)
     emit(args, edit.to_dict(), f"rolled back {edit.id}: {edit.prompt!r} -> {edit.target!r}")
 
@@ -217,6 +249,8 @@ def _export(args) -> None:
 
     if bool(args.id) == args.all:
         raise SolaError("give an edit ID to export, or --all for every answering edit (see `sola list`)")
+    if args.id:
+        open_ledger(args)[1].live_edit(args.id)  # before the model loads
     editor = open_editor(args, create=False)
     if args.all:
         router = export_all(editor, args.out)
@@ -228,16 +262,7 @@ def _export(args) -> None:
 
 
 def _route(args) -> None:
-    from .prompts import check_text
-
-    prompts = list(args.prompts)
-    if args.file:
-        text = sys.stdin.read() if args.file == "-" else _read_text(args.file)
-        prompts += [line for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise SolaError("give PROMPT arguments or --file FILE (one prompt a line)")
-    for prompt in prompts:
-        check_text(prompt, "prompt")
+    prompts = _prompts(args)
     editor = open_editor(args, create=False)
     routes = editor.route_many(prompts)
     rows = [{"prompt": p, "adapter": r.edit_id if r else None, "distance": r.distance if r else None}
@@ -310,8 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "training or storing anything")
     edit.set_defaults(run=_edit)
     ask = commands.add_parser("ask", parents=[common, readers],
-                              help="answer PROMPT (greedy) and say which edit answered")
-    ask.add_argument("prompt")
+                              help="answer each PROMPT (greedy) and say which edit answered")
+    ask.add_argument("prompts", nargs="*", metavar="PROMPT")
+    ask.add_argument("--file", help="prompts one per line (- for standard input), after any given as arguments")
     ask.add_argument("--max-new-tokens", type=int, default=32)
     ask.set_defaults(run=_ask)
     listing = commands.add_parser("list", parents=[common, readers], help="list the edits (reads the store alone)")

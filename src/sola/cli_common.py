@@ -61,7 +61,7 @@ def open_ledger(args):
     from .journal import read_journal
     from .ledger import Ledger
 
-    manifest, records, damage = read_journal(existing_store(args), skip_damaged=args.skip_damaged)
+    manifest, records, damage = read_journal(existing_store(args), skip_damaged=getattr(args, "skip_damaged", False))
     ledger = Ledger()
     ledger.replay(records)
     return manifest, ledger, damage

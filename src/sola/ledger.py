@@ -116,6 +116,15 @@ class Ledger:
             raise UnknownEditError(f"edit {edit_id!r} does not exist (see `sola list`)")
         return self._edits[edit_id]
 
+    def live_edit(self, edit_id: str) -> Edit:
+        """The live edit `edit_id`; anything else is an `UnknownEditError` naming the live edits."""
+        edit = self._edits.get(edit_id)
+        if edit is None or not edit.live:
+            state = "was already rolled back" if edit is not None else "does not exist"
+            live = ", ".join(e.id for e in self.edits()[:10]) or "none"
+            raise UnknownEditError(f"edit {edit_id!r} {state}; live edits: {live} (see `sola list`)")
+        return edit
+
     def edits(self, include_rolled_back: bool = False) -> list[Edit]:
         """The edits in the order they were made (only live ones unless asked)."""
         return [e for e in self._edits.values() if include_rolled_back or e.live]
