@@ -211,3 +211,19 @@ def test_a_target_beyond_the_token_limit_is_refused_with_the_limit(make_editor, 
     with pytest.raises(InvalidEditError, match="at most 32 .sola.prompts.MAX_TARGET_TOKENS"):
         editor.edit("Who?", "a b c d e f g h i j k " * 2)
     assert (tmp_path / "store" / "edits.jsonl").read_bytes() == b""
+
+
+def test_sola_edit_shows_training_progress_on_a_terminal_and_stays_quiet_with_json(tiny_dir, tmp_path, capsys,
+                                                                                   monkeypatch):
+    import sys
+
+    from sola import Editor
+
+    store = tmp_path / "store"
+    Editor.from_pretrained(tiny_dir("llama"), config=tiny_config(tiny_dir), store=store)
+    common = ["--store", str(store), "--model", str(tiny_dir("llama"))]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # standard error is a terminal
+    code, out, err = run(capsys, "edit", "Who founded Acme?", "Jane Roe", *common)
+    assert code == 0 and "e1:" in out and "training" in err and "step" in err and "loss=" in err
+    code, out, err = run(capsys, "edit", "Which river flows through Cairo?", "the Danube", *common, "--json")
+    assert code == 0 and json.loads(out)[0]["id"] == "e2" and "loss=" not in err

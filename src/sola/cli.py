@@ -77,12 +77,18 @@ def _edit(args) -> None:
         if args.dry_run:
             emit(args, plan.to_dict(), f"would be a {_planned(editor, plan)} (dry run: nothing trained or stored)")
             return
+        bar = _training_bar(args, editor)
         try:
             edit = editor.edit(args.prompt, args.target, subject=args.subject, aliases=args.alias or (),
-                               supersedes=plan.supersedes, new_fact=plan.supersedes is None)
+                               supersedes=plan.supersedes, new_fact=plan.supersedes is None,
+                               progress=bar and (lambda step, loss: (bar.update(1),
+                                                                     bar.set_postfix(loss=f"{loss:.3f}"))))
         except NotConvergedError as err:
             print(f"error: {err}", file=sys.stderr)
             raise Exit(EXIT_NOT_CONVERGED) from None
+        finally:
+            if bar is not None:
+                bar.close()
         emit(args, [{**edit.to_dict(), "decision": plan.to_dict()}],
               f"{edit.id}: {_describe(edit)}\n  {_planned(editor, plan)}")
         if not edit.converged:
@@ -122,6 +128,15 @@ def _edit(args) -> None:
               "--max-steps N or shorten their targets, then run the same file again (committed lines are skipped)",
               file=sys.stderr)
         raise Exit(EXIT_NOT_CONVERGED)
+
+
+def _training_bar(args, editor):
+    """Steps and loss of the edit being trained, on a terminal's standard error (none with --json or when piped)."""
+    if args.json or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=editor.config.max_steps, desc="training", unit="step", leave=False, file=sys.stderr)
 
 
 def _ask(args) -> None:
