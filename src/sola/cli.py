@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from . import cli_ask
 from .cli_bench import add_bench_parser
 from .cli_common import Exit, emit, existing_store, open_editor, open_ledger, store_path
 from .cli_serve import add_serve_parser
@@ -139,50 +139,6 @@ def _training_bar(args, editor):
     return tqdm(total=editor.config.max_steps, desc="training", unit="step", leave=False, file=sys.stderr)
 
 
-def _ask(args) -> None:
-    """Answer each prompt with one model load. Before the first edit (no store yet) the base model answers, and
-    nothing is created."""
-    from .journal import MANIFEST
-
-    prompts = _prompts(args)
-    if (store_path(args) / MANIFEST).is_file():
-        editor = open_editor(args, create=False)
-        note = None
-    else:
-        from .editor import Editor
-
-        editor = Editor.from_pretrained(args.model)
-        note = (f"no store at {store_path(args)} yet: these are the base model's answers (nothing was created; "
-                "`sola edit` makes the store)")
-        print(note, file=sys.stderr)
-    for prompt in prompts:
-        answer = editor.generate(prompt, max_new_tokens=args.max_new_tokens)
-        why = editor.explain(prompt)
-        data = {"prompt": prompt, "answer": answer,
-                "route": {"edit": why.edit_id, "distance": why.distance} if why.routed else None,
-                "explanation": why.to_dict(), **({"note": note} if note else {})}
-        text = f"{answer}  [{why}]" if len(prompts) == 1 else f"Q: {prompt}\nA: {answer}  [{why}]"
-        if args.json and len(prompts) > 1:
-            print(json.dumps(data, default=str))  # one JSON line per prompt, as `sola edit --file --json`
-        else:
-            emit(args, data, text)
-
-
-def _prompts(args) -> list[str]:
-    """The PROMPT arguments, then --file's lines (- : standard input), each checked (no model is loaded yet)."""
-    from .prompts import check_text
-
-    prompts = list(args.prompts)
-    if args.file:
-        text = sys.stdin.read() if args.file == "-" else _read_text(args.file)
-        prompts += [line for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise SolaError("give PROMPT arguments or --file FILE (one prompt a line, - for standard input)")
-    for prompt in prompts:
-        check_text(prompt, "prompt")
-    return prompts
-
-
 def _status(edit) -> str:
     if not edit.live:
         return "rolled back"
@@ -276,27 +232,6 @@ def _export(args) -> None:
         emit(args, {"edit": args.id, "adapter": str(path)}, f"edit {args.id} as a PEFT adapter in {path}")
 
 
-def _route(args) -> None:
-    prompts = _prompts(args)
-    editor = open_editor(args, create=False)
-    routes = editor.route_many(prompts)
-    rows = [{"prompt": p, "adapter": r.edit_id if r else None, "distance": r.distance if r else None}
-            for p, r in zip(prompts, routes)]
-    if args.json:
-        print("\n".join(json.dumps(row) for row in rows))
-        return
-    for row in rows:
-        where = f"{row['adapter']}  (distance {row['distance']:.3f})" if row["adapter"] else "base model"
-        print(f"{where}\t{row['prompt']}")
-
-
-def _read_text(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SolaError(f"cannot read {path}: {err}") from None
-
-
 def _demo(args) -> None:
     from .demo import run_demo
 
@@ -354,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("prompts", nargs="*", metavar="PROMPT")
     ask.add_argument("--file", help="prompts one per line (- for standard input), after any given as arguments")
     ask.add_argument("--max-new-tokens", type=int, default=32)
-    ask.set_defaults(run=_ask)
+    ask.set_defaults(run=cli_ask.ask)
     listing = commands.add_parser("list", parents=[common, readers], help="list the edits (reads the store alone)")
     listing.add_argument("--all", action="store_true", help="include rolled-back edits")
     listing.add_argument("--history", action="store_true",
@@ -385,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "to, or none: what to put in front of a multi-LoRA engine")
     route.add_argument("prompts", nargs="*", metavar="PROMPT")
     route.add_argument("--file", help="prompts one per line (- for standard input), after any given as arguments")
-    route.set_defaults(run=_route)
+    route.set_defaults(run=cli_ask.route)
     add_serve_parser(commands, common)
     add_bench_parser(commands)
     return parser

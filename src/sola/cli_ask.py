@@ -1,0 +1,76 @@
+"""`sola ask` and `sola route`: questions from arguments, a file or standard input, answered or routed with one model
+load."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .cli_common import emit, open_editor, store_path
+from .errors import SolaError
+
+
+def ask(args) -> None:
+    """Answer each prompt with one model load. Before the first edit (no store yet) the base model answers, and
+    nothing is created."""
+    from .journal import MANIFEST
+
+    prompts = prompts_of(args)
+    if (store_path(args) / MANIFEST).is_file():
+        editor = open_editor(args, create=False)
+        note = None
+    else:
+        from .editor import Editor
+
+        editor = Editor.from_pretrained(args.model)
+        note = (f"no store at {store_path(args)} yet: these are the base model's answers (nothing was created; "
+                "`sola edit` makes the store)")
+        print(note, file=sys.stderr)
+    for prompt in prompts:
+        answer = editor.generate(prompt, max_new_tokens=args.max_new_tokens)
+        why = editor.explain(prompt)
+        data = {"prompt": prompt, "answer": answer,
+                "route": {"edit": why.edit_id, "distance": why.distance} if why.routed else None,
+                "explanation": why.to_dict(), **({"note": note} if note else {})}
+        text = f"{answer}  [{why}]" if len(prompts) == 1 else f"Q: {prompt}\nA: {answer}  [{why}]"
+        if args.json and len(prompts) > 1:
+            print(json.dumps(data, default=str))  # one JSON line per prompt, as `sola edit --file --json`
+        else:
+            emit(args, data, text)
+
+
+def prompts_of(args) -> list[str]:
+    """The PROMPT arguments, then --file's lines (- : standard input), each checked (no model is loaded yet)."""
+    from .prompts import check_text
+
+    prompts = list(args.prompts)
+    if args.file:
+        text = sys.stdin.read() if args.file == "-" else read_text(args.file)
+        prompts += [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise SolaError("give PROMPT arguments or --file FILE (one prompt a line, - for standard input)")
+    for prompt in prompts:
+        check_text(prompt, "prompt")
+    return prompts
+
+
+def route(args) -> None:
+    prompts = prompts_of(args)
+    editor = open_editor(args, create=False)
+    routes = editor.route_many(prompts)
+    rows = [{"prompt": p, "adapter": r.edit_id if r else None, "distance": r.distance if r else None}
+            for p, r in zip(prompts, routes)]
+    if args.json:
+        print("\n".join(json.dumps(row) for row in rows))
+        return
+    for row in rows:
+        where = f"{row['adapter']}  (distance {row['distance']:.3f})" if row["adapter"] else "base model"
+        print(f"{where}\t{row['prompt']}")
+
+
+def read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SolaError(f"cannot read {path}: {err}") from None
