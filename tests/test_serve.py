@@ -4,6 +4,7 @@ edits picked up."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -142,10 +143,11 @@ def test_bad_requests_are_json_errors_and_change_nothing(server):
         (httpx.delete(f"{url}/v1/edits/e99", headers=auth), 404, "UnknownEditError"),
         (httpx.get(f"{url}/v1/edits/e99"), 404, "UnknownEditError"),
         (httpx.post(f"{url}/v1/ask", json={"prompt": FACT[0], "max_new_tokens": 10_000}), 400, "InvalidRequest"),
-        (httpx.post(f"{url}/v1/chat/completions", json={"messages": [], "model": "x"}), 400, "InvalidRequest"),
-        (httpx.post(f"{url}/v1/completions", json={"prompt": FACT[0], "stream": True}), 400,
-         "StreamingNotSupported"),
+        (httpx.post(f"{url}/v1/ask", json={"prompt": "Who founded " + "Acme and " * 300 + "?"}), 400,
+         "InvalidEditError"),  # longer than an edit's prompt may be: the key encoder would read only its start
         (httpx.get(f"{url}/v1/jobs/j99"), 404, "UnknownJob"),
+        (httpx.get(f"{url}/v1/nothing-here"), 404, "NotFound"),
+        (httpx.put(f"{url}/v1/ask", json={}), 405, "MethodNotAllowed"),
     ]
     for response, status, error in cases:
         assert response.status_code == status, response.text
@@ -153,6 +155,15 @@ def test_bad_requests_are_json_errors_and_change_nothing(server):
         assert set(body) == {"error", "message"} and body["message"]
         if error:
             assert body["error"] == error, body
+    # the OpenAI-compatible paths answer errors in OpenAI's shape, keeping the message
+    for response, status, message in [
+        (httpx.post(f"{url}/v1/chat/completions", json={"messages": [], "model": "x"}), 400, "give {"),
+        (httpx.post(f"{url}/v1/completions", json={"prompt": FACT[0], "n": 2}), 400, "n=2: answers are greedy"),
+        (httpx.post(f"{url}/v1/completions", json={"prompt": FACT[0], "max_tokens": 0}), 400, "max_tokens must"),
+    ]:
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and message in error["message"], error
     # a batch with one bad request is refused whole, naming it
     batch = httpx.post(f"{url}/v1/edits", json=[{"prompt": FACT[0], "target": FACT[1]}, {"prompt": OTHER[0]}],
                        headers=auth)
@@ -293,3 +304,27 @@ def test_a_bug_is_a_500_internal_error_not_the_callers_fault(server, monkeypatch
     refused = httpx.post(f"{url}/v1/edits", json={"prompt": " ", "target": FACT[1]}, headers=auth)
     assert refused.status_code == 400  # the caller's mistake stays a 400
     assert httpx.get(f"{url}/v1/edits").json()["edits"] == []
+
+
+def test_the_openai_client_streams_an_edited_fact_and_shows_our_errors(server):
+    url, auth = server.url, server.auth
+    httpx.post(f"{url}/v1/edits", json={"prompt": FACT[0], "target": FACT[1]}, headers=auth, timeout=120)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    whole = client.chat.completions.create(model="sola", messages=[{"role": "user", "content": FACT[0]}])
+    assert whole.choices[0].message.content == FACT[1] and whole.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model="sola", messages=[{"role": "user", "content": FACT[0]}],
+                                                 stream=True))
+    assert len(chunks) >= 3 and chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == FACT[1]
+    assert [c.choices[0].finish_reason for c in chunks][-1] == "stop"
+    assert chunks[-1].model_extra["sola"]["route"]["edit_id"] == "e1"
+    cut = client.completions.create(model="sola", prompt=UNRELATED[0], max_tokens=2)
+    assert cut.choices[0].finish_reason == "length"  # max_tokens stopped it
+    with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": FACT[0], "stream": True}) as stream:
+        lines = [line for line in stream.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+    assert "".join(json.loads(line[6:])["choices"][0]["text"] for line in lines[:-1]) == FACT[1]
+    with pytest.raises(openai.BadRequestError, match="answers are greedy"):
+        client.chat.completions.create(model="sola", messages=[{"role": "user", "content": FACT[0]}], n=2)
+    page = httpx.get(f"{url}/docs")
+    assert page.status_code == 200 and "/v1/chat/completions" in page.text and "cdn" not in page.text.lower()

@@ -1,5 +1,6 @@
 """The HTTP API of `sola serve` (FastAPI): edits, asks, rollbacks, jobs and their events, OpenAI-compatible completions,
-health and Prometheus metrics, and the web page at `/`. Every error is JSON {"error", "message"}."""
+health and Prometheus metrics, the web page at `/` and an offline API page at `/docs`. Every error is JSON:
+{"error", "message"}, or OpenAI's shape on the OpenAI-compatible paths (`sola.serve.openai_compat`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import hmac
 import json
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -15,9 +15,10 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (
     ConfigError,
@@ -29,17 +30,14 @@ from ..errors import (
     StoreBusyError,
     UnknownEditError,
 )
+from .api_page import api_page
 from .metrics import Metrics
+from .openai_compat import HTTPError, add_openai_routes, error_body
 from .service import KEPT_JOBS, EditService, as_json
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 1 << 20  # bytes of a request body
 MAX_NEW_TOKENS = 256
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, error: str, message: str) -> None:
-        self.status, self.error, self.message = status, error, message
 
 
 def _status(error: SolaError) -> int:
@@ -59,7 +57,7 @@ def _status(error: SolaError) -> int:
 def create_app(service: EditService, *, token: str, read_token: bool = False, model_name: str = "sola") -> FastAPI:
     """The app over `service`. Writes need `Authorization: Bearer <token>`; with `read_token`, reads too."""
     app = FastAPI(title="sola serve", version="1", description="Reversible lifelong model editing over HTTP: edit a "
-                  "fact, ask, see which edit answered, undo it.")
+                  "fact, ask, see which edit answered, undo it.", docs_url=None, redoc_url=None)
     metrics = Metrics(service)
     app.state.service, app.state.metrics = service, metrics
 
@@ -87,27 +85,37 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
             raise HTTPError(401, "Unauthorized", "this server protects reads too (--read-token): send "
                             "'Authorization: Bearer TOKEN'")
 
+    def failed(request: Request, status: int, error: str, message: str) -> JSONResponse:
+        return JSONResponse(error_body(request.url.path, status, error, message), status_code=status)
+
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, error: HTTPError):
-        return JSONResponse({"error": error.error, "message": error.message}, status_code=error.status)
+        return failed(request, error.status, error.error, error.message)
 
     @app.exception_handler(SolaError)
     async def _sola_error(request: Request, error: SolaError):
-        return JSONResponse({"error": type(error).__name__, "message": str(error)}, status_code=_status(error))
+        return failed(request, _status(error), type(error).__name__, str(error))
 
     @app.exception_handler(InternalError)
     async def _internal_error(request: Request, error: InternalError):
-        return JSONResponse({"error": "InternalError", "message": str(error)}, status_code=500)
+        return failed(request, 500, "InternalError", str(error))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception):  # a bug: the server's fault, said as such
-        return JSONResponse({"error": "InternalError", "message": f"{type(error).__name__}: {error}"},
-                            status_code=500)
+        return failed(request, 500, "InternalError", f"{type(error).__name__}: {error}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _no_route(request: Request, error: StarletteHTTPException):  # unknown paths, wrong methods
+        names = {404: "NotFound", 405: "MethodNotAllowed"}
+        message = {404: f"there is no {request.url.path}; the routes are listed at /docs",
+                   405: f"{request.method} is not allowed on {request.url.path}; see /docs"}
+        return failed(request, error.status_code, names.get(error.status_code, "HTTPError"),
+                      message.get(error.status_code, str(error.detail)))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError):
         parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in error.errors()]
-        return JSONResponse({"error": "InvalidRequest", "message": "; ".join(parts)}, status_code=400)
+        return failed(request, 400, "InvalidRequest", "; ".join(parts))
 
     @app.middleware("http")
     async def _limits_and_timing(request: Request, call_next):
@@ -202,49 +210,8 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
         tokens = _tokens(data.get("max_new_tokens", 32), "max_new_tokens")
         return await answer(data["prompt"], tokens, with_base=True)
 
-    @app.post("/v1/completions", dependencies=[Depends(read_access)])
-    async def completions(request: Request):
-        """OpenAI-compatible (greedy: temperature and top_p are ignored); the route is in `sola`."""
-        data = await body(request)
-        if not isinstance(data, dict) or "prompt" not in data:
-            raise HTTPError(400, "InvalidRequest", 'give {"prompt": "...", "max_tokens": 16}')
-        _no_stream(data)
-        prompts = data["prompt"] if isinstance(data["prompt"], list) else [data["prompt"]]
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise HTTPError(400, "InvalidRequest", "prompt must be a string or a list of strings")
-        tokens = _tokens(data.get("max_tokens", 16), "max_tokens")
-        answers = [await answer(p, tokens) for p in prompts]
-        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-                "model": data.get("model") or model_name,
-                "choices": [{"index": i, "text": a["answer"], "finish_reason": "stop", "logprobs": None}
-                            for i, a in enumerate(answers)],
-                "usage": _usage(service, prompts, [a["answer"] for a in answers]),
-                "sola": [{"route": a["route"]} for a in answers]}
-
-    @app.post("/v1/chat/completions", dependencies=[Depends(read_access)])
-    async def chat_completions(request: Request):
-        """OpenAI-compatible: the last user message is the prompt (an edit is a fact about one question; earlier
-        turns are not used). Greedy; the route is in `sola`."""
-        data = await body(request)
-        messages = data.get("messages") if isinstance(data, dict) else None
-        if not isinstance(messages, list) or not messages:
-            raise HTTPError(400, "InvalidRequest", 'give {"messages": [{"role": "user", "content": "..."}]}')
-        _no_stream(data)
-        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        if not users:
-            raise HTTPError(400, "InvalidRequest", "messages has no user message to answer")
-        prompt = _text(users[-1].get("content"))
-        tokens = _tokens(data.get("max_tokens", data.get("max_completion_tokens", 32)), "max_tokens")
-        answered = await answer(prompt, tokens)
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": data.get("model") or model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answered["answer"]},
-                             "finish_reason": "stop", "logprobs": None}],
-                "usage": _usage(service, [prompt], [answered["answer"]]), "sola": {"route": answered["route"]}}
-
-    @app.get("/v1/models", dependencies=[Depends(read_access)])
-    def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "sola"}]}
+    add_openai_routes(app, answer=answer, tokenizer=service.reader.tokenizer, read_access=read_access, body=body,
+                      tokens=_tokens, model_name=model_name)
 
     # -- operations --------------------------------------------------------------------------------------------------
     @app.get("/healthz")
@@ -265,6 +232,10 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
     def page():
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/docs", include_in_schema=False)
+    def docs():  # FastAPI's own pages load their scripts from a CDN: this one is plain HTML, served from here
+        return HTMLResponse(api_page(app.openapi()))
+
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon():  # browsers ask for it whatever the page links
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
@@ -284,28 +255,3 @@ def _tokens(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_NEW_TOKENS:
         raise HTTPError(400, "InvalidRequest", f"{name} must be an integer from 1 to {MAX_NEW_TOKENS}")
     return value
-
-
-def _no_stream(data: dict) -> None:
-    if data.get("stream"):
-        raise HTTPError(400, "StreamingNotSupported", "stream=true is not supported; ask without streaming (answers "
-                        "are short facts)")
-
-
-def _text(content: Any) -> str:
-    """A chat message's text: a string, or OpenAI's list of parts ({"type": "text", "text": ...})."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        if texts and all(isinstance(t, str) for t in texts):
-            return "\n".join(texts)
-    raise HTTPError(400, "InvalidRequest", "a message's content must be text")
-
-
-def _usage(service: EditService, prompts: list[str], answers: list[str]) -> dict[str, int]:
-    tokenizer = service.reader.tokenizer
-    prompt_tokens = sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-    completion_tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}

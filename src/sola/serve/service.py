@@ -25,6 +25,7 @@ from typing import Any
 from .. import batching
 from ..edit import Edit
 from ..errors import InternalError, SolaError
+from ..prompts import check_text, check_token_limits
 
 MAX_BATCH = 64  # edit requests in one call
 KEPT_JOBS = 1000  # finished jobs remembered (their events), oldest forgotten first
@@ -93,7 +94,10 @@ class EditService:
             yield self.reader
 
     def ask(self, prompt: str, max_new_tokens: int = 32, *, with_base: bool = True) -> dict[str, Any]:
+        """The edited answer (and the base model's), routed once; a prompt longer than an edit's may be is refused
+        (`MAX_PROMPT_TOKENS`: the key encoder would read only its start)."""
         with self.reading() as editor:
+            check_token_limits(editor.encode(check_text(prompt, "prompt")))
             why = editor.explain(prompt)
             answer = editor.generate(prompt, max_new_tokens, stop_at_newline=True)
             base = None
