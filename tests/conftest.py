@@ -18,6 +18,16 @@ EDITS = {
 UNRELATED = ["The quick brown fox jumps over the lazy dog.", "What colour is the sky?", "Who wrote Hamlet?"]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="run the contract suite's SoLA cases on this torch device "
+                     "(benchmarks/gpu_check.py passes cuda on a GPU machine)")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    return request.config.getoption("--device")
+
+
 def edits_for(editor: Editor) -> list[tuple[str, str]]:
     return EDITS["classification" if editor.task.kind == "classification" else "causal"]
 
