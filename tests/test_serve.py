@@ -70,7 +70,7 @@ def server(tiny_dir, tmp_path):
     running.stop()
 
 
-def test_sola_serve_as_a_user_runs_it(tiny_dir, tmp_path):
+def test_sola_serve_as_a_user_runs_it(tiny_dir, tmp_path, capsys, monkeypatch):
     """`sola serve --store s` in its own process, then HTTP calls as curl would make them and the openai client."""
     store = make_store(tiny_dir, tmp_path / "store")
     token_file = tmp_path / "token"
@@ -115,6 +115,22 @@ def test_sola_serve_as_a_user_runs_it(tiny_dir, tmp_path):
         completion = client.completions.create(model="sola", prompt=FACT[0], max_tokens=16)
         assert completion.choices[0].text == FACT[1]
 
+        # `sola ask` on the same store asks this server instead of loading the model (seconds saved per command)
+        import sola.editor
+        from sola.cli import main
+
+        def no_model(*args, **kwargs):
+            raise AssertionError("the model was loaded")
+
+        monkeypatch.setenv("SOLA_HOME", str(tmp_path / "home"))
+        monkeypatch.setattr(sola.editor, "load_model", no_model)
+        assert main(["ask", FACT[0], "--store", str(store), "--json"]) == 0
+        captured = capsys.readouterr()
+        cli = json.loads(captured.out)
+        assert cli["answer"] == FACT[1] and cli["route"]["edit"] == edit_id and cli["server"] == url
+        assert "answered by the server" in captured.err
+        monkeypatch.undo()
+
         assert httpx.delete(f"{url}/v1/edits/{edit_id}").status_code == 401
         undone = httpx.delete(f"{url}/v1/edits/{edit_id}", headers=auth, timeout=60)
         assert undone.status_code == 200 and undone.json()["rolled_back"]["id"] == edit_id
@@ -128,6 +144,10 @@ def test_sola_serve_as_a_user_runs_it(tiny_dir, tmp_path):
         output = process.communicate(timeout=30)[0]
     assert token not in output  # the token is never printed or logged
     assert str(token_file) in output
+    from sola.serve.discovery import find, serving_file
+
+    monkeypatch.setenv("SOLA_HOME", str(tmp_path / "home"))
+    assert not serving_file(store).exists() and find(store) is None  # a stopped server is not asked
 
 
 def test_bad_requests_are_json_errors_and_change_nothing(server):

@@ -8,7 +8,7 @@ import sys
 
 from . import cli_ask
 from .cli_bench import add_bench_parser
-from .cli_common import Exit, emit, existing_store, open_editor, open_ledger, store_path
+from .cli_common import Exit, emit, existing_store, open_editor, open_ledger, quiet_transformers, store_path
 from .cli_serve import add_serve_parser
 from .errors import SolaError
 from .locking import DEFAULT_WAIT  # stdlib only: `sola list` still starts without torch
@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="answer each PROMPT (greedy) and say which edit answered")
     ask.add_argument("prompts", nargs="*", metavar="PROMPT")
     ask.add_argument("--file", help="prompts one per line (- for standard input), after any given as arguments")
+    ask.add_argument("--local", action="store_true", help="load the model here even when a `sola serve` runs on the "
+                     "store (by default it answers, without loading the model)")
     ask.add_argument("--max-new-tokens", type=int, default=32)
     ask.set_defaults(run=cli_ask.ask)
     listing = commands.add_parser("list", parents=[common, readers], help="list the edits (reads the store alone)")
@@ -328,10 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command not in ("list", "info", "fsck"):  # those read files only: no transformers, no torch
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter on a terminal
+    if args.command not in ("list", "info", "fsck", "ask"):  # those read files (or ask a server) first: no torch yet
+        quiet_transformers()
     try:
         args.run(args)
     except Exit as done:

@@ -12,17 +12,23 @@ from .errors import SolaError
 
 
 def ask(args) -> None:
-    """Answer each prompt with one model load. Before the first edit (no store yet) the base model answers, and
-    nothing is created."""
+    """Answer each prompt with one model load, or, when a `sola serve` runs on the store, through it (no load; --local
+    loads the model all the same). Before the first edit (no store yet) the base model answers, and nothing is
+    created."""
     from .journal import MANIFEST
 
     prompts = prompts_of(args)
+    if not args.local and args.model is None and (store_path(args) / MANIFEST).is_file() \
+            and _ask_server(args, prompts):
+        return
     if (store_path(args) / MANIFEST).is_file():
         editor = open_editor(args, create=False)
         note = None
     else:
+        from .cli_common import quiet_transformers
         from .editor import Editor
 
+        quiet_transformers()
         editor = Editor.from_pretrained(args.model)
         note = (f"no store at {store_path(args)} yet: these are the base model's answers (nothing was created; "
                 "`sola edit` makes the store)")
@@ -38,6 +44,53 @@ def ask(args) -> None:
             print(json.dumps(data, default=str))  # one JSON line per prompt, as `sola edit --file --json`
         else:
             emit(args, data, text)
+
+
+def _ask_server(args, prompts: list[str]) -> bool:
+    """Ask the server running on the store, if there is one; False (nothing printed on standard output) if there is
+    none or it cannot answer, so that the model is loaded instead."""
+    import urllib.error
+    import urllib.request
+
+    from .serve.discovery import find
+
+    server = find(store_path(args))
+    if server is None:
+        return False
+    headers = {"Content-Type": "application/json"}
+    if server.get("read_token"):
+        try:
+            headers["Authorization"] = "Bearer " + Path(server["token_file"]).read_text().strip()
+        except OSError:
+            return False
+    rows = []
+    try:
+        for prompt in prompts:
+            request = urllib.request.Request(
+                server["url"] + "/v1/ask", headers=headers, method="POST",
+                data=json.dumps({"prompt": prompt, "max_new_tokens": args.max_new_tokens, "base": False,
+                                 "stop_at_newline": False}).encode())
+            with urllib.request.urlopen(request, timeout=600) as response:
+                rows.append(json.loads(response.read()))
+    except urllib.error.HTTPError as error:  # the server refused the question: its message is the answer
+        message = json.loads(error.read() or b"{}").get("message", str(error))
+        raise SolaError(message) from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        print(f"the server at {server['url']} did not answer ({error}); loading the model instead", file=sys.stderr)
+        return False
+    print(f"(answered by the server at {server['url']}, pid {server['pid']}; --local loads the model here)",
+          file=sys.stderr)
+    for prompt, row in zip(prompts, rows):
+        data = {"prompt": prompt, "answer": row["answer"], "route": row["route"] and {
+            "edit": row["route"]["edit_id"], "distance": row["route"]["distance"]},
+            "explanation": {k: v for k, v in row["explanation"].items() if k != "text"}, "server": server["url"]}
+        text = row["explanation"]["text"]
+        line = f"{row['answer']}  [{text}]" if len(prompts) == 1 else f"Q: {prompt}\nA: {row['answer']}  [{text}]"
+        if args.json and len(prompts) > 1:
+            print(json.dumps(data, default=str))
+        else:
+            emit(args, data, line)
+    return True
 
 
 def prompts_of(args) -> list[str]:

@@ -17,7 +17,7 @@ class Exit(Exception):
 
 
 def default_store() -> Path:
-    from .loading import sola_home
+    from .home import sola_home
 
     return sola_home() / "stores" / "default"
 
@@ -37,12 +37,20 @@ def existing_store(args) -> Path:
     return path
 
 
+def quiet_transformers() -> None:
+    """No progress bars of transformers' own (ours are the ones that matter on a terminal)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def open_editor(args, *, create: bool):
     from .config import EditConfig
     from .editor import Editor
     from .store import Store
 
     store = store_path(args) if create else existing_store(args)
+    quiet_transformers()
     config = EditConfig(key=args.key) if create and args.key and not Store.exists(store) else None
     editor = Editor.from_pretrained(args.model, store=store, config=config, create=create, lock_wait=args.wait,
                                     skip_damaged=getattr(args, "skip_damaged", False))

