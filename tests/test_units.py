@@ -290,3 +290,29 @@ def test_sgd_means_the_cosine_decayed_sgd_for_every_method_and_minimise_stops_at
     steps, converged = minimise(lambda: (((weight - 10) ** 2).sum(), False), [weight],
                                 SimpleNamespace(optimizer="sgd", learning_rate=0.01, max_steps=7))
     assert (steps, converged) == (7, False)
+
+
+def test_lookups_among_a_few_edits_read_their_rows_and_agree_with_the_whole_table():
+    """`nearest_of`/`nearest_among`/`keys_of` read only the candidates' rows (their ranges, rebuilt after a removal);
+    they must give what a scan of the whole table gives, through adds and removals."""
+    from sola.routing.table import KeyTable
+
+    torch.manual_seed(0)
+    table = KeyTable(16, "cosine")
+    table.add_rows(torch.randn(30, 16), torch.arange(30) // 3)  # slots 0-9, three keys each, in bulk
+    table.add(torch.randn(2, 16), 42)
+    table.add(torch.randn(1, 16), 7)  # a second batch of keys for slot 7: two ranges
+    query = torch.randn(16)
+
+    def reference(slots):
+        dist = table.distances(query.reshape(1, -1))[0]
+        return {s: float(dist[table.slots == s].min()) for s in slots if bool((table.slots == s).any())}
+
+    for step in range(3):
+        wanted = [7, 42, 3, 99]
+        assert table.nearest_of(query, wanted) == pytest.approx(reference(wanted), abs=1e-6)
+        best = min(reference(wanted).items(), key=lambda item: item[1])
+        assert table.nearest_among(query, wanted) == (pytest.approx(best[1], abs=1e-6), best[0])
+        assert torch.equal(table.keys_of(7), table.keys[table.slots == 7]) and len(table.keys_of(7)) == 4
+        table.remove_slot([3, 42, 5][step])  # removal shifts every later row
+    assert table.nearest_of(query, [3, 42]) == {} and table.nearest_among(query, [3, 42]) == (float("inf"), -1)

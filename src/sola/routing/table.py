@@ -72,6 +72,9 @@ class KeyTable:
         self._slots = torch.zeros(0, dtype=torch.long)
         self._half: torch.Tensor | None = None  # half-precision copy of the keys, made when first needed
         self._count = 0
+        # slot -> the row ranges of its keys (an edit's keys are added together, so usually one range): lookups among
+        # a few edits' keys read those rows only, not the whole table. Rebuilt when first needed after a removal.
+        self._ranges: dict[int, list[tuple[int, int]]] | None = {}
 
     def __len__(self) -> int:
         return self._count
@@ -114,6 +117,8 @@ class KeyTable:
         if self._half is not None:
             self._half[start:end] = stacked.half()
         self._count = end
+        if self._ranges is not None:
+            self._index_ranges(owners, start)
 
     def _reserve(self, rows: int) -> None:
         if rows > self._keys.shape[0]:
@@ -124,6 +129,25 @@ class KeyTable:
             slots[:self._count] = self.slots
             self._keys, self._slots, self._half = grown, slots, None
 
+    def _index_ranges(self, owners: torch.Tensor, start: int) -> None:
+        """Record the row ranges of `owners` (the slots of rows start, start + 1, ...)."""
+        assert self._ranges is not None
+        values, counts = torch.unique_consecutive(owners, return_counts=True)
+        ends = (counts.cumsum(0) + start).tolist()
+        for slot, count, end in zip(values.tolist(), counts.tolist(), ends):
+            self._ranges.setdefault(slot, []).append((end - count, end))
+
+    def rows_of(self, slots: list[int]) -> torch.Tensor:
+        """The rows holding the keys of `slots`, ascending (the order keys were added in)."""
+        if self._ranges is None:
+            self._ranges = {}
+            self._index_ranges(self.slots, 0)
+        spans = [span for slot in slots for span in self._ranges.get(slot, ())]
+        if not spans:
+            return torch.zeros(0, dtype=torch.long)
+        rows = torch.cat([torch.arange(a, b) for a, b in spans])
+        return rows.sort().values if len(spans) > 1 else rows
+
     def remove_slot(self, slot: int) -> int:
         keep = self.slots != slot
         removed = int((~keep).sum())
@@ -131,11 +155,11 @@ class KeyTable:
             kept_keys, kept_slots = self.keys[keep], self.slots[keep]
             self._count = kept_keys.shape[0]
             self._keys[:self._count], self._slots[:self._count] = kept_keys, kept_slots
-            self._half = None
+            self._half, self._ranges = None, None
         return removed
 
     def keys_of(self, slot: int) -> torch.Tensor:
-        return self.keys[self.slots == slot]
+        return self.keys[self.rows_of([slot])]
 
     def distances(self, queries: torch.Tensor) -> torch.Tensor:
         """(B, d) queries -> (B, N) distances to every key."""
@@ -173,25 +197,32 @@ class KeyTable:
             slots.append(slot[0])
         return torch.stack(dists), torch.stack(slots)
 
+    def _distances_to(self, query: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(d,) query -> (1, R) distances to the keys in `rows`."""
+        query = self._prepare(query.reshape(1, -1))
+        if self.distance == "cosine":
+            return cosine_distance(query, self.keys[rows])
+        return torch.cdist(query, self.keys[rows], compute_mode="donot_use_mm_for_euclid_dist")
+
     def nearest_among(self, query: torch.Tensor, slots: list[int]) -> tuple[float, int]:
-        """(d,) query -> (distance, slot) of the nearest key among those of `slots` (inf, -1 if they have none)."""
-        allowed = torch.isin(self.slots, torch.tensor(slots, dtype=torch.long))
-        if not bool(allowed.any()):
+        """(d,) query -> (distance, slot) of the nearest key among those of `slots` (inf, -1 if they have none);
+        only their rows are read."""
+        rows = self.rows_of(slots)
+        if not len(rows):
             return float("inf"), -1
-        dist = self.distances(query.reshape(1, -1)).masked_fill(~allowed, float("inf"))
-        found, slot = self._first_nearest(dist, self.slots)
+        found, slot = self._first_nearest(self._distances_to(query, rows), self.slots[rows])
         return float(found[0]), int(slot[0])
 
     def nearest_of(self, query: torch.Tensor, slots: list[int]) -> dict[int, float]:
-        """(d,) query -> {slot: the distance of its nearest key} for each of `slots` that has keys, in one scan."""
-        wanted = torch.tensor(slots, dtype=torch.long)
-        allowed = torch.isin(self.slots, wanted)
-        owners = self.slots[allowed]
-        if not len(owners):
+        """(d,) query -> {slot: the distance of its nearest key} for each of `slots` that has keys; only their rows
+        are read."""
+        rows = self.rows_of(slots)
+        if not len(rows):
             return {}
-        dist = self.distances(query.reshape(1, -1))[0][allowed]
-        best = torch.full((int(wanted.max()) + 1,), float("inf")).scatter_reduce(0, owners, dist, reduce="amin")
-        return {slot: float(best[slot]) for slot in set(owners.tolist())}
+        owners, dist = self.slots[rows], self._distances_to(query, rows)[0]
+        unique, inverse = torch.unique(owners, return_inverse=True)
+        best = torch.full((len(unique),), float("inf")).scatter_reduce(0, inverse, dist, reduce="amin")
+        return dict(zip(unique.tolist(), best.tolist()))
 
     def route(self, queries: torch.Tensor, threshold: float) -> torch.Tensor:
         """(B, d) queries -> slots (B,), -1 where the nearest key is not under the threshold."""
