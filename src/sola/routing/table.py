@@ -117,8 +117,10 @@ class KeyTable:
         if self._half is not None:
             self._half[start:end] = stacked.half()
         self._count = end
-        if self._ranges is not None:
+        if self._ranges is not None and len(owners) <= 4096:  # an edit or a batch: indexed now
             self._index_ranges(owners, start)
+        else:  # a store opened in bulk: indexed when first needed
+            self._ranges = None
 
     def _reserve(self, rows: int) -> None:
         if rows > self._keys.shape[0]:
