@@ -3,7 +3,7 @@
 The names below are imported when first used, so that what needs no model (`sola list`, `sola info`, reading a
 journal) starts without importing torch."""
 
-from importlib import import_module
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -17,12 +17,7 @@ _WHERE = {"EditConfig": "config", "Edit": "edit", "Editor": "editor", "Route": "
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'sola' has no attribute {name!r}")
-    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 
 def __dir__() -> list[str]:
