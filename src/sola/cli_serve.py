@@ -9,7 +9,8 @@ def _serve(args) -> None:
     from .serve import serve
 
     serve(store_path(args), args.model, host=args.host, port=args.port, token_file=args.token_file,
-          read_token=args.read_token, single_model=args.single_model)
+          read_token=args.read_token, single_model=args.single_model, engine=args.engine, engine_url=args.engine_url,
+          engine_port=args.engine_port)
 
 
 def add_serve_parser(commands, common) -> None:
@@ -25,4 +26,9 @@ def add_serve_parser(commands, common) -> None:
     serve.add_argument("--read-token", action="store_true", help="require the token for reads too")
     serve.add_argument("--single-model", action="store_true", help="one copy of the model (half the memory); asks "
                        "then wait while an edit trains")
+    serve.add_argument("--engine", choices=["vllm"], help="answer through vLLM, started here from the environment "
+                       "`make engine-vllm` creates (SoLA routes; vLLM generates with the routed edit's adapter)")
+    serve.add_argument("--engine-url", help="answer through a vLLM server already running at this URL (started with "
+                       "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
+    serve.add_argument("--engine-port", type=int, default=8100, help="the port of the vLLM that --engine starts")
     serve.set_defaults(run=_serve)

@@ -129,8 +129,12 @@ class Task:
         return batch.inputs["input_ids"].shape[1]
 
     def _decode(self, ids: torch.Tensor, stop_at_newline: bool) -> str:
-        """The answer: with `stop_at_newline`, its first non-empty line."""
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.cut_answer(self.tokenizer.decode(ids, skip_special_tokens=True), stop_at_newline)
+
+    @staticmethod
+    def cut_answer(text: str, stop_at_newline: bool) -> str:
+        """Generated text as an answer: with `stop_at_newline`, its first non-empty line; stripped (an engine's text is
+        cut the same way, `sola.serve.engine`)."""
         if stop_at_newline:
             text = text.lstrip("\n").split("\n", 1)[0]
         return text.strip()

@@ -63,7 +63,8 @@ def create_app(service: EditService, *, token: str, read_token: bool = False, mo
 
     # Every ask runs on one thread of its own: torch's intra-op threads belong to the thread that calls it, so asks
     # spread over a pool of threads would leave idle teams spinning beside the working one (asks are serialised anyway)
-    asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sola-ask")
+    # (with an engine, asks only route here and generate there: many at once, so that the engine can batch them)
+    asker = ThreadPoolExecutor(max_workers=1 if service.adapters is None else 64, thread_name_prefix="sola-ask")
 
     async def answer(prompt: str, tokens: int, *, with_base: bool = False, stop_at_newline: bool = True
                      ) -> dict[str, Any]:

@@ -46,19 +46,43 @@ def is_loopback(host: str) -> bool:
             return False
 
 
-def open_service(store: str | os.PathLike, model: str | None = None, *, single_model: bool = False) -> EditService:
-    """A writer and (unless `single_model`) a reader editor on the store, created if it does not exist."""
+def open_service(store: str | os.PathLike, model: str | None = None, *, single_model: bool = False,
+                 engine: str | None = None, engine_url: str | None = None, engine_port: int = 8100,
+                 log=print) -> EditService:
+    """A writer and (unless `single_model`) a reader editor on the store, created if it does not exist; with
+    `engine="vllm"` (started here) or `engine_url` (running elsewhere), answers come from that engine."""
     from ..editor import Editor
 
     writer = Editor.from_pretrained(model, store=store)
+    adapters = _engine_adapters(writer, store, engine, engine_url, engine_port, log) if engine or engine_url else None
     if single_model:
-        return EditService(writer)
-    return EditService(Editor.from_pretrained(model, store=store, create=False), writer)
+        return EditService(writer, adapters=adapters)
+    return EditService(Editor.from_pretrained(model, store=store, create=False), writer, adapters=adapters)
+
+
+def _engine_adapters(editor, store, engine: str | None, url: str | None, port: int, log):
+    from ..adapters import adapter_config
+    from ..home import sola_home
+    from .discovery import serving_file
+    from .engine import Adapters, VllmEngine
+
+    if url is not None:
+        running = VllmEngine(url)
+        if not running.ready():
+            raise ConfigError(f"no vLLM server answers at {url}; start it with --enable-lora (and "
+                              "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), or use --engine vllm to start one here")
+    elif engine == "vllm":
+        rank = max(8, 1 << (int(editor.config.rank) - 1).bit_length())  # vLLM takes ranks 8, 16, 32, ...
+        running = VllmEngine.start(adapter_config(editor)["base_model_name_or_path"], port=port,
+                                   max_lora_rank=rank, log=log)
+    else:
+        raise ConfigError(f"--engine {engine!r} is not an engine this server knows; the engine is vllm")
+    return Adapters(running, sola_home() / "engine-adapters" / serving_file(store).stem)
 
 
 def serve(store: str | os.PathLike, model: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
           token_file: str | os.PathLike | None = None, read_token: bool = False, single_model: bool = False,
-          log=print) -> None:
+          engine: str | None = None, engine_url: str | None = None, engine_port: int = 8100, log=print) -> None:
     from ..loading import sola_home
 
     if not is_loopback(host) and token_file is None:
@@ -68,7 +92,8 @@ def serve(store: str | os.PathLike, model: str | None = None, *, host: str = "12
     token, created = read_or_create_token(token_path)
     log(f"token file: {token_path} ({'created' if created else 'existing'}; writes need 'Authorization: Bearer' "
         f"and its content{', reads too' if read_token else ''})")
-    service = open_service(store, model, single_model=single_model)
+    service = open_service(store, model, single_model=single_model, engine=engine, engine_url=engine_url,
+                           engine_port=engine_port, log=log)
     import uvicorn
 
     from .app import create_app
@@ -80,5 +105,9 @@ def serve(store: str | os.PathLike, model: str | None = None, *, host: str = "12
     # that the announcement below is withdrawn (a stale one is ignored anyway: its process is gone)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with announced(store, f"http://{local}:{port}", read_token=read_token, token_file=token_path.resolve()):
-        uvicorn.run(app, host=host, port=port, log_level="info")
+    try:
+        with announced(store, f"http://{local}:{port}", read_token=read_token, token_file=token_path.resolve()):
+            uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        if service.adapters is not None:
+            service.adapters.engine.stop()  # an engine this server started stops with it

@@ -71,9 +71,11 @@ class Job:
 
 
 class EditService:
-    def __init__(self, reader, writer=None, *, on_change: Callable[[str, Any], None] | None = None) -> None:
+    def __init__(self, reader, writer=None, *, on_change: Callable[[str, Any], None] | None = None,
+                 adapters=None) -> None:
         self.reader = reader
         self.writer = writer if writer is not None else reader
+        self.adapters = adapters  # an engine's adapters (`sola.serve.engine.Adapters`): answers come from the engine
         self._asking = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._ids = itertools.count(1)
@@ -97,6 +99,8 @@ class EditService:
             stop_at_newline: bool = True) -> dict[str, Any]:
         """The edited answer (and the base model's), routed once; a prompt longer than an edit's may be is refused
         (`MAX_PROMPT_TOKENS`: the key encoder would read only its start)."""
+        if self.adapters is not None:
+            return self._ask_engine(prompt, max_new_tokens, with_base, stop_at_newline)
         with self.reading() as editor:
             check_token_limits(editor.encode(check_text(prompt, "prompt")))
             why = editor.explain(prompt)
@@ -105,6 +109,32 @@ class EditService:
             if with_base:
                 with editor.disabled():
                     base = editor.generate(prompt, max_new_tokens, stop_at_newline=stop_at_newline)
+        return {"prompt": prompt, "answer": answer, "base_answer": base,
+                "route": {"edit_id": why.edit_id, "distance": why.distance} if why.routed else None,
+                "explanation": {**why.to_dict(), "text": str(why)}}
+
+    def _ask_engine(self, prompt: str, max_new_tokens: int, with_base: bool, stop_at_newline: bool,
+                    retry: bool = True) -> dict[str, Any]:
+        """Route under the lock (one state of the store, the adapter loaded), generate outside it: the engine batches
+        concurrent questions. An adapter unloaded in between (its edit was just rolled back) routes the question
+        again."""
+        from .engine import EngineError
+
+        with self.reading() as editor:
+            encoded = editor.encode(check_text(prompt, "prompt"))
+            check_token_limits(encoded)
+            why = editor.explain(prompt)
+            adapter = self.adapters.ensure(editor, why.edit_id) if why.routed else None
+            cut = editor.task.cut_answer
+        try:
+            answer = cut(self.adapters.engine.complete(encoded.ids, max_new_tokens, adapter, stop_at_newline),
+                         stop_at_newline)
+        except EngineError:
+            if adapter is None or not retry:
+                raise
+            return self._ask_engine(prompt, max_new_tokens, with_base, stop_at_newline, retry=False)
+        base = cut(self.adapters.engine.complete(encoded.ids, max_new_tokens, None, stop_at_newline),
+                   stop_at_newline) if with_base else None
         return {"prompt": prompt, "answer": answer, "base_answer": base,
                 "route": {"edit_id": why.edit_id, "distance": why.distance} if why.routed else None,
                 "explanation": {**why.to_dict(), "text": str(why)}}
@@ -154,10 +184,12 @@ class EditService:
                 with self._asking if self.reader is self.writer else nullcontext():  # one editor: asks wait
                     result = self._edit(job, *payload) if job.kind == "edit" else self.writer.rollback(payload)
                 self._publish()
-                job.emit("committed", result=as_json(result))
-                job.finish(result)
+                if self.adapters is not None:  # the engine serves the change before it is reported done
+                    self.adapters.committed(self.writer, job.kind, result)
                 for listener in self._listeners:
                     listener(job.kind, result)
+                job.emit("committed", result=as_json(result))
+                job.finish(result)
             except SolaError as error:
                 self._publish()  # a batch may have committed some edits before one failed
                 job.emit("failed", error=type(error).__name__, message=str(error))
