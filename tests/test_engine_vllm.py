@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from test_serve import TOKEN, Server
 
@@ -76,6 +77,10 @@ def test_an_edit_is_served_when_its_request_returns_and_a_rollback_stops_it_at_o
         answered_within = time.perf_counter() - committed
         assert asked["answer"] == fact["target"] and asked["route"]["edit_id"] == edit_id
         assert answered_within < 2.0, answered_within  # the adapter was loaded before the edit request returned
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")  # an app streaming a chat completion
+        chunks = client.chat.completions.create(model="sola", messages=[{"role": "user", "content": fact["prompt"]}],
+                                                stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == fact["target"]
 
         stop, seen = threading.Event(), []
 
