@@ -6,7 +6,6 @@ the engine as soon as its request returns; after a rollback returns, no answer u
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from test_serve import TOKEN, Server
+from test_serve import TOKEN, Server, free_port
 
 from sola import EditConfig, Editor
 from sola.serve.engine import Adapters, VllmEngine, engine_python_exists
@@ -26,12 +25,6 @@ pytestmark = [
                        ".venv-vllm (.ci/run does); this test needs it"),
 ]
 FACTS = json.loads((Path(__file__).parent / "data" / "made_up_facts.json").read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

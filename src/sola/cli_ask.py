@@ -18,10 +18,10 @@ def ask(args) -> None:
     from .journal import MANIFEST
 
     prompts = prompts_of(args)
-    if not args.local and args.model is None and (store_path(args) / MANIFEST).is_file() \
-            and _ask_server(args, prompts):
+    stored = (store_path(args) / MANIFEST).is_file()
+    if stored and not args.local and args.model is None and _ask_server(args, prompts):
         return
-    if (store_path(args) / MANIFEST).is_file():
+    if stored:
         editor = open_editor(args, create=False)
         note = None
     else:
@@ -39,11 +39,7 @@ def ask(args) -> None:
         data = {"prompt": prompt, "answer": answer,
                 "route": {"edit": why.edit_id, "distance": why.distance} if why.routed else None,
                 "explanation": why.to_dict(), **({"note": note} if note else {})}
-        text = f"{answer}  [{why}]" if len(prompts) == 1 else f"Q: {prompt}\nA: {answer}  [{why}]"
-        if args.json and len(prompts) > 1:
-            print(json.dumps(data, default=str))  # one JSON line per prompt, as `sola edit --file --json`
-        else:
-            emit(args, data, text)
+        _show(args, len(prompts), data, str(why))
 
 
 def _ask_server(args, prompts: list[str]) -> bool:
@@ -84,13 +80,18 @@ def _ask_server(args, prompts: list[str]) -> bool:
         data = {"prompt": prompt, "answer": row["answer"], "route": row["route"] and {
             "edit": row["route"]["edit_id"], "distance": row["route"]["distance"]},
             "explanation": {k: v for k, v in row["explanation"].items() if k != "text"}, "server": server["url"]}
-        text = row["explanation"]["text"]
-        line = f"{row['answer']}  [{text}]" if len(prompts) == 1 else f"Q: {prompt}\nA: {row['answer']}  [{text}]"
-        if args.json and len(prompts) > 1:
-            print(json.dumps(data, default=str))
-        else:
-            emit(args, data, line)
+        _show(args, len(prompts), data, row["explanation"]["text"])
     return True
+
+
+def _show(args, asked: int, data: dict, why: str) -> None:
+    """One answer: "answer  [why]" (with the question when several were asked), or JSON (one line each when
+    several, as `sola edit --file --json`)."""
+    line = f"{data['answer']}  [{why}]"
+    if args.json and asked > 1:
+        print(json.dumps(data, default=str))
+    else:
+        emit(args, data, line if asked == 1 else f"Q: {data['prompt']}\nA: {line}")
 
 
 def prompts_of(args) -> list[str]:

@@ -169,10 +169,12 @@ class Adapters:
 
     def ensure(self, editor, edit_id: str) -> str:
         """The adapter of a live edit, loaded; -> its name in the engine."""
+        from ..adapters import WEIGHTS
+
         name = self.name(edit_id)
         if name not in self.engine.loaded:
             target = self.directory / edit_id
-            if not (target / "adapter_model.safetensors").is_file():
+            if not (target / WEIGHTS).is_file():
                 editor.export_peft(edit_id, target)
             self.engine.load(name, target)
         return name

@@ -109,9 +109,7 @@ class EditService:
             if with_base:
                 with editor.disabled():
                     base = editor.generate(prompt, max_new_tokens, stop_at_newline=stop_at_newline)
-        return {"prompt": prompt, "answer": answer, "base_answer": base,
-                "route": {"edit_id": why.edit_id, "distance": why.distance} if why.routed else None,
-                "explanation": {**why.to_dict(), "text": str(why)}}
+        return answered(prompt, answer, base, why)
 
     def _ask_engine(self, prompt: str, max_new_tokens: int, with_base: bool, stop_at_newline: bool,
                     retry: bool = True) -> dict[str, Any]:
@@ -135,9 +133,7 @@ class EditService:
             return self._ask_engine(prompt, max_new_tokens, with_base, stop_at_newline, retry=False)
         base = cut(self.adapters.engine.complete(encoded.ids, max_new_tokens, None, stop_at_newline),
                    stop_at_newline) if with_base else None
-        return {"prompt": prompt, "answer": answer, "base_answer": base,
-                "route": {"edit_id": why.edit_id, "distance": why.distance} if why.routed else None,
-                "explanation": {**why.to_dict(), "text": str(why)}}
+        return answered(prompt, answer, base, why)
 
     # -- changing ----------------------------------------------------------------------------------------------------
     def submit_edits(self, requests: list[dict[str, Any]]) -> Job:
@@ -215,6 +211,13 @@ class EditService:
         if self.reader is not self.writer:
             with self._asking:
                 self.reader.refresh()
+
+
+def answered(prompt: str, answer: str, base: str | None, why) -> dict[str, Any]:
+    """An ask's reply: the answers, the route (None: the base model answered) and why (`Editor.explain`)."""
+    return {"prompt": prompt, "answer": answer, "base_answer": base,
+            "route": {"edit_id": why.edit_id, "distance": why.distance} if why.routed else None,
+            "explanation": {**why.to_dict(), "text": str(why)}}
 
 
 def as_json(result: Any) -> Any:
