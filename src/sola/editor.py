@@ -364,7 +364,9 @@ class Editor(RoutingQueries, BaseEditor):
                 "rolled_back": len(self.ledger) - self.ledger.live_count, "supersede": config.supersede,
                 "keys": len(self.router), "slots": self.layers[0].capacity, "resident_edits": self.residency.resident,
                 "resident_capacity": self.residency.capacity,
+                "key_search": "sign codes, candidates re-scored exactly" if self.router.table.approximates else "exact",
                 "memory_bytes": {"lora": sum(layer.lora_A.nbytes + layer.lora_B.nbytes for layer in self.layers),
-                                 "keys": self.router.table.keys.nbytes},
+                                 "keys": self.router.table.keys.nbytes,
+                                 **({"key_codes": codes} if (codes := self.router.table.codes_nbytes) else {})},
                 "store": str(self.store.path) if self.store is not None else None}
 

@@ -45,12 +45,13 @@ class Candidate(NamedTuple):
 class Router:
     def __init__(self, config: EditConfig, model: nn.Module, task: Task, decision: Decision,
                  attachments: Attachments | None = None) -> None:
-        self.config, self.model, self.task, self.decision = config, model, task, decision
+        self.model, self.task, self.decision = model, task, decision
         self.attachments = attachments  # where the key hook goes (the editor's, so that its `close()` removes it)
         self.keys = key_strategy(config.key, config.encoder)
+        self.table = KeyTable(self.keys.dim if not self.keys.inside_model else None, config.resolved_distance())
+        self.config = config
         if self.keys.inside_model:
             self._hook_key_module()
-        self.table = KeyTable(self.keys.dim if not self.keys.inside_model else None, config.resolved_distance())
         self.subjects = SubjectIndex()  # key="subject": which edits an input names
         self.unnamed: set[int] = set()  # key="subject": slots of edits made without a subject (whole-prompt keys)
         self.inferred: dict[int, tuple[str, ...]] = {}  # key="subject": the prompts of edits whose subject was
@@ -63,6 +64,15 @@ class Router:
             self.relations = RelationCheck(self.keys.encode, cache=sola_home() / "cache",
                                            encoder_id=self.keys.identity())
         self._profiles: dict[int, Profile] = {}
+
+    @property
+    def config(self) -> EditConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: EditConfig) -> None:  # the table searches as the config in force says
+        self._config = config
+        self.table.approximate_from = config.approximate_search_from
 
     def _hook_key_module(self) -> None:
         name = self.config.key_module or self.config.layers[0]

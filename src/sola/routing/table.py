@@ -1,4 +1,5 @@
-"""The routing table: frozen keys, each pointing at an edit's LoRA slot, searched exactly."""
+"""The routing table: frozen keys, each pointing at an edit's LoRA slot, searched exactly (or, from
+`APPROXIMATE_FROM` cosine keys, through sign codes whose candidates are re-scored exactly: `sola.routing.signcodes`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+
+from . import signcodes
+from .signcodes import SignCodes
 
 
 class Route(NamedTuple):
@@ -56,18 +60,26 @@ HALF_WINDOW = 0.01
 # added first. Identical keys (two edits of the same prompt) must not be told apart by rounding: a matrix product gives
 # two equal columns different last bits depending on where they fall in its blocks and on the thread count.
 TIE = 1e-6
+# Cosine tables of at least this many keys search the whole table through sign codes (`SignCodes`): the keys nearest
+# in Hamming distance, re-scored exactly. Below it the exact search takes at most ~5 ms (3.9 ms at 10^5 keys, two
+# threads); at 10^6 keys it takes 59 ms, the sign codes about 4. `EditConfig.approximate_search_from` sets it.
+APPROXIMATE_FROM = 131072
 
 
 class KeyTable:
     """Keys (N, d) in one contiguous float32 matrix (grown by doubling); `slots[i]` is the LoRA slot of key i.
 
-    The search is exact. Euclidean distances use `torch.cdist` with the direct formula (its default switches to a
-    matmul expansion above 25 rows, which cancels catastrophically for near-identical vectors); cosine distances are
-    1 - <q, k> of unit vectors, found in two stages in large tables (see `TWO_STAGE_FROM`).
+    Euclidean distances use `torch.cdist` with the direct formula (its default switches to a matmul expansion above 25
+    rows, which cancels catastrophically for near-identical vectors); cosine distances are 1 - <q, k> of unit vectors,
+    found in two stages in large tables (see `TWO_STAGE_FROM`). Lookups among given edits (`nearest_among`,
+    `nearest_of`) are always exact; a whole-table search (`nearest`, `route`) of at least `approximate_from` cosine
+    keys re-scores exactly the candidates its sign codes propose (None: always exact).
     """
 
-    def __init__(self, dim: int | None, distance: str) -> None:
+    def __init__(self, dim: int | None, distance: str, approximate_from: int | None = APPROXIMATE_FROM) -> None:
         self.dim, self.distance = dim, distance  # dim None: taken from the first keys added
+        self.approximate_from = approximate_from
+        self._codes: SignCodes | None = None  # made at the first approximate search, then kept row for row
         self._keys = torch.zeros(0, dim or 0)
         self._slots = torch.zeros(0, dtype=torch.long)
         self._half: torch.Tensor | None = None  # half-precision copy of the keys, made when first needed
@@ -116,6 +128,8 @@ class KeyTable:
         self._keys[start:end], self._slots[start:end] = stacked, owners
         if self._half is not None:
             self._half[start:end] = stacked.half()
+        if self._codes is not None:
+            self._codes.append(stacked)
         self._count = end
         if self._ranges is not None and len(owners) <= 4096:  # an edit or a batch: indexed now
             self._index_ranges(owners, start)
@@ -158,6 +172,8 @@ class KeyTable:
             self._count = kept_keys.shape[0]
             self._keys[:self._count], self._slots[:self._count] = kept_keys, kept_slots
             self._half, self._ranges = None, None
+            if self._codes is not None:
+                self._codes.keep(keep)
         return removed
 
     def keys_of(self, slot: int) -> torch.Tensor:
@@ -175,6 +191,8 @@ class KeyTable:
         batch = queries.shape[0]
         if len(self) == 0:
             return torch.full((batch,), float("inf")), torch.full((batch,), -1, dtype=torch.long)
+        if self.approximates:
+            return self._nearest_approximate(self._prepare(queries))
         if self.distance == "cosine" and len(self) >= TWO_STAGE_FROM:
             return self._nearest_two_stage(self._prepare(queries))
         return self._first_nearest(self.distances(queries), self.slots)
@@ -185,6 +203,28 @@ class KeyTable:
         best = dist.min(dim=1, keepdim=True).values
         index = (dist <= best + TIE * (1 + best.abs())).int().argmax(dim=1)  # argmax: the first of the maxima
         return dist.gather(1, index.unsqueeze(1)).squeeze(1), slots[index]
+
+    @property
+    def approximates(self) -> bool:
+        """Whether a whole-table search goes through the sign codes (a cosine table of `approximate_from` keys)."""
+        return self.distance == "cosine" and self.approximate_from is not None and len(self) >= self.approximate_from
+
+    @property
+    def codes_nbytes(self) -> int:
+        """Bytes of the sign codes (0 until the first approximate search)."""
+        return self._codes.nbytes if self._codes is not None else 0
+
+    def _nearest_approximate(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._codes is None:
+            self._codes = SignCodes(self.dim)
+            self._codes.append(self.keys)
+        dists, slots = [], []
+        for query in queries:
+            rows = self._codes.candidates(query, signcodes.CANDIDATES)  # ascending: ties go to the oldest key
+            dist, slot = self._first_nearest(cosine_distance(query.reshape(1, -1), self.keys[rows]), self.slots[rows])
+            dists.append(dist[0])
+            slots.append(slot[0])
+        return torch.stack(dists), torch.stack(slots)
 
     def _nearest_two_stage(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._half is None or self._half.shape[0] != self._keys.shape[0]:
@@ -234,5 +274,11 @@ class KeyTable:
 
 def cosine_distance(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """(B, d), (N, d) unit vectors -> (B, N) cosine distances, never below 0: float rounding of a vector against itself
-    (or against the same text encoded in another batch) can give -1e-7, which is no distance a user should be shown."""
-    return (1.0 - queries @ keys.T).clamp_min(0.0)
+    (or against the same text encoded in another batch) can give -1e-7, which is no distance a user should be shown.
+
+    Computed in float64 and rounded once to float32, so a key's distance does not depend on which other keys were
+    scored with it: a float32 product gives it different last bits by where it falls in the product's blocks, and an
+    input at a threshold could then be routed by one search (a whole-table scan, a few candidates, one edit's keys) and
+    not by another. The float64 sums differ by ~1e-16, which moves the float32 result only when it lies that close to
+    a rounding boundary."""
+    return (1.0 - queries.double() @ keys.double().T).clamp_min(0.0).float()
