@@ -18,9 +18,12 @@ MANIFEST_BACKUP, QUARANTINE = "manifest.json.bak", "quarantine"
 OPS = ("edit", "rollback", "repair")
 
 
+_EDIT_ID = re.compile(r"e(\d+)")
+
+
 def id_number(edit_id: str) -> int:
     """The number of an edit id ("e12" -> 12); 0 for an id of another form."""
-    match = re.fullmatch(r"e(\d+)", edit_id) if isinstance(edit_id, str) else None
+    match = _EDIT_ID.fullmatch(edit_id) if isinstance(edit_id, str) else None
     return int(match.group(1)) if match else 0
 
 

@@ -101,24 +101,38 @@ class Router:
                  aliases: list[tuple[str, ...]] | None = None,
                  inferred_from: list[tuple[str, ...]] | None = None) -> None:
         """Many edits at once (opening a store): `keys` stacked in slot order, `counts[i]` rows for `slots[i]`."""
-        for n, (slot, subject) in enumerate(zip(slots, subjects)):
-            self._claim(slot, subject, aliases[n] if aliases else (), inferred_from[n] if inferred_from else ())
-        self.table.add_rows(keys, torch.repeat_interleave(torch.tensor(slots, dtype=torch.long), counts))
+        if not slots:
+            return
+        claimed = torch.tensor(slots, dtype=torch.long)
+        self._reserve_answers(max(slots))
+        self._answer[claimed] = claimed  # each slot answers for itself, as `_claim` sets it, in one step
+        self._live.update(slots)
+        if self.keys.needs_subject:
+            for n, (slot, subject) in enumerate(zip(slots, subjects)):
+                self._name(slot, subject, aliases[n] if aliases else (), inferred_from[n] if inferred_from else ())
+        self.table.add_rows(keys, torch.repeat_interleave(claimed, counts))
 
-    def _claim(self, slot: int, subject: str | None, aliases: tuple[str, ...] = (),
-               inferred_from: tuple[str, ...] = ()) -> None:
+    def _reserve_answers(self, slot: int) -> None:
         if slot >= len(self._answer):
             grown = max(8, 2 * len(self._answer), slot + 1)
             self._answer = torch.cat([self._answer, torch.arange(len(self._answer), grown)])
+
+    def _claim(self, slot: int, subject: str | None, aliases: tuple[str, ...] = (),
+               inferred_from: tuple[str, ...] = ()) -> None:
+        self._reserve_answers(slot)
         self._answer[slot] = slot
         self._live.add(slot)
         if self.keys.needs_subject:
-            if subject is None:
-                self.unnamed.add(slot)
-            else:
-                self.subjects.add(subject, slot, aliases)
-                if inferred_from:
-                    self.inferred[slot] = tuple(inferred_from)
+            self._name(slot, subject, aliases, inferred_from)
+
+    def _name(self, slot: int, subject: str | None, aliases: tuple[str, ...], inferred_from: tuple[str, ...]) -> None:
+        """key="subject": which edits an input names (or none: a whole-prompt key)."""
+        if subject is None:
+            self.unnamed.add(slot)
+        else:
+            self.subjects.add(subject, slot, aliases)
+            if inferred_from:
+                self.inferred[slot] = tuple(inferred_from)
 
     def remove(self, slot: int) -> None:
         self.table.remove_slot(slot)
