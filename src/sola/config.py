@@ -131,11 +131,11 @@ class EditConfig:
 
     approximate_search_from: int | None = 131072
     """Whole-table searches (key="encoder", and inputs that name no edited subject) of at least this many cosine keys
-    scan 64-byte sign codes of the keys and re-score the 512 nearest exactly (`sola.routing.signcodes`): about 4 ms
-    at a million keys instead of 59. A route is always an exact distance under the threshold, so nothing is routed
-    that the exact search would refuse; the edit chosen is the exact search's for 99%+ of routed inputs (measured on
-    random keys; `benchmarks/router_scale.py`). None: always exact. Applies to the editor that sets it, as the
-    training fields do (`SEARCH_FIELDS`)."""
+    scan 64-byte sign codes of the keys and re-score the 512 nearest exactly (`sola.routing.signcodes`): 3.4 ms at
+    a million keys instead of 71 (2-core CPU). A route is always an exact distance under the threshold, so nothing is
+    routed that the exact search would refuse; the edit chosen is the exact search's for 99%+ of routed inputs
+    (measured on random keys; `benchmarks/router_scale.py`). None: always exact. Applies to the editor that sets it,
+    as the training fields do (`SEARCH_FIELDS`)."""
 
     threshold: float | None = None
     """An input uses the nearest edit only if its distance is below this. None: `DEFAULT_THRESHOLDS`. A threshold

@@ -61,8 +61,9 @@ HALF_WINDOW = 0.01
 # two equal columns different last bits depending on where they fall in its blocks and on the thread count.
 TIE = 1e-6
 # Cosine tables of at least this many keys search the whole table through sign codes (`SignCodes`): the keys nearest
-# in Hamming distance, re-scored exactly. Below it the exact search takes at most ~5 ms (3.9 ms at 10^5 keys, two
-# threads); at 10^6 keys it takes 59 ms, the sign codes about 4. `EditConfig.approximate_search_from` sets it.
+# in Hamming distance, re-scored exactly. Below it the exact search takes at most ~5 ms (4.1 ms at 10^5 keys, two
+# threads); at 10^6 keys it takes 71 ms, the sign codes 3.4 (docs/performance.md). `EditConfig.approximate_search_from`
+# sets it.
 APPROXIMATE_FROM = 131072
 
 
