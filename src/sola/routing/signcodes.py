@@ -47,9 +47,6 @@ class SignCodes:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
 
-    def __len__(self) -> int:
-        return self._count
-
     @property
     def nbytes(self) -> int:
         return self._count * self._codes.shape[1]

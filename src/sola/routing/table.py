@@ -9,7 +9,6 @@ from typing import NamedTuple
 import torch
 
 from . import signcodes
-from .signcodes import SignCodes
 
 
 class Route(NamedTuple):
@@ -80,7 +79,7 @@ class KeyTable:
     def __init__(self, dim: int | None, distance: str, approximate_from: int | None = APPROXIMATE_FROM) -> None:
         self.dim, self.distance = dim, distance  # dim None: taken from the first keys added
         self.approximate_from = approximate_from
-        self._codes: SignCodes | None = None  # made at the first approximate search, then kept row for row
+        self._codes: signcodes.SignCodes | None = None  # made at the first approximate search, then kept row for row
         self._keys = torch.zeros(0, dim or 0)
         self._slots = torch.zeros(0, dtype=torch.long)
         self._half: torch.Tensor | None = None  # half-precision copy of the keys, made when first needed
@@ -217,7 +216,7 @@ class KeyTable:
 
     def _nearest_approximate(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._codes is None:
-            self._codes = SignCodes(self.dim)
+            self._codes = signcodes.SignCodes(self.dim)
             self._codes.append(self.keys)
         dists, slots = [], []
         for query in queries:
