@@ -13,6 +13,7 @@ store of that many edits holds: the manifest, the journal, the key index and the
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -72,9 +73,25 @@ def measure_open(path: Path) -> dict:
             times.append(time.perf_counter() - begun)
     times.sort()
     info = editor.info()
+    begun = time.perf_counter()
+    editor.store.next_id()  # the first writer's call works out the highest id ever used (a reader never needs it)
+    next_id = time.perf_counter() - begun
+    begun = time.perf_counter()
+    gc.collect()  # what a full pass of the garbage collector costs a process holding this store
+    collected = time.perf_counter() - begun
     return {"edits": info["edits"], "keys": info["keys"], "key_search": info["key_search"],
             "import_s": round(imported, 2), "open_s": round(opened, 2), "first_route_s": round(first, 2),
-            "route_ms_median": round(times[len(times) // 2] * 1e3, 2), "memory_bytes": info["memory_bytes"]}
+            "route_ms_median": round(times[len(times) // 2] * 1e3, 2), "first_next_id_s": round(next_id, 2),
+            "full_gc_pass_s": round(collected, 2), "gc_tracked_objects": len(gc.get_objects()),
+            "rss_bytes": _resident_bytes(), "memory_bytes": info["memory_bytes"]}
+
+
+def _resident_bytes() -> int | None:
+    """This process's resident memory now (Linux), None elsewhere."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def main() -> None:

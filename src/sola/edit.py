@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .journal import JournalLines
 
 
 @dataclass(frozen=True)
@@ -65,23 +68,47 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class _RolledBack(dict):
+    """The record of a rolled-back edit in an `EditLog`, its rollback written into it."""
+
+
 class EditLog(MutableMapping):
-    """Edits by id, in the order they were made. Edits read from a journal stay journal records until they are first
-    asked for: opening a store of 100,000 edits builds none of them."""
+    """Edits by id, in the order they were made. Edits read from a journal stay journal records, or the numbers of
+    their journal lines, until they are first asked for: opening a store of 10^6 edits builds none of them."""
 
     def __init__(self) -> None:
-        self._items: dict[str, Edit | dict[str, Any]] = {}
+        self._items: dict[str, Edit | dict[str, Any] | int] = {}
+        self._lines: JournalLines | None = None
 
-    def add_records(self, records: Iterable[dict[str, Any]]) -> None:
-        """Journal records (dicts in `Edit.to_dict` form; other keys are ignored), to become `Edit`s when read."""
-        for record in records:
-            self._items[record["id"]] = record
+    def add_records(self, records: list[dict[str, Any]], rolled: dict[str, dict[str, Any]] | None = None,
+                    lines: JournalLines | None = None, numbers: list[int] | None = None) -> None:
+        """Journal records of edits (dicts in `Edit.to_dict` form; other keys are ignored), to become `Edit`s when
+        read: live and answering unless `rolled` holds their rollback record (what a record itself says about either
+        is not read: the journal's later lines decide). With their `lines` and each record's line `numbers`, only
+        the numbers of live edits are kept, and their lines parsed again when read."""
+        rolled = rolled or {}
+        if lines is not None:
+            self._lines = lines
+            live: list[Any] = numbers if not rolled else [n for r, n in zip(records, numbers) if r["id"] not in rolled]
+        else:
+            live = records if not rolled else [r for r in records if r["id"] not in rolled]
+        if not rolled:
+            self._items.update(zip([r["id"] for r in records], live))
+            return
+        kept = iter(live)  # one for each record not rolled back, in order
+        self._items.update({r["id"]: next(kept) if r["id"] not in rolled else _RolledBack(
+            {**r, "rolled_back": rolled[r["id"]].get("at", ""), "superseded_by": None,
+             "note": rolled[r["id"]].get("reason") or r.get("note")}) for r in records})
 
     def __getitem__(self, edit_id: str) -> Edit:
         item = self._items[edit_id]
-        if not isinstance(item, Edit):
-            item = self._items[edit_id] = Edit.from_dict(item)
-        return item
+        if isinstance(item, Edit):
+            return item
+        if isinstance(item, int):
+            item = self._lines.record(item)
+        edit = self._items[edit_id] = Edit.from_dict(
+            item if isinstance(item, _RolledBack) else {**item, "rolled_back": None, "superseded_by": None})
+        return edit
 
     def __setitem__(self, edit_id: str, edit: Edit) -> None:
         self._items[edit_id] = edit

@@ -25,6 +25,7 @@ from torch import nn
 from . import adapters, batching, replay
 from .architectures import default_layers, default_rank, task_of
 from .base_editor import BaseEditor, stored_model
+from .bulk import collector_paused
 from .config import EditConfig, config_for_store
 from .edit import Edit, now
 from .errors import ConfigError, NotConvergedError, StoreError, StoreExistsError
@@ -116,6 +117,7 @@ class Editor(RoutingQueries, BaseEditor):
 
     # -- construction ------------------------------------------------------------------------------------------------
     @classmethod
+    @collector_paused()  # from the journal's parse to the replay: a pass between would walk a large store's records
     def from_pretrained(cls, model: str | os.PathLike | None = None, *, config: EditConfig | None = None,
                         store: str | os.PathLike | None = None, create: bool = True,
                         resident_edits: int | None = DEFAULT_RESIDENT_EDITS, skip_damaged: bool = False,

@@ -173,11 +173,11 @@ def _tensor_problem(file: Path, record: dict[str, Any], layers: list[str], deep:
 
 
 def _index_damage(path: Path, known: set[str]) -> list[Damage]:
-    found = []
+    found, indexed = [], set()
     directory = path / INDEX
     for file in sorted(directory.glob("*.safetensors")) if directory.is_dir() else []:
         try:
-            read_index_file(file, known)
+            indexed.update(read_index_file(file, known, indexed)[0])
         except ValueError as err:
             found.append(Damage("index", f"{INDEX}/{file.name}", f"{INDEX}/{file.name} is not a readable key index of "
                                 "this store: " + str(err)))

@@ -9,7 +9,9 @@ the journal does not hold, is damage: the keys are read from the edits' own file
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import torch
@@ -33,10 +35,18 @@ class KeyIndex:
         self._start = torch.zeros(0, dtype=torch.long)  # place -> its first row in _keys
         self._count = torch.zeros(0, dtype=torch.long)  # place -> how many rows it has
         self._pending: dict[str, torch.Tensor | None] = {}  # edits after the last index file -> keys if known
-        self._names: set[str] = set()  # index files seen
+        self._seen: dict[str, int] = {}  # index files seen: name -> inode (a file written again under a seen name is
+        #                                  new: a repair may move one aside and another process reuse its number)
 
-    def _files(self) -> list[Path]:
-        return sorted(self.directory.glob("[0-9]*.safetensors")) if self.directory.is_dir() else []
+    def _files(self) -> dict[str, int]:
+        """The index files now: name -> inode, in name order. One directory read (no per-file stat): every commit
+        looks, and at 10^6 edits the directory holds 1,000 files."""
+        try:
+            with os.scandir(self.directory) as entries:
+                found = {e.name: e.inode() for e in entries if e.name[:1].isdigit() and e.name.endswith(".safetensors")}
+        except FileNotFoundError:
+            return {}
+        return dict(sorted(found.items()))
 
     # -- what is indexed ---------------------------------------------------------------------------------------------
     def indexed_ids(self) -> list[str]:
@@ -56,35 +66,38 @@ class KeyIndex:
         """An edit joined the journal (with its keys, if this process wrote it)."""
         self._pending[edit_id] = keys
 
+    def committed_many(self, edit_ids: list[str]) -> None:
+        """Edits other processes committed (their keys are in their files)."""
+        self._pending.update(dict.fromkeys(edit_ids))
+
     # -- reading -----------------------------------------------------------------------------------------------------
     def read(self, known: set[str]) -> list[Damage]:
         """Read every index file; -> the damage found (files that cannot be read or name edits not in `known`, the
         journal's edits). The edits they hold are no longer pending."""
         keys, counts, damage = [], [], []
-        for path in self._files():
-            self._names.add(path.name)
+        for name, inode in self._files().items():
+            self._seen[name], path = inode, self.directory / name
             try:
-                ids, part, count = read_index_file(path, known)
+                ids, part, count = read_index_file(path, known, self._place.keys())
             except ValueError as err:
                 damage.append(Damage("index", f"{INDEX}/{path.name}", f"{INDEX}/{path.name} is not a readable key "
                                      f"index of this store ({err})"))
                 continue
-            for edit_id in ids:
-                self._place[edit_id] = len(self._place)
-                self._pending.pop(edit_id, None)
+            self._place.update(zip(ids, range(len(self._place), len(self._place) + len(ids))))
             keys.append(part)
             counts.append(count)
         if keys:
-            self._keys = torch.cat(keys) if len(keys) > 1 else keys[0]
+            self._keys = torch.cat(keys) if len(keys) > 1 else keys[0].clone()  # a copy: a view keeps a file mapped
             self._count = torch.cat(counts)
             self._start = self._count.cumsum(0) - self._count
+            self._pending = {i: k for i, k in self._pending.items() if i not in self._place}  # none at open
         return damage
 
     def sync(self) -> None:
         """Index files other processes wrote: their edits are indexed already (this process need not write them)."""
-        for path in self._files():
-            if path.name not in self._names:
-                self._names.add(path.name)
+        for name, inode in self._files().items():
+            if self._seen.get(name) != inode:
+                self._seen[name], path = inode, self.directory / name
                 try:
                     with safe_open(path, framework="pt") as handle:
                         ids = json.loads(handle.metadata()["ids"])
@@ -98,6 +111,15 @@ class KeyIndex:
         self._keys, self._place = torch.zeros(0, 0), {}
         self._start = self._count = torch.zeros(0, dtype=torch.long)
 
+    @property
+    def indexed_count(self) -> int:
+        """How many edits' keys were read from index files (until `forget`)."""
+        return len(self._place)
+
+    def unindexed(self, edit_ids: list[str]) -> list[str]:
+        """Those of these edits whose keys were not read from an index file (until `forget`)."""
+        return [edit_id for edit_id in edit_ids if edit_id not in self._place]
+
     def keys_of(self, edit_id: str) -> torch.Tensor | None:
         """An indexed edit's keys, None if they were not read from an index file."""
         place = self._place.get(edit_id)
@@ -108,8 +130,11 @@ class KeyIndex:
 
     def gather(self, edit_ids: list[str], read_own: ReadKeys) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys of these edits stacked in the given order, and how many rows each has: indexed edits gathered in
-        one step, the others read with `read_own`."""
+        one step, the others read with `read_own`. Asked for every indexed edit in index order (a store opened with
+        nothing rolled back), the keys read at open are returned as they are, not copied: do not change them."""
         places = [self._place.get(i, -1) for i in edit_ids]
+        if len(places) == len(self._place) and places == list(range(len(places))):
+            return self._keys, self._count.clone()
         own = {n: read_own(edit_ids[n]) for n, p in enumerate(places) if p < 0}
         indexed = torch.tensor([n for n, p in enumerate(places) if p >= 0], dtype=torch.long)
         at = torch.tensor([p for p in places if p >= 0], dtype=torch.long)
@@ -117,6 +142,8 @@ class KeyIndex:
         counts[indexed] = self._count[at]
         for n, keys in own.items():
             counts[n] = keys.shape[0]
+        if not own and len(at):  # indexed edits only: one gather
+            return self._keys[_ranges(self._start[at], counts)], counts
         dim = self._keys.shape[1] if len(at) else next(iter(own.values())).shape[1] if own else 0
         out = torch.empty(int(counts.sum()), dim)  # every row is written below
         starts = counts.cumsum(0) - counts
@@ -133,21 +160,24 @@ class KeyIndex:
         keys = [k if k is not None else read_own(i) for i, k in self._pending.items()]
         owner = torch.cat([torch.full((len(k),), n, dtype=torch.long) for n, k in enumerate(keys)])
         self.directory.mkdir(exist_ok=True)
-        number = max((int(n.split(".")[0]) for n in self._names if n.split(".")[0].isdigit()), default=0) + 1
+        number = max((int(n.split(".")[0]) for n in self._seen if n.split(".")[0].isdigit()), default=0) + 1
         path = self.directory / f"{number:06d}.safetensors"
         atomic_write(path, lambda t: save_file({"keys": torch.cat(keys).contiguous(), "owner": owner}, str(t),
                                                metadata={"ids": json.dumps(ids)}))
-        self._names.add(path.name)
+        self._seen[path.name] = os.stat(path).st_ino
         self._pending = {}
 
 
-def read_index_file(path: Path, known: set[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def read_index_file(path: Path, known: set[str], earlier: AbstractSet[str] = frozenset()) -> tuple[
+        list[str], torch.Tensor, torch.Tensor]:
     """(edit ids, their key rows, rows per edit) of one index file; ValueError if it cannot be read or indexes an edit
-    that is not `known` (the journal's edits: the file belongs to something else)."""
+    that is not `known` (the journal's edits: the file belongs to something else) or that an `earlier` file indexes
+    (each edit's keys are in one index file: a second would misplace the rows after it). The rows may be a view of
+    the mapped file: copy them to keep them."""
     try:
         with safe_open(path, framework="pt") as handle:
             ids = json.loads(handle.metadata()["ids"])
-            part, owner = handle.get_tensor("keys").clone(), handle.get_tensor("owner")
+            part, owner = handle.get_tensor("keys"), handle.get_tensor("owner")
     except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
         raise ValueError(str(err) or type(err).__name__) from None
     if owner.shape != part.shape[:1] or (len(owner) and not bool((owner[1:] >= owner[:-1]).all())):
@@ -155,8 +185,14 @@ def read_index_file(path: Path, known: set[str]) -> tuple[list[str], torch.Tenso
     count = torch.bincount(owner, minlength=len(ids))
     if len(count) != len(ids):
         raise ValueError("it names fewer edits than own its keys")
-    unknown = [i for i in ids if i not in known]
-    if unknown:
+    if not isinstance(ids, list) or set(map(type, ids)) - {str}:
+        raise ValueError("its ids are not all edit ids")
+    named = set(ids)
+    if len(named) != len(ids) or not earlier.isdisjoint(named):
+        repeated = [i for n, i in enumerate(ids) if i in earlier or i in ids[:n]]
+        raise ValueError(f"it indexes edits again that are indexed before it ({repeated[:3]})")
+    if not named <= known:
+        unknown = [i for i in ids if i not in known]
         raise ValueError(f"it indexes edits the journal does not record ({unknown[:3]}); it does not belong to this "
                          "store")
     return ids, part, count

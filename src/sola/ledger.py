@@ -10,10 +10,13 @@ A chain is the live edits of one fact, oldest first; its last edit answers.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .edit import Edit, EditLog
 from .errors import InvalidEditError, UnknownEditError
+
+if TYPE_CHECKING:
+    from .journal import JournalLines
 
 
 def request_key(prompts: Iterable[str], target: str, subject: str | None) -> tuple:
@@ -30,20 +33,19 @@ class Ledger:
         self._by_request: dict[tuple, str] | None = None  # live edits by request_key, built when first asked
 
     # -- replaying a journal -----------------------------------------------------------------------------------------
-    def replay(self, records: list[dict[str, Any]]) -> list[tuple[str, str]]:
-        """Take a journal's records (into an empty ledger; edits stay records until first read) and return the
-        superseding links (older, newer) between live edits, in the order they were made."""
+    def replay(self, records: list[dict[str, Any]], lines: JournalLines | None = None) -> list[tuple[str, str]]:
+        """Take a journal's records (into an empty ledger; edits stay records until first read, or with the journal's
+        `lines`, one record a line, the numbers of their lines) and return the superseding links (older, newer)
+        between live edits, in the order they were made."""
         assert not self._edits, "replay into an empty ledger"
         rolled = {r["id"]: r for r in records if r["op"] == "rollback"}
         made = [r for r in records if r["op"] == "edit"]
-        self._edits.add_records(
-            r if r["id"] not in rolled and r.get("rolled_back") is None and r.get("superseded_by") is None
-            else {**r, "rolled_back": None, "superseded_by": None} if r["id"] not in rolled
-            else {**r, "rolled_back": rolled[r["id"]].get("at", ""), "superseded_by": None,
-                  "note": rolled[r["id"]].get("reason") or r.get("note")} for r in made)
-        live = [r for r in made if r["id"] not in rolled]
+        numbers = [n for n, r in enumerate(records) if r["op"] == "edit"] if lines is not None else None
+        self._edits.add_records(made, rolled, lines, numbers)
+        live = [r for r in made if r["id"] not in rolled] if rolled else made
         self._live = len(live)
-        links = [(older, r["id"]) for r in live if (older := self.live_predecessor(r.get("supersedes"))) is not None]
+        links = [(older, r["id"]) for r in live if r.get("supersedes") is not None
+                 and (older := self.live_predecessor(r["supersedes"])) is not None]
         for older, newer in links:
             self.link(older, newer)
         return links

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from .bulk import collector_paused
 from .edit import Edit
 from .errors import CorruptStoreError, ModelMismatchError, StoreError
 from .fingerprint import describe_mismatch
@@ -27,13 +28,14 @@ def attach(editor: EditorCore, store: Store, skip_damaged: bool = False) -> None
     if manifest["model"].get("keys") != editor.fingerprint["keys"]:
         raise ModelMismatchError(f"{store.path}: its keys come from {manifest['model'].get('keys')} but this editor "
                                  f"computes keys with {editor.fingerprint['keys']}; use the same key encoder")
-    open_into(editor, store, skip_damaged)
+    with collector_paused():  # millions of objects at 10^6 edits (sola/bulk.py)
+        open_into(editor, store, skip_damaged)
 
 
 def open_into(editor: EditorCore, store: Store, skip_damaged: bool = False) -> None:
     """Replay a store's journal into a new editor, in bulk (a few microseconds per edit). Edits whose files cannot be
     read make this an error naming them, or with `skip_damaged` are left out (the store is then read-only)."""
-    records = store.journal()
+    records, lines = store.take_opened()
     rolled = {r["id"] for r in records if r["op"] == "rollback"}
     live = [r for r in records if r["op"] == "edit" and r["id"] not in rolled]
     # read what is needed before changing anything: every live edit's keys, and the factors of the newest edits that
@@ -54,17 +56,22 @@ def open_into(editor: EditorCore, store: Store, skip_damaged: bool = False) -> N
         store.read_only = True
         records = [r for r in records if r.get("id") not in skipped]
         live = [r for r in live if r["id"] not in skipped]
+        lines = None  # records left out: they are no longer one a line
     assert not len(editor.ledger), "a store is attached to a new editor only"
-    links = editor.ledger.replay(records)  # the records become Edits when asked for
+    links = editor.ledger.replay(records, lines)  # the records (or their lines) become Edits when asked for
     ids = [r["id"] for r in live]
     slots = editor.slots.add_many(ids)  # live edits take the slots 0..n-1 in creation order
-    editor.router.add_many(slots, keys, counts, [r.get("subject") for r in live],
-                           [tuple(r.get("aliases") or ()) for r in live],
-                           [tuple(r.get("prompts") or ()) if r.get("subject_inferred") else () for r in live])
+    store.forget_index()  # the keys read from index files are `keys` now, the routing table's in a moment
+    if editor.router.keys.needs_subject:
+        editor.router.add_many(slots, keys, counts, [r.get("subject") for r in live],
+                               [tuple(r.get("aliases") or ()) for r in live],
+                               [tuple(r.get("prompts") or ()) if r.get("subject_inferred") else () for r in live],
+                               own=True)
+    else:  # whole-prompt keys: the router names no subjects
+        editor.router.add_many(slots, keys, counts, own=True)
     for slot in slots[len(slots) - resident:]:
         editor.residency.put(slot, factors[ids[slot]], durable=True)
     editor.router.supersede_many([(editor.slots.of(older), editor.slots.of(newer)) for older, newer in links])
-    store.forget_index()  # the routing table holds the keys now
 
 
 def apply(editor: EditorCore, records: list[dict[str, Any]]) -> None:

@@ -32,6 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .bulk import collector_paused
 from .errors import CorruptStoreError, ReadOnlyStoreError, StoreError, StoreExistsError
 from .files import atomic_write, fsync_dir
 from .journal import (
@@ -41,6 +42,7 @@ from .journal import (
     MANIFEST_BACKUP,
     TENSORS,
     Damage,
+    JournalLines,
     damage_message,
     id_number,
     parse_journal,
@@ -64,9 +66,14 @@ class Store:
         self.read_only = False  # set when opened with damage skipped: only `sola fsck --repair` may change it then
         self.damage: list[Damage] = []  # what opening found and skipped
         self._lock = StoreLock(self.path, lock_wait)
+        # the records read at open (until an editor takes them), their lines (each record one line: no damage), and
+        # the records read or written after them
+        self._opened: list[dict[str, Any]] | None = None
+        self._opened_lines: JournalLines | None = None
         self._journal: list[dict[str, Any]] = []
         self._ids: set[str] = set()  # edit ids in the journal
-        self._last_id = 0  # the highest edit number ever used (repairs remember quarantined ones)
+        self._last_id: int | None = 0  # the highest edit number ever used; None: not worked out yet (`last_id`)
+        self._repaired_id = 0  # the highest a repair record remembers (of edits it quarantined)
         self._lines = 0  # journal lines read, damaged ones included
         self._valid_length = 0
         self._journal_file: tuple[int, int] | None = None  # (device, inode): a repair that rewrites it is noticed
@@ -116,7 +123,11 @@ class Store:
     def open(cls, path: str | Path, *, skip_damaged: bool = False, lock_wait: float = DEFAULT_WAIT) -> Store:
         """Open a store. A damaged journal line or key index is an error naming it and the fix, unless
         `skip_damaged`: then the rest opens read-only and `store.damage` lists what was skipped."""
-        path = Path(path)
+        with collector_paused():  # millions of records at 10^6 edits (sola/bulk.py)
+            return cls._open(Path(path), skip_damaged, lock_wait)
+
+    @classmethod
+    def _open(cls, path: Path, skip_damaged: bool, lock_wait: float) -> Store:
         store = cls(path, cls.read_manifest(path), lock_wait=lock_wait)
         journal = path / JOURNAL
         try:
@@ -127,9 +138,16 @@ class Store:
             raise CorruptStoreError(f"{journal} is missing; the store is incomplete (if you removed it by mistake, "
                                     f"restore it; `sola fsck --store {path} --repair` cannot recreate it)") from None
         records, store._valid_length, damage = parse_journal(data)
-        store._lines = data[:store._valid_length].count(b"\n")
-        store._take(records)
+        store._lines = len(records) if not damage else data.count(b"\n", 0, store._valid_length)
+        store._last_id = None  # worked out when first needed: a reader never needs it (0.5 s at 10^6 edits)
+        if damage:
+            store._journal = records
+        else:
+            store._opened, store._opened_lines = records, JournalLines(data, store._valid_length)
+        made = store._take(records, pending=False)
         index_damage = store.index.read(store._ids)
+        if len(made) > store.index.indexed_count:  # every indexed edit is one of `made` (read checks it)
+            store.index.committed_many(store.index.unindexed(made))
         if index_damage and not (skip_damaged or damage):
             raise CorruptStoreError(damage_message(path, index_damage[:1]) + " (or delete that file: the keys are also "
                                     "in tensors/)")
@@ -146,16 +164,18 @@ class Store:
         """The manifest alone (what a store holds and was made on), checked."""
         return read_manifest(path)
 
-    def _take(self, records: list[dict[str, Any]]) -> None:
-        """Records read from the journal (at open or by `refresh`) join what this object knows."""
-        for record in records:
-            self._journal.append(record)
-            if record["op"] == "edit":
-                self._ids.add(record["id"])
-                self._last_id = max(self._last_id, id_number(record["id"]))
-                self.index.committed(record["id"])
-            elif record["op"] == "repair":
-                self._last_id = max(self._last_id, int(record.get("last_id") or 0))
+    def _take(self, records: list[dict[str, Any]], pending: bool = True) -> list[str]:
+        """Records read from the journal (at open or by `refresh`) join what this object knows; -> the ids of the edits
+        among them. `pending`: their keys are for the next index file (at open: those no index file holds)."""
+        made = [record["id"] for record in records if record["op"] == "edit"]
+        self._ids.update(made)
+        self._repaired_id = max([self._repaired_id, *(int(record.get("last_id") or 0) for record in records
+                                                      if record["op"] == "repair")])
+        if self._last_id is not None:
+            self._last_id = max([self._last_id, self._repaired_id, *map(id_number, made)])
+        if pending:
+            self.index.committed_many(made)
+        return made
 
     def forget_index(self) -> None:
         """Free the keys read from the index files (once an editor holds them); `read_keys` reads files again."""
@@ -197,6 +217,7 @@ class Store:
                 os.fsync(handle.fileno())
         self._valid_length += length
         self._lines += len(records)
+        self._journal += records
         self._take(records)
         manifest = _file_id(self.path / MANIFEST)
         if manifest != self._manifest_file:
@@ -227,11 +248,30 @@ class Store:
 
     # -- reading -----------------------------------------------------------------------------------------------------
     def journal(self) -> list[dict[str, Any]]:
-        return list(self._journal)
+        """Every committed record this object has read or written, oldest first (those read at open are parsed again
+        from their lines once an editor has taken them: `take_opened`)."""
+        if self._opened is not None:
+            return self._opened + self._journal
+        return (self._opened_lines.records() if self._opened_lines is not None else []) + self._journal
+
+    def take_opened(self) -> tuple[list[dict[str, Any]], JournalLines | None]:
+        """The records read at open and their lines (None if some lines were damaged), for an editor to replay: this
+        object keeps their lines only. Later records come from `refresh`."""
+        if self._opened_lines is None:
+            return self.journal(), None
+        records, self._opened = self._opened, None
+        return (records if records is not None else self._opened_lines.records()), self._opened_lines
+
+    @property
+    def last_id(self) -> int:
+        """The highest edit number ever used in this store (repairs remember those of edits they moved aside)."""
+        if self._last_id is None:
+            self._last_id = max([self._repaired_id, *map(id_number, self._ids)])
+        return self._last_id
 
     def next_id(self) -> str:
         """The id the next edit gets (ids are never reused, also not those a repair moved aside)."""
-        return f"e{self._last_id + 1}"
+        return f"e{self.last_id + 1}"
 
     def tensor_path(self, edit_id: str) -> Path:
         return self.path / TENSORS / f"{edit_id}.safetensors"
@@ -281,7 +321,7 @@ class Store:
         """Write an edit's tensors, then its journal line (the commit point). Call it inside `writing()` after
         taking the id from `next_id()`; outside, it takes the lock itself."""
         with self.writing():
-            if record["id"] in self._ids or id_number(record["id"]) <= self._last_id:
+            if record["id"] in self._ids or id_number(record["id"]) <= self.last_id:
                 raise StoreError(f"edit id {record['id']} is taken in {self.path} (the next free id is "
                                  f"{self.next_id()}); ids come from Store.next_id() inside Store.writing()")
             path = self.tensor_path(record["id"])

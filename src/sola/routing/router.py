@@ -97,10 +97,12 @@ class Router:
         self._claim(slot, subject, aliases, inferred_from)
         self.table.add(keys, slot)
 
-    def add_many(self, slots: list[int], keys: torch.Tensor, counts: torch.Tensor, subjects: list[str | None],
-                 aliases: list[tuple[str, ...]] | None = None,
-                 inferred_from: list[tuple[str, ...]] | None = None) -> None:
-        """Many edits at once (opening a store): `keys` stacked in slot order, `counts[i]` rows for `slots[i]`."""
+    def add_many(self, slots: list[int], keys: torch.Tensor, counts: torch.Tensor,
+                 subjects: list[str | None] | None = None, aliases: list[tuple[str, ...]] | None = None,
+                 inferred_from: list[tuple[str, ...]] | None = None, own: bool = False) -> None:
+        """Many edits at once (opening a store): `keys` stacked in slot order, `counts[i]` rows for `slots[i]`; their
+        subjects (needed when keys are subjects: `keys.needs_subject`). `own`: nobody else uses `keys`, the table may
+        keep it (see `KeyTable.add_rows`)."""
         if not slots:
             return
         claimed = torch.tensor(slots, dtype=torch.long)
@@ -108,9 +110,11 @@ class Router:
         self._answer[claimed] = claimed  # each slot answers for itself, as `_claim` sets it, in one step
         self._live.update(slots)
         if self.keys.needs_subject:
+            if subjects is None:
+                raise ValueError("these keys name subjects: pass each edit's subject")
             for n, (slot, subject) in enumerate(zip(slots, subjects)):
                 self._name(slot, subject, aliases[n] if aliases else (), inferred_from[n] if inferred_from else ())
-        self.table.add_rows(keys, torch.repeat_interleave(claimed, counts))
+        self.table.add_rows(keys, torch.repeat_interleave(claimed, counts), own=own)
 
     def _reserve_answers(self, slot: int) -> None:
         if slot >= len(self._answer):
