@@ -138,9 +138,12 @@ def _all_sound(records: list[Any]) -> bool:
     (at 10^6 records ~10x faster than `_record_problem` per record; any doubt falls back to that)."""
     if set(map(type, records)) - {dict}:
         return False
-    ops = [record.get("op") for record in records]
-    ids = [record.get("id") if "prompts" in record and "target" in record else None  # None: not a sound edit
-           for record, op in zip(records, ops) if op == "edit"]
+    try:
+        ops = [record["op"] for record in records]
+        ids = [record["id"] if "prompts" in record and "target" in record else None  # None: not a sound edit
+               for record, op in zip(records, ops) if op == "edit"]
+    except KeyError:  # a record without "op", an edit without "id"
+        return False
     return (not set(map(type, ids)) - {str} and len(set(ids)) == len(ids)
             and not [record for record, op in zip(records, ops) if op != "edit" and _record_problem(record)])
 

@@ -132,9 +132,9 @@ class KeyIndex:
         """The keys of these edits stacked in the given order, and how many rows each has: indexed edits gathered in
         one step, the others read with `read_own`. Asked for every indexed edit in index order (a store opened with
         nothing rolled back), the keys read at open are returned as they are, not copied: do not change them."""
-        places = [self._place.get(i, -1) for i in edit_ids]
-        if len(places) == len(self._place) and places == list(range(len(places))):
+        if len(edit_ids) == len(self._place) and edit_ids == list(self._place):  # one comparison of the strings
             return self._keys, self._count.clone()
+        places = [self._place.get(i, -1) for i in edit_ids]
         own = {n: read_own(edit_ids[n]) for n, p in enumerate(places) if p < 0}
         indexed = torch.tensor([n for n, p in enumerate(places) if p >= 0], dtype=torch.long)
         at = torch.tensor([p for p in places if p >= 0], dtype=torch.long)
