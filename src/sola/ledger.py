@@ -39,8 +39,8 @@ class Ledger:
         between live edits, in the order they were made."""
         assert not self._edits, "replay into an empty ledger"
         rolled = {r["id"]: r for r in records if r["op"] == "rollback"}
-        made = [r for r in records if r["op"] == "edit"]
-        numbers = [n for n, r in enumerate(records) if r["op"] == "edit"] if lines is not None else None
+        numbers = [n for n, r in enumerate(records) if r["op"] == "edit"]
+        made = [records[n] for n in numbers]
         self._edits.add_records(made, rolled, lines, numbers)
         live = [r for r in made if r["id"] not in rolled] if rolled else made
         self._live = len(live)
