@@ -359,3 +359,17 @@ def test_an_engine_that_is_missing_or_not_running_is_one_clear_error(tiny_dir, t
     store = make_store(tiny_dir, tmp_path / "store")
     with pytest.raises(ConfigError, match=f"no vLLM server answers at http://127.0.0.1:{(port := free_port())}"):
         open_service(store, str(tiny_dir("llama")), engine_url=f"http://127.0.0.1:{port}")
+
+
+def test_a_server_computes_the_key_search_of_a_large_store_before_its_first_ask(tiny_dir, tmp_path):
+    """Above `approximate_search_from` keys the whole-table search needs the keys' sign codes (seconds at 10^6 keys):
+    the server computes them when it opens the store, not at its first ask."""
+    store = tmp_path / "store"
+    editor = Editor.from_pretrained(tiny_dir("llama"), store=store, config=tiny_config(
+        tiny_dir, key="encoder", approximate_search_from=1))
+    editor.edit(*FACT)
+    assert editor.table.approximates and "key_codes" not in editor.info()["memory_bytes"]  # lazily, in a library
+    for single_model in (False, True):
+        service = open_service(store, str(tiny_dir("llama")), single_model=single_model)
+        assert service.reader.info()["memory_bytes"]["key_codes"] > 0
+        assert service.ask(FACT[0], 8, with_base=False)["answer"] == FACT[1]

@@ -222,10 +222,16 @@ class KeyTable:
         """Bytes of the sign codes (0 until the first approximate search)."""
         return self._codes.nbytes if self._codes is not None else 0
 
-    def _nearest_approximate(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._codes is None:
+    def prepare_search(self) -> None:
+        """Compute now what the first whole-table search would (the sign codes of an approximating table: 1.6-2.3 s at
+        10^6 keys), so that no input waits for it. Nothing to do for an exact table; later adds and removals keep
+        the codes up to date."""
+        if self.approximates and self._codes is None:
             self._codes = signcodes.SignCodes(self.dim)
             self._codes.append(self.keys)
+
+    def _nearest_approximate(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.prepare_search()
         dists, slots = [], []
         for query in queries:
             rows = self._codes.candidates(query, signcodes.CANDIDATES)  # ascending: ties go to the oldest key
