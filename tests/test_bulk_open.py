@@ -66,12 +66,15 @@ def test_an_opened_editor_keeps_its_edits_as_journal_lines_and_reads_them_back_t
     tracked = _journal_dicts()
     reopened = make_editor("llama", store=store)
     assert _journal_dicts() == tracked  # no record of the opened journal stays a dict (nor a tracked object)
+    keys = sum(len(e.prompts) for e in editor.edits())
+    assert reopened.ledger.key_count == keys == len(reopened.table)  # counted from the lines, building no Edit
     assert [e.to_dict() for e in reopened.edits(include_rolled_back=True)] \
         == [e.to_dict() for e in editor.edits(include_rolled_back=True)]
     assert [e.id for e in reopened.chain("e1")] == ["e1", "e5"]
     for prompt in [p for p, _ in EDITS] + UNRELATED:
         assert torch.equal(reopened.logits(prompt), editor.logits(prompt))
     assert reopened.store.journal() == editor.store.journal()  # parsed again from the lines it kept
+    assert reopened.ledger.key_count == keys  # now from the Edits built above
     assert reopened.store.next_id() == "e6"  # worked out when first asked: no reader needs it
     reopened.edit(*EDITS[4])
     assert [r["id"] for r in Store.open(store).journal() if r["op"] == "edit"][-1] == "e6"

@@ -110,6 +110,18 @@ class EditLog(MutableMapping):
             item if isinstance(item, _RolledBack) else {**item, "rolled_back": None, "superseded_by": None})
         return edit
 
+    def live_prompt_count(self) -> int:
+        """How many prompts the live edits have (their rows in a routing table), counted without building Edits: a
+        record not marked rolled back is live (see `add_records`)."""
+        total = 0
+        for item in self._items.values():
+            if isinstance(item, Edit):
+                total += len(item.prompts) if item.live else 0
+            elif not isinstance(item, _RolledBack):
+                record = self._lines.record(item) if isinstance(item, int) else item
+                total += len(record.get("prompts") or ())
+        return total
+
     def __setitem__(self, edit_id: str, edit: Edit) -> None:
         self._items[edit_id] = edit
 

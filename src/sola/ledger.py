@@ -110,6 +110,11 @@ class Ledger:
         return self._live
 
     @property
+    def key_count(self) -> int:
+        """How many routing keys the live edits have (one per prompt), without building their `Edit`s."""
+        return self._edits.live_prompt_count()
+
+    @property
     def superseded_count(self) -> int:
         return len(self._successor)
 
