@@ -72,8 +72,9 @@ class KeyIndex:
 
     # -- reading -----------------------------------------------------------------------------------------------------
     def read(self, known: set[str]) -> list[Damage]:
-        """Read every index file; -> the damage found (files that cannot be read or name edits not in `known`, the
-        journal's edits). The edits they hold are no longer pending."""
+        """Read every index file (at open, before any edit is pending); -> the damage found (files that cannot be read,
+        name edits not in `known`, the journal's edits, or index an edit an earlier file indexes)."""
+        assert not self._pending, "index files are read at open; pending edits are those they do not hold"
         keys, counts, damage = [], [], []
         for name, inode in self._files().items():
             self._seen[name], path = inode, self.directory / name
@@ -90,7 +91,6 @@ class KeyIndex:
             self._keys = torch.cat(keys) if len(keys) > 1 else keys[0].clone()  # a copy: a view keeps a file mapped
             self._count = torch.cat(counts)
             self._start = self._count.cumsum(0) - self._count
-            self._pending = {i: k for i, k in self._pending.items() if i not in self._place}  # none at open
         return damage
 
     def sync(self) -> None:
