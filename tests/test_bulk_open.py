@@ -104,6 +104,12 @@ def test_an_index_file_that_indexes_edits_again_is_damage_that_repair_moves_asid
     reopened = make_editor("llama", store=store)
     assert torch.equal(reopened.table.keys, editor.table.keys)
 
+    from safetensors.torch import save_file  # an index whose ids are a number, not a list: damage, not a crash
+    save_file({"keys": torch.zeros(1, 4), "owner": torch.zeros(1, dtype=torch.long)},
+              str(store / "index" / "000004.safetensors"), metadata={"ids": "5"})
+    with pytest.raises(CorruptStoreError, match="its ids are not all edit ids"):
+        Store.open(store)
+
 
 def test_a_writer_notices_an_index_file_written_again_under_a_name_it_has_seen(tmp_path):
     """A repair moves an index file aside and another process reuses its number: this process must see that those

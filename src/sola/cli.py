@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
 from . import cli_ask
 from .cli_bench import add_bench_parser
 from .cli_common import Exit, emit, existing_store, open_editor, open_ledger, quiet_transformers, store_path
 from .cli_serve import add_serve_parser
 from .errors import SolaError
+from .files import tree_bytes
 from .locking import DEFAULT_WAIT  # stdlib only: `sola list` still starts without torch
 
 # Exit codes: 0 done; 1 `sola fsck` found damage (without --repair); 2 bad input or an error that changed nothing;
@@ -173,18 +172,6 @@ def _rollback(args) -> None:
     emit(args, edit.to_dict(), f"rolled back {edit.id}: {edit.prompt!r} -> {edit.target!r}")
 
 
-def _tree_bytes(path: Path) -> int:
-    """Bytes of the files under `path` (one stat a file: a store of 10^6 edits holds a million files)."""
-    total = 0
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                total += _tree_bytes(Path(entry.path))
-            elif entry.is_file(follow_symlinks=False):
-                total += entry.stat(follow_symlinks=False).st_size
-    return total
-
-
 def _info(args) -> None:
     from .config import config_for_store
 
@@ -209,7 +196,7 @@ def _info(args) -> None:
         "rolled_back": len(ledger) - ledger.live_count,
         "keys": ledger.key_count,
         "store": str(path),
-        "store_bytes": _tree_bytes(path),
+        "store_bytes": tree_bytes(path),
         "damage": [d.message for d in damage] or None,
     }
     emit(args, info, "\n".join(f"{k}: {v}" for k, v in info.items()))

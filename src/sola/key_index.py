@@ -180,13 +180,13 @@ def read_index_file(path: Path, known: set[str], earlier: AbstractSet[str] = fro
             part, owner = handle.get_tensor("keys"), handle.get_tensor("owner")
     except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
         raise ValueError(str(err) or type(err).__name__) from None
+    if not isinstance(ids, list) or set(map(type, ids)) - {str}:  # before len(ids): a number has none
+        raise ValueError("its ids are not all edit ids")
     if owner.shape != part.shape[:1] or (len(owner) and not bool((owner[1:] >= owner[:-1]).all())):
         raise ValueError("its owner column does not match its keys")
     count = torch.bincount(owner, minlength=len(ids))
     if len(count) != len(ids):
         raise ValueError("it names fewer edits than own its keys")
-    if not isinstance(ids, list) or set(map(type, ids)) - {str}:
-        raise ValueError("its ids are not all edit ids")
     named = set(ids)
     if len(named) != len(ids) or not earlier.isdisjoint(named):
         repeated = [i for n, i in enumerate(ids) if i in earlier or i in ids[:n]]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..files import tree_bytes
 from . import metrics as M
 from .items import Item
 from .spec import BenchSpec
@@ -63,7 +64,7 @@ def cost(method, described: dict[str, Any], done: list[dict], items: list[Item],
                 cost["inference"][f"{label}_tokens_per_s"] = sum(c + 1 for c in counts) / timed[label]["seconds"]
     store = method.store_path
     if store is not None and Path(store).is_dir():
-        size = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
+        size = tree_bytes(store)
         cost["store_bytes"] = size
         cost["store_bytes_per_edit"] = size / max(1, len(done))
     memory = described["info"].get("memory_bytes") if "info" in described else None

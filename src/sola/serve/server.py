@@ -57,8 +57,6 @@ def open_service(store: str | os.PathLike, model: str | None = None, *, single_m
     adapters = _engine_adapters(writer, store, engine, engine_url, engine_port, log) if engine or engine_url else None
     reader = writer if single_model else Editor.from_pretrained(model, store=store, create=False)
     reader.table.prepare_search()  # a large store's first ask would compute the key search's codes (seconds)
-    if single_model:
-        return EditService(writer, adapters=adapters)
     return EditService(reader, writer, adapters=adapters)
 
 
